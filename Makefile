@@ -1,0 +1,63 @@
+# Parley's commands. The two that matter:
+#   make run    install what is missing, build, start everything; Ctrl-C stops it
+#   make test   everything CI checks
+# See the README for the rest.
+SHELL := /bin/bash
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+# In CI (CI=true) warnings are errors.
+WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
+C_SOURCES = $(shell find include libs services tests clients -name '*.[ch]' 2>/dev/null)
+
+.PHONY: all deps build asan run up down status test format format-check unit unit-asan \
+        integration clean
+
+all: build
+
+deps:
+	@deploy/deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -G Ninja -DPARLEY_WERROR=$(WERROR) >/dev/null
+	@cmake --build $(BUILD)
+
+asan: deps
+	@cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPARLEY_SANITIZE=ON \
+	  -DPARLEY_WERROR=$(WERROR) >/dev/null
+	@cmake --build $(ASAN_BUILD)
+
+run: build
+	@deploy/cluster.sh run
+
+up: build
+	@deploy/cluster.sh up
+
+down:
+	@deploy/cluster.sh down
+
+status:
+	@deploy/cluster.sh status
+
+format:
+	@clang-format -i $(C_SOURCES)
+
+format-check:
+	@clang-format --dry-run -Werror $(C_SOURCES) && echo "format: ok"
+
+unit: build
+	@ctest --test-dir $(BUILD) --output-on-failure
+
+unit-asan: asan
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --test-dir $(ASAN_BUILD) --output-on-failure
+
+# The integration suite runs the sanitizer build of the services, so address and undefined
+# behaviour errors anywhere on the real request paths fail the run.
+integration: asan
+	@PARLEY_BIN=$(CURDIR)/$(ASAN_BUILD)/bin tests/integration/run.sh
+
+test: deps format-check unit unit-asan integration
+	@echo "make test: all checks passed"
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Installs what Parley needs to build, run and test, skipping whatever is already there:
+# Debian packages (compilers' -dev libraries, Redis, nginx, clang-format, OpenSSL), the Apache
+# Kafka jars from Maven Central, FerretDB built from the Go module proxy, and the Python
+# packages the integration tests use. Safe to run again; later runs only check.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+
+APT_PACKAGES=(build-essential cmake ninja-build pkg-config
+  libmicrohttpd-dev libhiredis-dev librdkafka-dev libjansson-dev libmongoc-dev libbson-dev
+  libjwt-dev libcunit1-dev libsodium-dev libssl-dev libwslay-dev
+  redis-server nginx-light clang-format openssl curl maven golang-go default-jre-headless
+  python3 python3-pip)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# A toolchain already on the PATH (Go, Java, Maven from the image) counts as installed.
+filtered=()
+for p in "${missing[@]}"; do
+  case "$p" in
+    golang-go) command -v go >/dev/null || filtered+=("$p") ;;
+    default-jre-headless) command -v java >/dev/null || filtered+=("$p") ;;
+    maven) command -v mvn >/dev/null || filtered+=("$p") ;;
+    python3|python3-pip) command -v python3 >/dev/null || filtered+=("$p") ;;
+    *) filtered+=("$p") ;;
+  esac
+done
+if [ ${#filtered[@]} -gt 0 ]; then
+  say "installing Debian packages: ${filtered[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${filtered[@]}" >/dev/null
+fi
+
+# Kafka: the broker and tools jars, pinned in deploy/kafka/pom.xml.
+if [ ! -f "$PARLEY_TOOLS/kafka/.complete" ]; then
+  say "fetching Apache Kafka jars from Maven Central (first time only)"
+  rm -rf "$PARLEY_TOOLS/kafka"
+  mkdir -p "$PARLEY_TOOLS/kafka"
+  mvn -q -B -f "$here/kafka/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$PARLEY_TOOLS/kafka/libs" -DincludeScope=runtime
+  touch "$PARLEY_TOOLS/kafka/.complete"
+fi
+
+# FerretDB: built from its module source, which needs its version file written first.
+FERRETDB_VERSION=v1.24.2
+if [ ! -x "$PARLEY_TOOLS/bin/ferretdb" ] || \
+   ! "$PARLEY_TOOLS/bin/ferretdb" --version 2>/dev/null | grep -q "$FERRETDB_VERSION"; then
+  say "building FerretDB $FERRETDB_VERSION from the Go module proxy (first time only)"
+  src=$(cd /tmp && go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  work=$(mktemp -d)
+  cp -r "$src" "$work/ferretdb"
+  chmod -R u+w "$work/ferretdb"
+  echo "$FERRETDB_VERSION" > "$work/ferretdb/build/version/version.txt"
+  mkdir -p "$PARLEY_TOOLS/bin"
+  (cd "$work/ferretdb" && go build -o "$PARLEY_TOOLS/bin/ferretdb" ./cmd/ferretdb)
+  rm -rf "$work"
+fi
+
+# Python packages for the integration tests (a real MongoDB driver to inspect what was stored).
+if ! python3 -c 'import pytest, pymongo' 2>/dev/null; then
+  say "installing Python test packages"
+  python3 -m pip install -q --disable-pip-version-check -r "$here/../tests/integration/requirements.txt" \
+    || python3 -m pip install -q --break-system-packages -r "$here/../tests/integration/requirements.txt"
+fi
+say "dependencies ready"

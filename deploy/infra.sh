@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Starts, stops or reports the real infrastructure of one local cluster: Redis (append-only),
+# Apache Kafka in KRaft mode (single node, topics created) and FerretDB on SQLite as the
+# MongoDB-wire-compatible server. Everything lives under $PARLEY_VAR; ports come from the
+# PARLEY_* variables below, so a test cluster can run beside the `make run` one.
+#   deploy/infra.sh start|stop|status [redis|ferretdb|kafka]...   (default: all three)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+
+REDIS_PORT=${PARLEY_REDIS_PORT:-6379}
+KAFKA_PORT=${PARLEY_KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${PARLEY_KAFKA_CONTROLLER_PORT:-9093}
+MONGO_PORT=${PARLEY_MONGO_PORT:-27017}
+PARTITIONS=${PARLEY_KAFKA_PARTITIONS:-6}
+KAFKA_HEAP=${PARLEY_KAFKA_HEAP:-512m}
+TOPICS=(parley.messages parley.committed)
+
+kafka_java() {
+  java -Xms128m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$here/kafka/log4j2.properties" \
+    -cp "$PARLEY_TOOLS/kafka/libs/*" "$@"
+}
+
+start_redis() {
+  running redis && return 0
+  mkdir -p "$PARLEY_VAR/redis"
+  spawn redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$PARLEY_VAR/redis" \
+    --appendonly yes --appendfsync everysec --save "" --daemonize no --protected-mode yes
+  wait_port 127.0.0.1 "$REDIS_PORT" 20 Redis
+}
+
+start_ferretdb() {
+  running ferretdb && return 0
+  mkdir -p "$PARLEY_VAR/ferretdb/data" "$PARLEY_VAR/ferretdb/state"
+  spawn ferretdb "$PARLEY_TOOLS/bin/ferretdb" --handler=sqlite \
+    --sqlite-url="file:$PARLEY_VAR/ferretdb/data/" --state-dir="$PARLEY_VAR/ferretdb/state" \
+    --listen-addr="127.0.0.1:$MONGO_PORT" --debug-addr="127.0.0.1:0" \
+    --telemetry=disable --log-level=warn
+  wait_port 127.0.0.1 "$MONGO_PORT" 30 FerretDB
+}
+
+kafka_config() {
+  local cfg=$PARLEY_VAR/kafka/server.properties
+  mkdir -p "$PARLEY_VAR/kafka/data"
+  cat > "$cfg" <<CFG
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$PARLEY_VAR/kafka/data
+num.partitions=$PARTITIONS
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.flush.interval.ms=1000
+CFG
+  echo "$cfg"
+}
+
+start_kafka() {
+  running kafka && return 0
+  local cfg; cfg=$(kafka_config)
+  if [ ! -f "$PARLEY_VAR/kafka/data/meta.properties" ]; then
+    say "formatting Kafka storage (KRaft)"
+    local id; id=$(kafka_java kafka.tools.StorageTool random-uuid)
+    kafka_java kafka.tools.StorageTool format -t "$id" -c "$cfg" >>"$PARLEY_VAR/log/kafka-format.log" 2>&1 \
+      || die "Kafka storage format failed (see $PARLEY_VAR/log/kafka-format.log)"
+  fi
+  spawn kafka java -Xms128m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$here/kafka/log4j2.properties" \
+    -cp "$PARLEY_TOOLS/kafka/libs/*" kafka.Kafka "$cfg"
+  wait_port 127.0.0.1 "$KAFKA_PORT" 90 Kafka
+  create_topics
+}
+
+create_topics() {
+  local t
+  for t in "${TOPICS[@]}"; do
+    kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+      --create --if-not-exists --topic "$t" --partitions "$PARTITIONS" --replication-factor 1 \
+      >>"$PARLEY_VAR/log/kafka-topics.log" 2>&1 || die "cannot create topic $t"
+  done
+}
+
+ALL=(redis ferretdb kafka)
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=("${ALL[@]}")
+
+case "$cmd" in
+  start)
+    mkdir -p "$PARLEY_VAR/log"
+    for n in "${names[@]}"; do
+      case "$n" in
+        redis) start_redis ;; ferretdb) start_ferretdb ;; kafka) start_kafka ;;
+        *) die "unknown component $n" ;;
+      esac
+    done
+    say "infrastructure ready: ${names[*]} (redis :$REDIS_PORT, kafka :$KAFKA_PORT, mongodb/FerretDB :$MONGO_PORT)"
+    ;;
+  stop)
+    # Kafka first: it takes longest to drain, and nothing else depends on it here.
+    for n in kafka ferretdb redis; do
+      case " ${names[*]} " in *" $n "*) stop "$n" 30 ;; esac
+    done
+    ;;
+  status)
+    for n in "${names[@]}"; do
+      if running "$n"; then echo "$n: running"; else echo "$n: stopped"; fi
+    done
+    ;;
+  *) echo "usage: $0 start|stop|status [redis|ferretdb|kafka]..." >&2; exit 2 ;;
+esac

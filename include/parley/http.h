@@ -1,0 +1,82 @@
+/*
+ * The REST server every Parley service embeds: libmicrohttpd with a thread pool, a route
+ * table, JSON request bodies read under a size cap, JSON error bodies of the DESIGN's form
+ * ({"error":{"code":…,"message":…}}), and the operational endpoints /healthz, /readyz and
+ * /metrics. Not for WebSocket traffic, which the gateway serves on its own event loop.
+ * Handlers run on the server's pool threads, several at once, so they must be thread-safe.
+ */
+#ifndef PARLEY_HTTP_H
+#define PARLEY_HTTP_H
+
+#include "parley/metrics.h"
+
+#include <jansson.h>
+#include <stddef.h>
+
+typedef struct pl_http_s pl_http_t;
+typedef struct pl_http_req_s pl_http_req_t;
+
+/* What a handler fills in. Handlers normally use pl_http_reply() and pl_http_fail(). */
+typedef struct pl_http_resp_s {
+    int status;
+    json_t *body;       /* owned by the response; NULL for an empty body */
+    long retry_after_s; /* > 0 adds a Retry-After header */
+} pl_http_resp_t;
+
+typedef void (*pl_http_handler_fn)(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+
+typedef struct pl_http_route_s {
+    const char *method; /* "GET", "POST", … */
+    const char *path;   /* exact path, or a prefix when it ends with '/' */
+    pl_http_handler_fn handler;
+} pl_http_route_t;
+
+typedef struct pl_http_cfg_s {
+    const char *bind_addr;         /* numeric IPv4 address; NULL means all */
+    int port;                      /* 0 picks a free port, see pl_http_port() */
+    unsigned threads;              /* pool threads; handlers may block this many at once */
+    size_t body_max;               /* larger bodies get 413 */
+    unsigned max_conns;            /* connections beyond this are refused */
+    int trust_forwarded;           /* take the client address from X-Real-IP (behind nginx) */
+    const pl_http_route_t *routes; /* borrowed; must outlive the server */
+    size_t nroutes;
+    void *ud; /* passed to handlers and ready() */
+    /* Returns PL_OK when every dependency answers; may add details to the object. */
+    int (*ready)(void *ud, json_t *detail);
+    pl_metrics_t *metrics; /* borrowed; may be NULL */
+} pl_http_cfg_t;
+
+/*
+ * Starts serving in background threads. cfg is copied, but what it points to is borrowed.
+ * Returns PL_OK and the server in *out, PL_ERR_INVAL for a bad address, or PL_ERR_IO when the
+ * port cannot be bound (detail is logged).
+ */
+int pl_http_start(const pl_http_cfg_t *cfg, pl_http_t **out);
+
+/* The port actually bound. */
+int pl_http_port(const pl_http_t *h);
+
+/* Stops accepting, lets in-flight requests finish, frees the server, sets *h to NULL. */
+void pl_http_stop(pl_http_t **h);
+
+/* Request accessors; every returned pointer is borrowed and valid during the handler only. */
+const char *pl_http_method(const pl_http_req_t *req);
+const char *pl_http_path(const pl_http_req_t *req);
+const char *pl_http_header(const pl_http_req_t *req, const char *name);
+const char *pl_http_query(const pl_http_req_t *req, const char *key);
+const char *pl_http_client_addr(const pl_http_req_t *req);
+/* The parsed JSON body, or NULL when the request had none. */
+json_t *pl_http_body(const pl_http_req_t *req);
+/* The token of an "Authorization: Bearer <token>" header, or NULL. */
+const char *pl_http_bearer(const pl_http_req_t *req);
+
+/* Sets status and body; steals body (which may be NULL). */
+void pl_http_reply(pl_http_resp_t *resp, int status, json_t *body);
+
+/* Sets the DESIGN's error body for err with its HTTP status; message is copied. */
+void pl_http_fail(pl_http_resp_t *resp, int err, const char *message);
+
+/* The HTTP status that stands for a PL_ERR_* code (400, 401, 403, 404, 409, 413, 429, 503, 500). */
+int pl_http_status_of(int err);
+
+#endif

@@ -1,0 +1,56 @@
+/*
+ * MongoDB access through a libmongoc client pool, for worker threads that may block. Each call
+ * pops a client, runs one operation and pushes the client back, and translates bson_error_t
+ * into PL_ERR_* once: a duplicate key is PL_ERR_EXISTS, an unreachable server PL_ERR_UNAVAIL.
+ * Documents are libbson's bson_t, the driver's own data type. Not for event-loop threads.
+ * Thread-safe.
+ */
+#ifndef PARLEY_MONGO_H
+#define PARLEY_MONGO_H
+
+#include <bson/bson.h>
+
+typedef struct pl_mongo_s pl_mongo_t;
+
+/*
+ * Creates a pool for the URI and database. Short server-selection, connect and socket
+ * timeouts are added unless the URI sets its own, so an outage is reported in seconds rather
+ * than blocking requests. No connection is made yet. Returns PL_OK, PL_ERR_CONFIG for a bad
+ * URI, or PL_ERR_NOMEM.
+ */
+int pl_mongo_new(const char *uri, const char *db, pl_mongo_t **out);
+
+/* Frees the pool; sets *m to NULL. Accepts NULL. */
+void pl_mongo_free(pl_mongo_t **m);
+
+/* PL_OK when the server answers a ping, PL_ERR_UNAVAIL otherwise. */
+int pl_mongo_ping(pl_mongo_t *m);
+
+/* Inserts doc. Returns PL_OK, PL_ERR_EXISTS on a duplicate key, PL_ERR_UNAVAIL, PL_ERR_INTERNAL. */
+int pl_mongo_insert_one(pl_mongo_t *m, const char *coll, const bson_t *doc);
+
+/*
+ * Finds the first document matching filter (opts may be NULL, as in mongoc's find options).
+ * On PL_OK, *doc is a new document the caller destroys with bson_destroy(). Returns
+ * PL_ERR_NOTFOUND when none matches, PL_ERR_UNAVAIL or PL_ERR_INTERNAL.
+ */
+int pl_mongo_find_one(pl_mongo_t *m, const char *coll, const bson_t *filter, const bson_t *opts,
+                      bson_t **doc);
+
+/*
+ * Updates the first document matching filter with the update operators in update; upsert
+ * inserts when none matches. *matched (may be NULL) gets the number matched. Errors as
+ * pl_mongo_insert_one().
+ */
+int pl_mongo_update_one(pl_mongo_t *m, const char *coll, const bson_t *filter, const bson_t *update,
+                        int upsert, long *matched);
+
+/* Updates every document matching filter; *matched as above. Errors as pl_mongo_insert_one(). */
+int pl_mongo_update_many(pl_mongo_t *m, const char *coll, const bson_t *filter,
+                         const bson_t *update, long *matched);
+
+/* Creates an index (a no-op when it exists). Errors as pl_mongo_insert_one(). */
+int pl_mongo_create_index(pl_mongo_t *m, const char *coll, const bson_t *keys, const char *name,
+                          int unique);
+
+#endif

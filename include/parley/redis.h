@@ -1,0 +1,46 @@
+/*
+ * Blocking Redis access for request-handling threads: a small pool of hiredis connections,
+ * each reconnected after an error, behind a handful of commands the services need (rate-limit
+ * windows, expiring flags, publish). Replies and hiredis errors stay inside; callers see
+ * PL_ERR_UNAVAIL when Redis does not answer. Not for pub/sub subscriptions or the gateway's
+ * event loop, which use hiredis's async API through an adapter. Thread-safe.
+ */
+#ifndef PARLEY_REDIS_H
+#define PARLEY_REDIS_H
+
+#include <stddef.h>
+
+typedef struct pl_redis_s pl_redis_t;
+
+/*
+ * Creates a pool for host:port with a per-command timeout. No connection is made until the
+ * first command, so a service can start while Redis is down. Returns PL_OK or PL_ERR_NOMEM.
+ */
+int pl_redis_new(const char *host, int port, int timeout_ms, pl_redis_t **out);
+
+/* Closes every connection and frees the pool; sets *r to NULL. Accepts NULL. */
+void pl_redis_free(pl_redis_t **r);
+
+/* PL_OK when Redis answers PING, PL_ERR_UNAVAIL otherwise. */
+int pl_redis_ping(pl_redis_t *r);
+
+/*
+ * Fixed-window counter: increments key, gives it a TTL of window_s when it has none, and
+ * returns the new count in *count and the seconds left in the window in *ttl_s.
+ * Returns PL_OK or PL_ERR_UNAVAIL.
+ */
+int pl_redis_incr_window(pl_redis_t *r, const char *key, long window_s, long *count, long *ttl_s);
+
+/* SET key value EX ttl_s. Returns PL_OK or PL_ERR_UNAVAIL. */
+int pl_redis_set_ex(pl_redis_t *r, const char *key, const char *value, long ttl_s);
+
+/* Sets *exists to 1 when key exists. Returns PL_OK or PL_ERR_UNAVAIL. */
+int pl_redis_exists(pl_redis_t *r, const char *key, int *exists);
+
+/* DEL key. Returns PL_OK or PL_ERR_UNAVAIL. */
+int pl_redis_del(pl_redis_t *r, const char *key);
+
+/* PUBLISH channel message; *receivers (may be NULL) gets the subscriber count. */
+int pl_redis_publish(pl_redis_t *r, const char *channel, const char *msg, long *receivers);
+
+#endif

@@ -1,0 +1,206 @@
+/*
+ * libmongoc wrapper. The error translation in map_error() is the only place where the driver's
+ * error domains and server codes are interpreted.
+ */
+#include "parley/mongo.h"
+#include "parley/err.h"
+#include "parley/log.h"
+
+#include <mongoc/mongoc.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct pl_mongo_s {
+    mongoc_client_pool_t *pool;
+    char *db;
+};
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static void init_driver(void)
+{
+    mongoc_init();
+}
+
+static int map_error(const char *op, const bson_error_t *e)
+{
+    /* 11000 is the server's duplicate-key code, whichever domain reports it. */
+    if (e->code == 11000 || e->code == 11001 || e->code == 12582) {
+        return PL_ERR_EXISTS;
+    }
+    switch (e->domain) {
+    case MONGOC_ERROR_STREAM:
+    case MONGOC_ERROR_SERVER_SELECTION:
+    case MONGOC_ERROR_CLIENT:
+    case MONGOC_ERROR_PROTOCOL:
+        pl_log_warn("mongo_unavailable", "%s: %s", op, e->message);
+        return PL_ERR_UNAVAIL;
+    default:
+        pl_log_error("mongo_error", "%s: domain %u code %u: %s", op, e->domain, e->code,
+                     e->message);
+        return PL_ERR_INTERNAL;
+    }
+}
+
+int pl_mongo_new(const char *uri_str, const char *db, pl_mongo_t **out)
+{
+    bson_error_t err;
+    pthread_once(&init_once, init_driver);
+    *out = NULL;
+    mongoc_uri_t *uri = mongoc_uri_new_with_error(uri_str, &err);
+    if (uri == NULL) {
+        pl_log_error("config_invalid", "bad MongoDB URI: %s", err.message);
+        return PL_ERR_CONFIG;
+    }
+    static const struct {
+        const char *opt;
+        int32_t ms;
+    } timeouts[] = {{MONGOC_URI_SERVERSELECTIONTIMEOUTMS, 2000},
+                    {MONGOC_URI_CONNECTTIMEOUTMS, 2000},
+                    {MONGOC_URI_SOCKETTIMEOUTMS, 10000}};
+    for (size_t i = 0; i < sizeof(timeouts) / sizeof(timeouts[0]); i++) {
+        if (!mongoc_uri_has_option(uri, timeouts[i].opt)) {
+            mongoc_uri_set_option_as_int32(uri, timeouts[i].opt, timeouts[i].ms);
+        }
+    }
+    pl_mongo_t *m = calloc(1, sizeof(*m));
+    if (m == NULL || (m->db = strdup(db)) == NULL ||
+        (m->pool = mongoc_client_pool_new(uri)) == NULL) {
+        if (m != NULL) {
+            free(m->db);
+        }
+        free(m);
+        mongoc_uri_destroy(uri);
+        return PL_ERR_NOMEM;
+    }
+    mongoc_client_pool_set_error_api(m->pool, MONGOC_ERROR_API_VERSION_2);
+    mongoc_client_pool_set_appname(m->pool, "parley");
+    mongoc_uri_destroy(uri);
+    *out = m;
+    return PL_OK;
+}
+
+void pl_mongo_free(pl_mongo_t **pm)
+{
+    if (pm == NULL || *pm == NULL) {
+        return;
+    }
+    mongoc_client_pool_destroy((*pm)->pool);
+    free((*pm)->db);
+    free(*pm);
+    *pm = NULL;
+}
+
+int pl_mongo_ping(pl_mongo_t *m)
+{
+    bson_error_t err;
+    bson_t cmd = BSON_INITIALIZER;
+    BSON_APPEND_INT32(&cmd, "ping", 1);
+    mongoc_client_t *c = mongoc_client_pool_pop(m->pool);
+    bool ok = mongoc_client_command_simple(c, m->db, &cmd, NULL, NULL, &err);
+    mongoc_client_pool_push(m->pool, c);
+    bson_destroy(&cmd);
+    return ok ? PL_OK : PL_ERR_UNAVAIL;
+}
+
+int pl_mongo_insert_one(pl_mongo_t *m, const char *coll, const bson_t *doc)
+{
+    bson_error_t err;
+    mongoc_client_t *c = mongoc_client_pool_pop(m->pool);
+    mongoc_collection_t *col = mongoc_client_get_collection(c, m->db, coll);
+    bool ok = mongoc_collection_insert_one(col, doc, NULL, NULL, &err);
+    mongoc_collection_destroy(col);
+    mongoc_client_pool_push(m->pool, c);
+    return ok ? PL_OK : map_error("insert", &err);
+}
+
+int pl_mongo_find_one(pl_mongo_t *m, const char *coll, const bson_t *filter, const bson_t *opts,
+                      bson_t **doc)
+{
+    int rc = PL_ERR_NOTFOUND;
+    bson_error_t err;
+    const bson_t *found;
+    bson_t o = BSON_INITIALIZER;
+    if (opts != NULL) {
+        bson_copy_to_excluding_noinit(opts, &o, "limit", NULL);
+    }
+    BSON_APPEND_INT64(&o, "limit", 1);
+    *doc = NULL;
+    mongoc_client_t *c = mongoc_client_pool_pop(m->pool);
+    mongoc_collection_t *col = mongoc_client_get_collection(c, m->db, coll);
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(col, filter, &o, NULL);
+    if (mongoc_cursor_next(cur, &found)) {
+        *doc = bson_copy(found);
+        rc = *doc ? PL_OK : PL_ERR_NOMEM;
+    } else if (mongoc_cursor_error(cur, &err)) {
+        rc = map_error("find", &err);
+    }
+    mongoc_cursor_destroy(cur);
+    mongoc_collection_destroy(col);
+    mongoc_client_pool_push(m->pool, c);
+    bson_destroy(&o);
+    return rc;
+}
+
+static int update(pl_mongo_t *m, const char *coll, const bson_t *filter, const bson_t *upd,
+                  int upsert, int many, long *matched)
+{
+    bson_error_t err;
+    bson_t reply;
+    bson_t opts = BSON_INITIALIZER;
+    if (upsert) {
+        BSON_APPEND_BOOL(&opts, "upsert", true);
+    }
+    mongoc_client_t *c = mongoc_client_pool_pop(m->pool);
+    mongoc_collection_t *col = mongoc_client_get_collection(c, m->db, coll);
+    bool ok = many ? mongoc_collection_update_many(col, filter, upd, &opts, &reply, &err)
+                   : mongoc_collection_update_one(col, filter, upd, &opts, &reply, &err);
+    if (ok && matched != NULL) {
+        bson_iter_t it;
+        *matched = 0;
+        if (bson_iter_init_find(&it, &reply, "matchedCount") && BSON_ITER_HOLDS_NUMBER(&it)) {
+            *matched = (long)bson_iter_as_int64(&it);
+        }
+    }
+    bson_destroy(&reply);
+    mongoc_collection_destroy(col);
+    mongoc_client_pool_push(m->pool, c);
+    bson_destroy(&opts);
+    return ok ? PL_OK : map_error("update", &err);
+}
+
+int pl_mongo_update_one(pl_mongo_t *m, const char *coll, const bson_t *filter, const bson_t *upd,
+                        int upsert, long *matched)
+{
+    return update(m, coll, filter, upd, upsert, 0, matched);
+}
+
+int pl_mongo_update_many(pl_mongo_t *m, const char *coll, const bson_t *filter, const bson_t *upd,
+                         long *matched)
+{
+    return update(m, coll, filter, upd, 0, 1, matched);
+}
+
+int pl_mongo_create_index(pl_mongo_t *m, const char *coll, const bson_t *keys, const char *name,
+                          int unique)
+{
+    bson_error_t err;
+    bson_t cmd = BSON_INITIALIZER;
+    bson_t indexes, index;
+    BSON_APPEND_UTF8(&cmd, "createIndexes", coll);
+    BSON_APPEND_ARRAY_BEGIN(&cmd, "indexes", &indexes);
+    BSON_APPEND_DOCUMENT_BEGIN(&indexes, "0", &index);
+    BSON_APPEND_DOCUMENT(&index, "key", keys);
+    BSON_APPEND_UTF8(&index, "name", name);
+    if (unique) {
+        BSON_APPEND_BOOL(&index, "unique", true);
+    }
+    bson_append_document_end(&indexes, &index);
+    bson_append_array_end(&cmd, &indexes);
+    mongoc_client_t *c = mongoc_client_pool_pop(m->pool);
+    bool ok = mongoc_client_write_command_with_opts(c, m->db, &cmd, NULL, NULL, &err);
+    mongoc_client_pool_push(m->pool, c);
+    bson_destroy(&cmd);
+    return ok ? PL_OK : map_error("create_index", &err);
+}

@@ -1,0 +1,232 @@
+/*
+ * hiredis connection pool. A connection that saw an I/O or protocol error is closed rather
+ * than returned, so the next command reconnects; that is all the recovery Redis restarts need.
+ */
+#include "parley/redis.h"
+#include "parley/err.h"
+#include "parley/log.h"
+
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#define POOL_MAX 16
+
+struct pl_redis_s {
+    pthread_mutex_t lock;
+    char *host;
+    int port;
+    struct timeval timeout;
+    redisContext *idle[POOL_MAX];
+    int nidle;
+};
+
+int pl_redis_new(const char *host, int port, int timeout_ms, pl_redis_t **out)
+{
+    pl_redis_t *r = calloc(1, sizeof(*r));
+    if (r == NULL || (r->host = strdup(host)) == NULL) {
+        free(r);
+        return PL_ERR_NOMEM;
+    }
+    r->port = port;
+    r->timeout.tv_sec = timeout_ms / 1000;
+    r->timeout.tv_usec = (timeout_ms % 1000) * 1000;
+    pthread_mutex_init(&r->lock, NULL);
+    *out = r;
+    return PL_OK;
+}
+
+void pl_redis_free(pl_redis_t **pr)
+{
+    if (pr == NULL || *pr == NULL) {
+        return;
+    }
+    pl_redis_t *r = *pr;
+    for (int i = 0; i < r->nidle; i++) {
+        redisFree(r->idle[i]);
+    }
+    pthread_mutex_destroy(&r->lock);
+    free(r->host);
+    free(r);
+    *pr = NULL;
+}
+
+/* Takes an idle connection or opens one. Returns NULL when Redis cannot be reached. */
+static redisContext *take(pl_redis_t *r)
+{
+    redisContext *c = NULL;
+    pthread_mutex_lock(&r->lock);
+    if (r->nidle > 0) {
+        c = r->idle[--r->nidle];
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (c != NULL) {
+        return c;
+    }
+    c = redisConnectWithTimeout(r->host, r->port, r->timeout);
+    if (c == NULL || c->err) {
+        pl_log_warn("redis_connect_failed", "redis %s:%d: %s", r->host, r->port,
+                    c ? c->errstr : "out of memory");
+        redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, r->timeout);
+    return c;
+}
+
+/* Returns c to the pool, or closes it when it has failed or the pool is full. */
+static void give(pl_redis_t *r, redisContext *c)
+{
+    if (c == NULL) {
+        return;
+    }
+    if (!c->err) {
+        pthread_mutex_lock(&r->lock);
+        if (r->nidle < POOL_MAX) {
+            r->idle[r->nidle++] = c;
+            c = NULL;
+        }
+        pthread_mutex_unlock(&r->lock);
+    }
+    redisFree(c);
+}
+
+/* Checks one reply; logs and maps errors. An error reply is a bug of ours, not an outage. */
+static int check(redisContext *c, redisReply *rep)
+{
+    if (rep == NULL) {
+        pl_log_warn("redis_io_error", "redis: %s", c->errstr);
+        return PL_ERR_UNAVAIL;
+    }
+    if (rep->type == REDIS_REPLY_ERROR) {
+        pl_log_error("redis_error_reply", "redis replied with an error: %.200s", rep->str);
+        return PL_ERR_INTERNAL;
+    }
+    return PL_OK;
+}
+
+/* Runs one command with argv and hands back the reply (freed by the caller). */
+static int run(pl_redis_t *r, redisReply **out, int argc, const char **argv)
+{
+    *out = NULL;
+    redisContext *c = take(r);
+    if (c == NULL) {
+        return PL_ERR_UNAVAIL;
+    }
+    redisReply *rep = redisCommandArgv(c, argc, argv, NULL);
+    int rc = check(c, rep);
+    give(r, c);
+    if (rc != PL_OK) {
+        if (rep != NULL) {
+            freeReplyObject(rep);
+        }
+        return rc;
+    }
+    *out = rep;
+    return PL_OK;
+}
+
+int pl_redis_ping(pl_redis_t *r)
+{
+    const char *argv[] = {"PING"};
+    redisReply *rep;
+    int rc = run(r, &rep, 1, argv);
+    if (rc == PL_OK) {
+        freeReplyObject(rep);
+    }
+    return rc == PL_OK ? PL_OK : PL_ERR_UNAVAIL;
+}
+
+int pl_redis_incr_window(pl_redis_t *r, const char *key, long window_s, long *count, long *ttl_s)
+{
+    int rc = PL_OK;
+    redisReply *rep[3] = {NULL, NULL, NULL};
+    redisContext *c = take(r);
+    if (c == NULL) {
+        return PL_ERR_UNAVAIL;
+    }
+    /* Pipelined: one round trip. EXPIRE NX (Redis 7) only sets the TTL of a new window. */
+    redisAppendCommand(c, "INCR %s", key);
+    redisAppendCommand(c, "EXPIRE %s %ld NX", key, window_s);
+    redisAppendCommand(c, "TTL %s", key);
+    for (int i = 0; i < 3; i++) {
+        void *p = NULL;
+        if (redisGetReply(c, &p) != REDIS_OK) {
+            p = NULL;
+        }
+        rep[i] = p;
+        int one = check(c, rep[i]);
+        if (one != PL_OK && rc == PL_OK) {
+            rc = one;
+        }
+        if (one == PL_ERR_UNAVAIL) {
+            break;
+        }
+    }
+    if (rc == PL_OK) {
+        *count = (long)rep[0]->integer;
+        *ttl_s = rep[2]->integer > 0 ? (long)rep[2]->integer : window_s;
+    }
+    give(r, c);
+    for (int i = 0; i < 3; i++) {
+        if (rep[i] != NULL) {
+            freeReplyObject(rep[i]);
+        }
+    }
+    return rc == PL_OK ? PL_OK : PL_ERR_UNAVAIL;
+}
+
+int pl_redis_set_ex(pl_redis_t *r, const char *key, const char *value, long ttl_s)
+{
+    char ttl[24];
+    snprintf(ttl, sizeof(ttl), "%ld", ttl_s);
+    const char *argv[] = {"SET", key, value, "EX", ttl};
+    redisReply *rep;
+    int rc = run(r, &rep, 5, argv);
+    if (rc == PL_OK) {
+        freeReplyObject(rep);
+    }
+    return rc == PL_OK ? PL_OK : PL_ERR_UNAVAIL;
+}
+
+int pl_redis_exists(pl_redis_t *r, const char *key, int *exists)
+{
+    const char *argv[] = {"EXISTS", key};
+    redisReply *rep;
+    int rc = run(r, &rep, 2, argv);
+    if (rc != PL_OK) {
+        return PL_ERR_UNAVAIL;
+    }
+    *exists = rep->type == REDIS_REPLY_INTEGER && rep->integer > 0;
+    freeReplyObject(rep);
+    return PL_OK;
+}
+
+int pl_redis_del(pl_redis_t *r, const char *key)
+{
+    const char *argv[] = {"DEL", key};
+    redisReply *rep;
+    int rc = run(r, &rep, 2, argv);
+    if (rc == PL_OK) {
+        freeReplyObject(rep);
+    }
+    return rc == PL_OK ? PL_OK : PL_ERR_UNAVAIL;
+}
+
+int pl_redis_publish(pl_redis_t *r, const char *channel, const char *msg, long *receivers)
+{
+    const char *argv[] = {"PUBLISH", channel, msg};
+    redisReply *rep;
+    int rc = run(r, &rep, 3, argv);
+    if (rc != PL_OK) {
+        return PL_ERR_UNAVAIL;
+    }
+    if (receivers != NULL) {
+        *receivers = (long)rep->integer;
+    }
+    freeReplyObject(rep);
+    return PL_OK;
+}

@@ -1,0 +1,93 @@
+/*
+ * parley-auth's internal interface: the service context shared by its request handlers, the
+ * pure validation rules (unit-tested without a server), password hashing, and the route table.
+ * Not a public header: nothing outside services/auth includes it.
+ */
+#ifndef PARLEY_AUTH_H
+#define PARLEY_AUTH_H
+
+#include "parley/http.h"
+#include "parley/jwt.h"
+#include "parley/metrics.h"
+#include "parley/mongo.h"
+#include "parley/redis.h"
+
+#include <stdatomic.h>
+#include <stddef.h>
+
+#define AUTH_USERNAME_MAX 32
+#define AUTH_PASSWORD_MIN 8
+#define AUTH_PASSWORD_MAX 1024
+#define AUTH_REFRESH_PREV 16 /* rotated refresh hashes remembered for reuse detection */
+
+typedef struct auth_limits_s {
+    long window_s;       /* length of every rate-limit window */
+    long login_per_user; /* login attempts per username per window */
+    long login_per_addr; /* login attempts per client address per window */
+    long register_per_addr;
+} auth_limits_t;
+
+typedef struct auth_ctx_s {
+    pl_mongo_t *mongo;
+    pl_redis_t *redis;
+    pl_jwt_signer_t *signer;
+    pl_jwt_verifier_t *verifier;     /* checks the session in MongoDB */
+    pl_jwt_verifier_t *verifier_lax; /* signature and claims only: logout is idempotent */
+    pl_metrics_t *metrics;
+    long access_ttl_s;
+    long refresh_ttl_s;
+    auth_limits_t limits;
+    char dummy_hash[128]; /* verified for unknown users so they cost a real verification */
+    atomic_int indexes_ready;
+    pl_metric_t *m_logins_ok;
+    pl_metric_t *m_logins_failed;
+    pl_metric_t *m_registered;
+    pl_metric_t *m_refreshed;
+    pl_metric_t *m_reuse;
+    pl_metric_t *m_rate_limited;
+    pl_metric_t *m_logouts;
+} auth_ctx_t;
+
+/*
+ * Copies a username into out (AUTH_USERNAME_MAX + 1 bytes) folded to lowercase, and checks it
+ * against [a-z0-9_.-]{3,32}. Returns PL_OK or PL_ERR_INVAL.
+ */
+int auth_username_normalize(const char *in, char *out);
+
+/* PL_OK when a password of len bytes is acceptable (8 to 1024), PL_ERR_INVAL otherwise. */
+int auth_password_check(size_t len);
+
+/* PL_OK for a locale such as "en" or "pt-BR" ([A-Za-z0-9_-], 2 to 35 bytes). */
+int auth_locale_check(const char *s);
+
+/* PL_OK for an IANA zone name such as "Europe/Paris" or "UTC" ([A-Za-z0-9/_+-], 1 to 64). */
+int auth_time_zone_check(const char *s);
+
+/*
+ * Hashes pw[0..len) with argon2id (19 MiB, 2 passes, random salt) into out, an encoded
+ * "$argon2id$…" string of at most outlen bytes. Returns PL_OK, PL_ERR_NOMEM.
+ */
+int auth_pw_hash(const char *pw, size_t len, char *out, size_t outlen);
+
+/* PL_OK when pw matches the encoded hash, PL_ERR_UNAUTH otherwise. */
+int auth_pw_verify(const char *hash, const char *pw, size_t len);
+
+/* Hex SHA-256 of a refresh token, as stored (65 bytes with the NUL). */
+void auth_refresh_hash(const char *token, char out[65]);
+
+/*
+ * Splits a refresh token "<sid>.<secret>" and checks its shape; copies the session id into
+ * sid (33 bytes). Returns PL_OK or PL_ERR_UNAUTH.
+ */
+int auth_refresh_parse(const char *token, char sid[33]);
+
+/* The verifier's revocation callback: the session must exist in MongoDB and not be revoked. */
+int auth_session_live(void *ud, const pl_jwt_claims_t *c);
+
+/* Creates the collections' indexes once; PL_OK when they exist. */
+int auth_ensure_indexes(auth_ctx_t *ctx);
+
+extern const pl_http_route_t auth_routes[];
+extern const size_t auth_nroutes;
+
+#endif

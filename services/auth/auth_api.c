@@ -1,0 +1,593 @@
+/*
+ * parley-auth's REST handlers: register, login, refresh, logout and user profiles, per DESIGN
+ * section 4. Every client mistake is answered with a JSON error and a 4xx status; a dependency
+ * that does not answer is a 503 that the client may retry. Handlers run on the HTTP pool's
+ * threads and share only the context, whose members are thread-safe.
+ */
+#include "auth.h"
+#include "parley/enc.h"
+#include "parley/err.h"
+#include "parley/log.h"
+
+#include <bson/bson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define REVOKE_CHANNEL "parley:revoke"
+
+/* Reads an optional string member without embedded NULs. 1 when present and valid. */
+static int get_str(json_t *body, const char *key, const char **out, size_t *len)
+{
+    json_t *v = json_object_get(body, key);
+    if (!json_is_string(v)) {
+        return 0;
+    }
+    *out = json_string_value(v);
+    *len = json_string_length(v);
+    return 1;
+}
+
+/*
+ * Counts one attempt in a rate-limit window. Returns PL_OK to go on; otherwise the response is
+ * already filled (429 with Retry-After, or 503 when Redis does not answer).
+ */
+static int rate_check(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *what, const char *who,
+                      long limit)
+{
+    char key[160];
+    long count = 0;
+    long ttl = 0;
+    snprintf(key, sizeof(key), "parley:rl:%s:%s", what, who);
+    int rc = pl_redis_incr_window(ctx->redis, key, ctx->limits.window_s, &count, &ttl);
+    if (rc != PL_OK) {
+        pl_http_fail(resp, PL_ERR_UNAVAIL, "service temporarily unavailable, retry shortly");
+        resp->retry_after_s = 1;
+        return rc;
+    }
+    if (count > limit) {
+        pl_metric_inc(ctx->m_rate_limited);
+        pl_http_fail(resp, PL_ERR_RATELIMIT, "too many attempts, retry later");
+        resp->retry_after_s = ttl > 0 ? ttl : 1;
+        return PL_ERR_RATELIMIT;
+    }
+    return PL_OK;
+}
+
+static void fail_dep(pl_http_resp_t *resp, int rc)
+{
+    pl_http_fail(resp, rc == PL_ERR_UNAVAIL ? PL_ERR_UNAVAIL : PL_ERR_INTERNAL,
+                 rc == PL_ERR_UNAVAIL ? "service temporarily unavailable, retry shortly"
+                                      : "internal error");
+    if (rc == PL_ERR_UNAVAIL) {
+        resp->retry_after_s = 1;
+    }
+}
+
+static const char *bson_str(const bson_t *doc, const char *key)
+{
+    bson_iter_t it;
+    if (bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)) {
+        return bson_iter_utf8(&it, NULL);
+    }
+    return NULL;
+}
+
+static long long bson_ms(const bson_t *doc, const char *key)
+{
+    bson_iter_t it;
+    if (bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_DATE_TIME(&it)) {
+        return (long long)bson_iter_date_time(&it);
+    }
+    return 0;
+}
+
+static int bson_flag(const bson_t *doc, const char *key)
+{
+    bson_iter_t it;
+    return bson_iter_init_find(&it, doc, key) && bson_iter_as_bool(&it);
+}
+
+/* A user's profile as JSON; full adds what only the user sees. New reference. */
+static json_t *profile_json(const bson_t *user, int full)
+{
+    const char *name = bson_str(user, "_id");
+    const char *display = bson_str(user, "display_name");
+    json_t *j = json_pack("{s:s,s:s}", "username", name ? name : "", "display_name",
+                          display ? display : (name ? name : ""));
+    if (j != NULL && full) {
+        char when[32];
+        const char *locale = bson_str(user, "locale");
+        const char *tz = bson_str(user, "time_zone");
+        pl_iso8601_ms(bson_ms(user, "created_at"), when);
+        json_object_set_new(j, "locale", json_string(locale ? locale : "en"));
+        json_object_set_new(j, "time_zone", json_string(tz ? tz : "UTC"));
+        json_object_set_new(j, "created_at", json_string(when));
+    }
+    return j;
+}
+
+static int find_user(auth_ctx_t *ctx, const char *name, bson_t **doc)
+{
+    bson_t filter = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&filter, "_id", name);
+    int rc = pl_mongo_find_one(ctx->mongo, "users", &filter, NULL, doc);
+    bson_destroy(&filter);
+    return rc;
+}
+
+static void h_register(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    auth_ctx_t *ctx = ud;
+    json_t *body = pl_http_body(req);
+    char user[AUTH_USERNAME_MAX + 1];
+    const char *name, *pw, *display, *locale = "en", *tz = "UTC";
+    size_t name_len, pw_len, display_len, n;
+
+    if (!json_is_object(body)) {
+        pl_http_fail(resp, PL_ERR_INVAL, "body must be a JSON object");
+        return;
+    }
+    if (!get_str(body, "username", &name, &name_len) || name_len != strlen(name) ||
+        auth_username_normalize(name, user) != PL_OK) {
+        pl_http_fail(resp, PL_ERR_INVAL,
+                     "username must be 3 to 32 characters of a-z, 0-9, '_', '.' or '-'");
+        return;
+    }
+    if (!get_str(body, "password", &pw, &pw_len) || auth_password_check(pw_len) != PL_OK) {
+        pl_http_fail(resp, PL_ERR_INVAL, "password must be a string of 8 to 1024 bytes");
+        return;
+    }
+    if (json_object_get(body, "display_name") == NULL) {
+        display = user;
+    } else if (!get_str(body, "display_name", &display, &display_len) || display_len == 0 ||
+               display_len > 64 || display_len != strlen(display)) {
+        pl_http_fail(resp, PL_ERR_INVAL, "display_name must be a string of 1 to 64 bytes");
+        return;
+    }
+    if (json_object_get(body, "locale") != NULL &&
+        (!get_str(body, "locale", &locale, &n) || auth_locale_check(locale) != PL_OK)) {
+        pl_http_fail(resp, PL_ERR_INVAL, "locale must look like \"en\" or \"pt-BR\"");
+        return;
+    }
+    if (json_object_get(body, "time_zone") != NULL &&
+        (!get_str(body, "time_zone", &tz, &n) || auth_time_zone_check(tz) != PL_OK)) {
+        pl_http_fail(resp, PL_ERR_INVAL, "time_zone must be an IANA name such as Europe/Paris");
+        return;
+    }
+    if (rate_check(ctx, resp, "register:a", pl_http_client_addr(req),
+                   ctx->limits.register_per_addr) != PL_OK) {
+        return;
+    }
+    char hash[256];
+    if (auth_pw_hash(pw, pw_len, hash, sizeof(hash)) != PL_OK) {
+        fail_dep(resp, PL_ERR_INTERNAL);
+        return;
+    }
+    long long now = pl_now_ms();
+    bson_t doc = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&doc, "_id", user);
+    BSON_APPEND_UTF8(&doc, "password_hash", hash);
+    BSON_APPEND_UTF8(&doc, "display_name", display);
+    BSON_APPEND_UTF8(&doc, "locale", locale);
+    BSON_APPEND_UTF8(&doc, "time_zone", tz);
+    BSON_APPEND_DATE_TIME(&doc, "created_at", now);
+    int rc = pl_mongo_insert_one(ctx->mongo, "users", &doc);
+    if (rc == PL_OK) {
+        pl_metric_inc(ctx->m_registered);
+        pl_log_info("user_registered", "user %s registered", user);
+        pl_http_reply(resp, 201, profile_json(&doc, 1));
+    } else if (rc == PL_ERR_EXISTS) {
+        pl_http_fail(resp, PL_ERR_EXISTS, "username is taken");
+    } else {
+        fail_dep(resp, rc);
+    }
+    bson_destroy(&doc);
+}
+
+/* Makes "<sid>.<43 chars>" from the session id and 256 fresh random bits. */
+static int new_refresh(const char *sid, char out[80])
+{
+    unsigned char raw[32];
+    char enc[PL_B64URL_LEN(32)];
+    if (pl_random_bytes(raw, sizeof(raw)) != PL_OK) {
+        return PL_ERR_INTERNAL;
+    }
+    pl_b64url_encode(raw, sizeof(raw), enc);
+    snprintf(out, 80, "%s.%s", sid, enc);
+    return PL_OK;
+}
+
+/* Signs an access token and fills the token response. */
+static void reply_tokens(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *user, const char *sid,
+                         const char *refresh)
+{
+    char *access = NULL;
+    if (pl_jwt_sign(ctx->signer, user, sid, (long)(pl_now_ms() / 1000), &access, NULL) != PL_OK) {
+        fail_dep(resp, PL_ERR_INTERNAL);
+        return;
+    }
+    pl_http_reply(resp, 200,
+                  json_pack("{s:s,s:s,s:I,s:s,s:s}", "access_token", access, "token_type", "Bearer",
+                            "expires_in", (json_int_t)ctx->access_ttl_s, "refresh_token", refresh,
+                            "session_id", sid));
+    free(access);
+}
+
+static void h_login(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    auth_ctx_t *ctx = ud;
+    json_t *body = pl_http_body(req);
+    char user[AUTH_USERNAME_MAX + 1];
+    const char *name, *pw, *device = "unknown";
+    size_t name_len, pw_len, n;
+    bson_t *doc = NULL;
+
+    if (!json_is_object(body) || !get_str(body, "username", &name, &name_len) ||
+        !get_str(body, "password", &pw, &pw_len)) {
+        pl_http_fail(resp, PL_ERR_INVAL, "body must be {\"username\":…,\"password\":…}");
+        return;
+    }
+    if (json_object_get(body, "device") != NULL &&
+        (!get_str(body, "device", &device, &n) || n == 0 || n > 64 || n != strlen(device))) {
+        pl_http_fail(resp, PL_ERR_INVAL, "device must be a string of 1 to 64 bytes");
+        return;
+    }
+    /* A malformed name or password cannot belong to an account: same answer as a wrong one. */
+    int shape_ok = name_len == strlen(name) && auth_username_normalize(name, user) == PL_OK &&
+                   auth_password_check(pw_len) == PL_OK;
+    if (!shape_ok) {
+        snprintf(user, sizeof(user), "-invalid-");
+    }
+    if (rate_check(ctx, resp, "login:a", pl_http_client_addr(req), ctx->limits.login_per_addr) !=
+            PL_OK ||
+        rate_check(ctx, resp, "login:u", user, ctx->limits.login_per_user) != PL_OK) {
+        return;
+    }
+    int rc = shape_ok ? find_user(ctx, user, &doc) : PL_ERR_NOTFOUND;
+    if (rc != PL_OK && rc != PL_ERR_NOTFOUND) {
+        fail_dep(resp, rc);
+        return;
+    }
+    /* An unknown user costs one argon2id verification too, so timing does not tell. */
+    const char *hash = doc ? bson_str(doc, "password_hash") : NULL;
+    int ok = auth_pw_verify(hash ? hash : ctx->dummy_hash, pw, pw_len) == PL_OK && hash != NULL;
+    if (!ok) {
+        pl_metric_inc(ctx->m_logins_failed);
+        pl_log_info("login_failed", "failed login");
+        pl_http_fail(resp, PL_ERR_UNAUTH, "invalid username or password");
+        goto out;
+    }
+    char sid[33];
+    char refresh[80];
+    char rhash[65];
+    if (pl_random_hex(sid, 16) != PL_OK || new_refresh(sid, refresh) != PL_OK) {
+        fail_dep(resp, PL_ERR_INTERNAL);
+        goto out;
+    }
+    auth_refresh_hash(refresh, rhash);
+    long long now = pl_now_ms();
+    bson_t s = BSON_INITIALIZER;
+    bson_t prev;
+    BSON_APPEND_UTF8(&s, "_id", sid);
+    BSON_APPEND_UTF8(&s, "user", user);
+    BSON_APPEND_UTF8(&s, "device", device);
+    BSON_APPEND_UTF8(&s, "refresh_hash", rhash);
+    BSON_APPEND_ARRAY_BEGIN(&s, "refresh_prev", &prev);
+    bson_append_array_end(&s, &prev);
+    BSON_APPEND_DATE_TIME(&s, "created_at", now);
+    BSON_APPEND_DATE_TIME(&s, "expires_at", now + (long long)ctx->refresh_ttl_s * 1000);
+    BSON_APPEND_BOOL(&s, "revoked", false);
+    rc = pl_mongo_insert_one(ctx->mongo, "sessions", &s);
+    bson_destroy(&s);
+    if (rc != PL_OK) {
+        fail_dep(resp, rc);
+        goto out;
+    }
+    pl_metric_inc(ctx->m_logins_ok);
+    pl_log_fields(PL_LOG_INFO, "login", json_pack("{s:s,s:s}", "user", user, "session", sid),
+                  "session opened");
+    reply_tokens(ctx, resp, user, sid, refresh);
+out:
+    if (doc != NULL) {
+        bson_destroy(doc);
+    }
+}
+
+/*
+ * Revokes a session everywhere: MongoDB first (refresh stops, auth refuses its tokens), then
+ * the Redis flag other services check until the last access token expires, then the live
+ * notice gateways use to close sockets. Idempotent, so a client retries after a 503.
+ */
+static int revoke_session(auth_ctx_t *ctx, const char *sid, const char *user)
+{
+    bson_t filter = BSON_INITIALIZER;
+    bson_t upd = BSON_INITIALIZER;
+    bson_t set;
+    BSON_APPEND_UTF8(&filter, "_id", sid);
+    BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
+    BSON_APPEND_BOOL(&set, "revoked", true);
+    BSON_APPEND_DATE_TIME(&set, "revoked_at", pl_now_ms());
+    bson_append_document_end(&upd, &set);
+    int rc = pl_mongo_update_one(ctx->mongo, "sessions", &filter, &upd, 0, NULL);
+    bson_destroy(&filter);
+    bson_destroy(&upd);
+    if (rc != PL_OK) {
+        return rc;
+    }
+    char key[128];
+    snprintf(key, sizeof(key), "parley:revoked:%s", sid);
+    rc = pl_redis_set_ex(ctx->redis, key, user, ctx->access_ttl_s + PL_JWT_MAX_LEEWAY);
+    if (rc != PL_OK) {
+        return rc;
+    }
+    json_t *note = json_pack("{s:s,s:s}", "sid", sid, "user", user);
+    char *text = note ? json_dumps(note, JSON_COMPACT) : NULL;
+    json_decref(note);
+    rc = text ? pl_redis_publish(ctx->redis, REVOKE_CHANNEL, text, NULL) : PL_ERR_NOMEM;
+    free(text);
+    if (rc == PL_OK) {
+        pl_log_fields(PL_LOG_INFO, "session_revoked",
+                      json_pack("{s:s,s:s}", "user", user, "session", sid), "session revoked");
+    }
+    return rc;
+}
+
+static void h_refresh(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    auth_ctx_t *ctx = ud;
+    json_t *body = pl_http_body(req);
+    const char *token;
+    size_t len;
+    char sid[33];
+    char hash[65];
+    bson_t *doc = NULL;
+
+    if (!json_is_object(body) || !get_str(body, "refresh_token", &token, &len)) {
+        pl_http_fail(resp, PL_ERR_INVAL, "body must be {\"refresh_token\":…}");
+        return;
+    }
+    if (len != strlen(token) || auth_refresh_parse(token, sid) != PL_OK) {
+        pl_http_fail(resp, PL_ERR_UNAUTH, "invalid refresh token");
+        return;
+    }
+    auth_refresh_hash(token, hash);
+    bson_t filter = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&filter, "_id", sid);
+    int rc = pl_mongo_find_one(ctx->mongo, "sessions", &filter, NULL, &doc);
+    bson_destroy(&filter);
+    if (rc == PL_ERR_NOTFOUND) {
+        pl_http_fail(resp, PL_ERR_UNAUTH, "invalid refresh token");
+        return;
+    }
+    if (rc != PL_OK) {
+        fail_dep(resp, rc);
+        return;
+    }
+    const char *user = bson_str(doc, "user");
+    const char *current = bson_str(doc, "refresh_hash");
+    long long now = pl_now_ms();
+    if (user == NULL || current == NULL || bson_flag(doc, "revoked") ||
+        bson_ms(doc, "expires_at") < now) {
+        pl_http_fail(resp, PL_ERR_UNAUTH, "session has ended; log in again");
+        goto out;
+    }
+    if (strcmp(current, hash) != 0) {
+        /* A rotated-out token came back: it was copied. Revoke the whole session (RFC 6819). */
+        bson_iter_t it, arr;
+        int reused = 0;
+        if (bson_iter_init_find(&it, doc, "refresh_prev") && BSON_ITER_HOLDS_ARRAY(&it) &&
+            bson_iter_recurse(&it, &arr)) {
+            while (bson_iter_next(&arr)) {
+                if (BSON_ITER_HOLDS_UTF8(&arr) && strcmp(bson_iter_utf8(&arr, NULL), hash) == 0) {
+                    reused = 1;
+                }
+            }
+        }
+        if (reused) {
+            pl_metric_inc(ctx->m_reuse);
+            pl_log_fields(PL_LOG_WARN, "refresh_reuse",
+                          json_pack("{s:s,s:s}", "user", user, "session", sid),
+                          "rotated refresh token presented again; revoking the session");
+            rc = revoke_session(ctx, sid, user);
+            if (rc != PL_OK) {
+                fail_dep(resp, rc);
+                goto out;
+            }
+        }
+        pl_http_fail(resp, PL_ERR_UNAUTH,
+                     reused ? "refresh token was already used; the session is revoked"
+                            : "invalid refresh token");
+        goto out;
+    }
+    char refresh[80];
+    char rhash[65];
+    if (new_refresh(sid, refresh) != PL_OK) {
+        fail_dep(resp, PL_ERR_INTERNAL);
+        goto out;
+    }
+    auth_refresh_hash(refresh, rhash);
+
+    /* Compare-and-swap on the current hash, so two racing refreshes cannot both rotate. */
+    bson_t f = BSON_INITIALIZER;
+    bson_t upd = BSON_INITIALIZER;
+    bson_t set, prev;
+    BSON_APPEND_UTF8(&f, "_id", sid);
+    BSON_APPEND_UTF8(&f, "refresh_hash", hash);
+    BSON_APPEND_BOOL(&f, "revoked", false);
+    BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
+    BSON_APPEND_UTF8(&set, "refresh_hash", rhash);
+    BSON_APPEND_DATE_TIME(&set, "expires_at", now + (long long)ctx->refresh_ttl_s * 1000);
+    BSON_APPEND_DATE_TIME(&set, "refreshed_at", now);
+    BSON_APPEND_ARRAY_BEGIN(&set, "refresh_prev", &prev);
+    /* The newest AUTH_REFRESH_PREV rotated hashes, this one first. */
+    BSON_APPEND_UTF8(&prev, "0", hash);
+    bson_iter_t it, arr;
+    int kept = 1;
+    if (bson_iter_init_find(&it, doc, "refresh_prev") && BSON_ITER_HOLDS_ARRAY(&it) &&
+        bson_iter_recurse(&it, &arr)) {
+        while (kept < AUTH_REFRESH_PREV && bson_iter_next(&arr)) {
+            if (BSON_ITER_HOLDS_UTF8(&arr)) {
+                char idx[16];
+                snprintf(idx, sizeof(idx), "%d", kept++);
+                BSON_APPEND_UTF8(&prev, idx, bson_iter_utf8(&arr, NULL));
+            }
+        }
+    }
+    bson_append_array_end(&set, &prev);
+    bson_append_document_end(&upd, &set);
+    long matched = 0;
+    rc = pl_mongo_update_one(ctx->mongo, "sessions", &f, &upd, 0, &matched);
+    bson_destroy(&f);
+    bson_destroy(&upd);
+    if (rc != PL_OK) {
+        fail_dep(resp, rc);
+        goto out;
+    }
+    if (matched == 0) {
+        pl_http_fail(resp, PL_ERR_UNAUTH, "refresh token was already used");
+        goto out;
+    }
+    pl_metric_inc(ctx->m_refreshed);
+    reply_tokens(ctx, resp, user, sid, refresh);
+out:
+    bson_destroy(doc);
+}
+
+/*
+ * Verifies the bearer token with v. Returns PL_OK with the claims, or fills the response
+ * (401, or 503 when the session store does not answer).
+ */
+static int authenticate(pl_http_req_t *req, pl_http_resp_t *resp, const pl_jwt_verifier_t *v,
+                        pl_jwt_claims_t *c)
+{
+    const char *token = pl_http_bearer(req);
+    if (token == NULL) {
+        pl_http_fail(resp, PL_ERR_UNAUTH, "missing Authorization: Bearer token");
+        return PL_ERR_UNAUTH;
+    }
+    int rc = pl_jwt_verify(v, token, (long)(pl_now_ms() / 1000), c);
+    switch (rc) {
+    case PL_OK:
+        return PL_OK;
+    case PL_ERR_EXPIRED:
+        pl_http_fail(resp, rc, "access token expired; refresh it");
+        break;
+    case PL_ERR_REVOKED:
+        pl_http_fail(resp, rc, "session was logged out");
+        break;
+    case PL_ERR_UNAVAIL:
+        fail_dep(resp, rc);
+        break;
+    default:
+        pl_http_fail(resp, PL_ERR_UNAUTH, "invalid access token");
+        break;
+    }
+    return rc;
+}
+
+static void h_logout(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    auth_ctx_t *ctx = ud;
+    pl_jwt_claims_t c;
+    if (authenticate(req, resp, ctx->verifier_lax, &c) != PL_OK) {
+        return;
+    }
+    int rc = revoke_session(ctx, c.sid, c.sub);
+    if (rc != PL_OK) {
+        fail_dep(resp, rc);
+        return;
+    }
+    pl_metric_inc(ctx->m_logouts);
+    pl_http_reply(resp, 204, NULL);
+}
+
+static void h_me(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    auth_ctx_t *ctx = ud;
+    pl_jwt_claims_t c;
+    bson_t *doc = NULL;
+    if (authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
+        return;
+    }
+    int rc = find_user(ctx, c.sub, &doc);
+    if (rc == PL_OK) {
+        pl_http_reply(resp, 200, profile_json(doc, 1));
+        bson_destroy(doc);
+    } else if (rc == PL_ERR_NOTFOUND) {
+        pl_http_fail(resp, PL_ERR_UNAUTH, "account no longer exists");
+    } else {
+        fail_dep(resp, rc);
+    }
+}
+
+static void h_user(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    auth_ctx_t *ctx = ud;
+    pl_jwt_claims_t c;
+    char name[AUTH_USERNAME_MAX + 1];
+    bson_t *doc = NULL;
+    if (authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
+        return;
+    }
+    const char *p = pl_http_path(req) + strlen("/v1/users/");
+    if (auth_username_normalize(p, name) != PL_OK || strlen(p) != strlen(name)) {
+        pl_http_fail(resp, PL_ERR_NOTFOUND, "no such user");
+        return;
+    }
+    int rc = find_user(ctx, name, &doc);
+    if (rc == PL_OK) {
+        pl_http_reply(resp, 200, profile_json(doc, 0));
+        bson_destroy(doc);
+    } else if (rc == PL_ERR_NOTFOUND) {
+        pl_http_fail(resp, PL_ERR_NOTFOUND, "no such user");
+    } else {
+        fail_dep(resp, rc);
+    }
+}
+
+int auth_session_live(void *ud, const pl_jwt_claims_t *c)
+{
+    auth_ctx_t *ctx = ud;
+    bson_t *doc = NULL;
+    bson_t filter = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&filter, "_id", c->sid);
+    int rc = pl_mongo_find_one(ctx->mongo, "sessions", &filter, NULL, &doc);
+    bson_destroy(&filter);
+    if (rc == PL_ERR_NOTFOUND) {
+        return PL_ERR_REVOKED;
+    }
+    if (rc != PL_OK) {
+        return rc == PL_ERR_UNAVAIL ? PL_ERR_UNAVAIL : PL_ERR_INTERNAL;
+    }
+    const char *user = bson_str(doc, "user");
+    rc = (user == NULL || strcmp(user, c->sub) != 0 || bson_flag(doc, "revoked")) ? PL_ERR_REVOKED
+                                                                                  : PL_OK;
+    bson_destroy(doc);
+    return rc;
+}
+
+int auth_ensure_indexes(auth_ctx_t *ctx)
+{
+    if (atomic_load(&ctx->indexes_ready)) {
+        return PL_OK;
+    }
+    bson_t keys = BSON_INITIALIZER;
+    BSON_APPEND_INT32(&keys, "user", 1);
+    int rc = pl_mongo_create_index(ctx->mongo, "sessions", &keys, "user_1", 0);
+    bson_destroy(&keys);
+    if (rc == PL_OK) {
+        atomic_store(&ctx->indexes_ready, 1);
+    }
+    return rc;
+}
+
+const pl_http_route_t auth_routes[] = {
+    {"POST", "/v1/auth/register", h_register},
+    {"POST", "/v1/auth/login", h_login},
+    {"POST", "/v1/auth/refresh", h_refresh},
+    {"POST", "/v1/auth/logout", h_logout},
+    {"GET", "/v1/users/me", h_me},
+    {"GET", "/v1/users/", h_user},
+};
+const size_t auth_nroutes = sizeof(auth_routes) / sizeof(auth_routes[0]);

@@ -1,0 +1,143 @@
+"""Fixtures for the integration suite: the cluster that run.sh started (ports and folders come
+from the PARLEY_* environment), HTTP helpers, and control of individual processes through the
+same deploy scripts users run."""
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+VAR = os.environ["PARLEY_VAR"]
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.raw = body
+        try:
+            self.json = json.loads(body) if body else None
+        except ValueError:
+            self.json = None
+
+    @property
+    def error_code(self):
+        return (self.json or {}).get("error", {}).get("code")
+
+    def __repr__(self):
+        return f"<{self.status} {self.raw[:200]!r}>"
+
+
+def request(base, method, path, body=None, token=None, headers=None, raw=None, timeout=15):
+    """One HTTP request; returns a Response whatever the status."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return Response(r.status, dict(r.headers), r.read())
+    except urllib.error.HTTPError as e:
+        return Response(e.code, dict(e.headers), e.read())
+
+
+class Api:
+    """The REST API at one base URL, with a client address of its own (X-Real-IP, trusted
+    because the services run with PARLEY_TRUST_FORWARDED as they do behind the edge)."""
+
+    def __init__(self, base, addr=None):
+        self.base = base
+        self.addr = addr or "10.%d.%d.%d" % tuple(uuid.uuid4().bytes[:3])
+
+    def call(self, method, path, body=None, token=None, headers=None, raw=None):
+        h = {"X-Real-IP": self.addr}
+        h.update(headers or {})
+        return request(self.base, method, path, body, token, h, raw)
+
+    def register(self, username, password="correct horse battery", **extra):
+        return self.call("POST", "/v1/auth/register", dict(username=username, password=password, **extra))
+
+    def login(self, username, password="correct horse battery", **extra):
+        return self.call("POST", "/v1/auth/login", dict(username=username, password=password, **extra))
+
+
+def unique_name(prefix="u"):
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def edge():
+    """The API through the nginx edge, as clients reach it."""
+    return Api(f"http://127.0.0.1:{os.environ['PARLEY_EDGE_PORT']}")
+
+
+@pytest.fixture
+def auth():
+    """parley-auth directly, bypassing the edge."""
+    return Api(f"http://127.0.0.1:{os.environ['PARLEY_AUTH_PORT']}")
+
+
+@pytest.fixture(scope="session")
+def mongo():
+    import pymongo
+
+    client = pymongo.MongoClient(
+        f"mongodb://127.0.0.1:{os.environ['PARLEY_MONGO_PORT']}", serverSelectionTimeoutMS=5000
+    )
+    yield client[os.environ["PARLEY_MONGO_DB"]]
+    client.close()
+
+
+@pytest.fixture
+def redis_client():
+    import redis
+
+    r = redis.Redis(host="127.0.0.1", port=int(os.environ["PARLEY_REDIS_PORT"]), socket_timeout=5)
+    yield r
+    r.close()
+
+
+def pid_of(name):
+    with open(os.path.join(VAR, "run", f"{name}.pid")) as f:
+        return int(f.read())
+
+
+def kill9(name):
+    """kill -9 a process the scripts started, and wait until it is gone."""
+    pid = pid_of(name)
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    # A SIGKILLed child of ours stays a zombie until reaped; it is gone for the test's purpose.
+
+
+def cluster(*args):
+    subprocess.run([os.path.join(ROOT, "deploy", "cluster.sh"), *args], check=True)
+
+
+def infra(*args):
+    subprocess.run([os.path.join(ROOT, "deploy", "infra.sh"), *args], check=True)
+
+
+def wait_until(pred, timeout=30, interval=0.2):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs the integration suite against a cluster of its own: real Redis, Kafka and FerretDB and
+# the real service binaries, on ports and in a folder apart from `make run`'s, so a running
+# local cluster is not disturbed. The cluster is started with the same deploy/cluster.sh that
+# users run, and removed afterwards (kept on failure, for its logs).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+mkdir -p "$root/var"
+export PARLEY_VAR
+PARLEY_VAR=$(mktemp -d "$root/var/test.XXXXXX")
+export PARLEY_BIN=${PARLEY_BIN:-$root/build/bin}
+export PARLEY_EDGE_PORT=18000
+export PARLEY_AUTH_PORT=18081
+export PARLEY_REDIS_PORT=16379
+export PARLEY_MONGO_PORT=37017
+export PARLEY_KAFKA_PORT=19092
+export PARLEY_KAFKA_CONTROLLER_PORT=19093
+export PARLEY_KAFKA_PARTITIONS=3
+export PARLEY_MONGO_DB=parley_test
+export PARLEY_LOGIN_LIMIT_USER=10
+export PARLEY_LOGIN_LIMIT_ADDR=20
+export PARLEY_REGISTER_LIMIT_ADDR=1000
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+cleanup() {
+  local rc=$?
+  "$root/deploy/cluster.sh" down >/dev/null 2>&1 || true
+  # Any sanitizer report in a service log fails the run, even when every test passed.
+  if grep -l -E "ERROR: (Address|Leak)Sanitizer|runtime error:" "$PARLEY_VAR"/log/*.log 2>/dev/null; then
+    echo "[parley] sanitizer reports found in the logs above" >&2
+    rc=1
+  fi
+  if [ $rc -eq 0 ]; then rm -rf "$PARLEY_VAR"; else echo "[parley] logs kept in $PARLEY_VAR/log" >&2; fi
+  exit $rc
+}
+trap cleanup EXIT
+
+"$root/deploy/cluster.sh" up
+cd "$root/tests/integration"
+python3 -m pytest -q -p no:cacheprovider "$@"
