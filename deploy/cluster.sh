@@ -24,6 +24,7 @@ start_services() {
   [ -x "$BIN/parley-auth" ] || die "build/bin/parley-auth is missing: run 'make build'"
   "$here/keys.sh" "$PARLEY_KEYS_DIR"
   if ! running auth; then
+    port_free "$PARLEY_AUTH_PORT" parley-auth
     spawn auth "$BIN/parley-auth"
   fi
   wait_http "http://127.0.0.1:$PARLEY_AUTH_PORT/readyz" 30 parley-auth
@@ -31,6 +32,7 @@ start_services() {
 
 start_edge() {
   running nginx && return 0
+  port_free "$EDGE_PORT" "the nginx edge"
   mkdir -p "$PARLEY_VAR/nginx"/{body,proxy,fastcgi,uwsgi,scgi}
   sed -e "s|@VAR@|$PARLEY_VAR|g" -e "s|@EDGE_PORT@|$EDGE_PORT|g" \
       -e "s|@AUTH_UPSTREAMS@|server 127.0.0.1:$PARLEY_AUTH_PORT;|g" \

@@ -24,6 +24,7 @@ kafka_java() {
 
 start_redis() {
   running redis && return 0
+  port_free "$REDIS_PORT" Redis
   mkdir -p "$PARLEY_VAR/redis"
   spawn redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$PARLEY_VAR/redis" \
     --appendonly yes --appendfsync everysec --save "" --daemonize no --protected-mode yes
@@ -32,6 +33,7 @@ start_redis() {
 
 start_ferretdb() {
   running ferretdb && return 0
+  port_free "$MONGO_PORT" FerretDB
   mkdir -p "$PARLEY_VAR/ferretdb/data" "$PARLEY_VAR/ferretdb/state"
   spawn ferretdb "$PARLEY_TOOLS/bin/ferretdb" --handler=sqlite \
     --sqlite-url="file:$PARLEY_VAR/ferretdb/data/" --state-dir="$PARLEY_VAR/ferretdb/state" \
@@ -69,6 +71,8 @@ CFG
 
 start_kafka() {
   running kafka && return 0
+  port_free "$KAFKA_PORT" Kafka
+  port_free "$KAFKA_CONTROLLER_PORT" "the Kafka controller"
   local cfg; cfg=$(kafka_config)
   if [ ! -f "$PARLEY_VAR/kafka/data/meta.properties" ]; then
     say "formatting Kafka storage (KRaft)"

@@ -28,6 +28,14 @@ wait_http() {
   die "$name is not ready at $url within ${secs}s (logs: $PARLEY_VAR/log)"
 }
 
+# port_free PORT NAME: stops with a clear message when something already listens on PORT
+# (another cluster, a system service), instead of mistaking it for the process we start.
+port_free() {
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    die "port $1 for $2 is already in use (another Parley cluster? see 'make status', or set the PARLEY_*_PORT variables)"
+  fi
+}
+
 pidfile() { echo "$PARLEY_VAR/run/$1.pid"; }
 
 # running NAME: true when NAME's recorded process is alive.
