@@ -63,7 +63,7 @@ if [ ! -x "$PARLEY_TOOLS/bin/ferretdb" ] || \
 fi
 
 # Python packages for the integration tests (a real MongoDB driver to inspect what was stored).
-if ! python3 -c 'import pytest, pymongo' 2>/dev/null; then
+if ! python3 -c 'import pytest, pymongo, redis, websockets' 2>/dev/null; then
   say "installing Python test packages"
   python3 -m pip install -q --disable-pip-version-check -r "$here/../tests/integration/requirements.txt" \
     || python3 -m pip install -q --break-system-packages -r "$here/../tests/integration/requirements.txt"

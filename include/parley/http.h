@@ -16,11 +16,24 @@
 typedef struct pl_http_s pl_http_t;
 typedef struct pl_http_req_s pl_http_req_t;
 
+/*
+ * Called on the server's thread once a 101 response is sent: fd is the upgraded socket (owned
+ * by the server: never close it, call pl_http_upgraded_close(handle) instead), extra holds
+ * bytes the client sent after its request (valid during the call only), arg is what the
+ * handler passed to pl_http_upgrade().
+ */
+typedef void (*pl_http_upgrade_fn)(void *arg, int fd, const char *extra, size_t extra_len,
+                                   void *handle);
+
 /* What a handler fills in. Handlers normally use pl_http_reply() and pl_http_fail(). */
 typedef struct pl_http_resp_s {
     int status;
     json_t *body;       /* owned by the response; NULL for an empty body */
     long retry_after_s; /* > 0 adds a Retry-After header */
+    pl_http_upgrade_fn upgrade;
+    void *upgrade_arg;
+    void (*upgrade_arg_free)(void *arg); /* frees upgrade_arg if the upgrade never happens */
+    const char *headers[8];              /* extra name/value pairs, NULL-terminated */
 } pl_http_resp_t;
 
 typedef void (*pl_http_handler_fn)(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
@@ -38,6 +51,8 @@ typedef struct pl_http_cfg_s {
     size_t body_max;               /* larger bodies get 413 */
     unsigned max_conns;            /* connections beyond this are refused */
     int trust_forwarded;           /* take the client address from X-Real-IP (behind nginx) */
+    int allow_upgrade;             /* handlers may answer with pl_http_upgrade() */
+    size_t conn_memory;            /* per-connection buffer limit; 0 keeps the default */
     const pl_http_route_t *routes; /* borrowed; must outlive the server */
     size_t nroutes;
     void *ud; /* passed to handlers and ready() */
@@ -75,6 +90,17 @@ void pl_http_reply(pl_http_resp_t *resp, int status, json_t *body);
 
 /* Sets the DESIGN's error body for err with its HTTP status; message is copied. */
 void pl_http_fail(pl_http_resp_t *resp, int err, const char *message);
+
+/*
+ * Answers 101 Switching Protocols with the given header pairs (copied pointers: they must be
+ * string literals or outlive the response) and, once sent, hands the socket to fn with arg.
+ * free_arg releases arg if the client goes away first. Needs cfg.allow_upgrade.
+ */
+void pl_http_upgrade(pl_http_resp_t *resp, const char *const *headers, pl_http_upgrade_fn fn,
+                     void *arg, void (*free_arg)(void *arg));
+
+/* Closes an upgraded socket; callable from any thread, once per handle. */
+void pl_http_upgraded_close(void *handle);
 
 /* The HTTP status that stands for a PL_ERR_* code (400, 401, 403, 404, 409, 413, 429, 503, 500). */
 int pl_http_status_of(int err);

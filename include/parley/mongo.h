@@ -49,6 +49,25 @@ int pl_mongo_update_one(pl_mongo_t *m, const char *coll, const bson_t *filter, c
 int pl_mongo_update_many(pl_mongo_t *m, const char *coll, const bson_t *filter,
                          const bson_t *update, long *matched);
 
+/* Called for each document found; doc is borrowed for the call only. Return 0 to stop. */
+typedef int (*pl_mongo_doc_fn)(void *ud, const bson_t *doc);
+
+/*
+ * Runs a find with mongoc's options (sort, limit, projection) and calls fn for each
+ * document. Returns PL_OK, PL_ERR_UNAVAIL or PL_ERR_INTERNAL.
+ */
+int pl_mongo_find(pl_mongo_t *m, const char *coll, const bson_t *filter, const bson_t *opts,
+                  pl_mongo_doc_fn fn, void *ud);
+
+/*
+ * Inserts n documents in one unordered bulk write. dup[i] (n entries, may be NULL) is set to
+ * 1 for each document refused as a duplicate key and 0 otherwise. Returns PL_OK when every
+ * document is stored or a duplicate, PL_ERR_UNAVAIL or PL_ERR_INTERNAL otherwise (then
+ * nothing is known about which documents were written: retry them all).
+ */
+int pl_mongo_insert_many(pl_mongo_t *m, const char *coll, bson_t *const *docs, size_t n,
+                         unsigned char *dup);
+
 /* Creates an index (a no-op when it exists). Errors as pl_mongo_insert_one(). */
 int pl_mongo_create_index(pl_mongo_t *m, const char *coll, const bson_t *keys, const char *name,
                           int unique);

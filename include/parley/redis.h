@@ -43,4 +43,18 @@ int pl_redis_del(pl_redis_t *r, const char *key);
 /* PUBLISH channel message; *receivers (may be NULL) gets the subscriber count. */
 int pl_redis_publish(pl_redis_t *r, const char *channel, const char *msg, long *receivers);
 
+/* Called for each field of each hash: idx is the key's index; strings valid during the call. */
+typedef void (*pl_redis_field_fn)(void *ud, size_t idx, const char *field, const char *value);
+
+/* HGETALL of n keys in one pipelined round trip. Returns PL_OK or PL_ERR_UNAVAIL. */
+int pl_redis_hgetall_multi(pl_redis_t *r, const char *const *keys, size_t n, pl_redis_field_fn fn,
+                           void *ud);
+
+/* EXISTS of n keys in one round trip; out[i] is 1 when keys[i] exists. */
+int pl_redis_exists_multi(pl_redis_t *r, const char *const *keys, size_t n, int *out);
+
+/* PUBLISH of n messages in one round trip. Returns PL_OK or PL_ERR_UNAVAIL. */
+int pl_redis_publish_multi(pl_redis_t *r, const char *const *channels, const char *const *msgs,
+                           size_t n);
+
 #endif

@@ -36,6 +36,9 @@ struct pl_http_req_s {
     int too_big;
     char addr[INET6_ADDRSTRLEN];
     struct timespec start;
+    pl_http_upgrade_fn upgrade;
+    void *upgrade_arg;
+    void (*upgrade_arg_free)(void *arg);
 };
 
 int pl_http_status_of(int err)
@@ -79,6 +82,59 @@ void pl_http_fail(pl_http_resp_t *resp, int err, const char *message)
     json_t *e = json_pack("{s:{s:s,s:s}}", "error", "code", pl_errcode(err), "message",
                           message ? message : pl_strerror(err));
     pl_http_reply(resp, pl_http_status_of(err), e);
+}
+
+void pl_http_upgrade(pl_http_resp_t *resp, const char *const *headers, pl_http_upgrade_fn fn,
+                     void *arg, void (*free_arg)(void *arg))
+{
+    json_decref(resp->body);
+    resp->body = NULL;
+    resp->status = 101;
+    resp->upgrade = fn;
+    resp->upgrade_arg = arg;
+    resp->upgrade_arg_free = free_arg;
+    size_t i = 0;
+    for (; headers != NULL && headers[i] != NULL && i + 2 < 8; i += 2) {
+        resp->headers[i] = headers[i];
+        resp->headers[i + 1] = headers[i + 1];
+    }
+    resp->headers[i] = NULL;
+}
+
+void pl_http_upgraded_close(void *handle)
+{
+    MHD_upgrade_action(handle, MHD_UPGRADE_ACTION_CLOSE);
+}
+
+static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, const char *extra_in,
+                        size_t extra_in_size, MHD_socket sock,
+                        struct MHD_UpgradeResponseHandle *urh)
+{
+    (void)cls;
+    (void)conn;
+    pl_http_req_t *req = con_cls;
+    void *arg = req->upgrade_arg;
+    /* From here the callee owns arg. */
+    req->upgrade_arg = NULL;
+    req->upgrade(arg, sock, extra_in, extra_in_size, urh);
+}
+
+static enum MHD_Result send_upgrade(pl_http_req_t *req, pl_http_resp_t *resp)
+{
+    struct MHD_Response *r = MHD_create_response_for_upgrade(on_upgraded, req);
+    if (r == NULL) {
+        return MHD_NO;
+    }
+    for (size_t i = 0; resp->headers[i] != NULL; i += 2) {
+        MHD_add_response_header(r, resp->headers[i], resp->headers[i + 1]);
+    }
+    req->upgrade = resp->upgrade;
+    req->upgrade_arg = resp->upgrade_arg;
+    req->upgrade_arg_free = resp->upgrade_arg_free;
+    resp->upgrade_arg = NULL;
+    enum MHD_Result ok = MHD_queue_response(req->conn, MHD_HTTP_SWITCHING_PROTOCOLS, r);
+    MHD_destroy_response(r);
+    return ok;
 }
 
 const char *pl_http_method(const pl_http_req_t *req)
@@ -296,6 +352,15 @@ static enum MHD_Result dispatch(pl_http_req_t *req)
         pl_http_fail(&resp, PL_ERR_NOTFOUND, "no such endpoint");
     }
 send:;
+    if (resp.upgrade != NULL) {
+        if (h->cfg.allow_upgrade) {
+            return send_upgrade(req, &resp);
+        }
+        if (resp.upgrade_arg_free != NULL) {
+            resp.upgrade_arg_free(resp.upgrade_arg);
+        }
+        pl_http_fail(&resp, PL_ERR_INTERNAL, "upgrade not enabled");
+    }
     enum MHD_Result ok = send_json(req, &resp);
     json_decref(resp.body);
     return ok;
@@ -352,6 +417,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (req == NULL) {
         return;
     }
+    if (req->upgrade_arg != NULL && req->upgrade_arg_free != NULL) {
+        req->upgrade_arg_free(req->upgrade_arg);
+    }
     json_decref(req->body);
     pl_buf_free(&req->body_raw);
     free(req);
@@ -393,15 +461,30 @@ int pl_http_start(const pl_http_cfg_t *cfg, pl_http_t **out)
                                           "Time to answer an HTTP request", NULL,
                                           pl_metrics_latency_bounds, pl_metrics_latency_nbounds);
     }
-    h->d = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_LINUX_ONLY | MHD_USE_ITC |
-            MHD_USE_ERROR_LOG,
-        (uint16_t)cfg->port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned int)(cfg->threads ? cfg->threads : 1), MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)(cfg->max_conns ? cfg->max_conns : 1024), MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned int)30, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_EXTERNAL_LOGGER,
-        on_mhd_log, NULL, MHD_OPTION_END);
+    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_LINUX_ONLY | MHD_USE_ITC |
+                         MHD_USE_ERROR_LOG;
+    if (cfg->allow_upgrade) {
+        flags |= MHD_ALLOW_UPGRADE;
+    }
+    /* A pool of one is no pool: MHD wants the option only for two threads or more. */
+    unsigned int threads = cfg->threads > 1 ? cfg->threads : 0;
+    struct MHD_OptionItem opts[] = {
+        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, NULL},
+        {MHD_OPTION_SOCK_ADDR, 0, &sa},
+        {threads ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_ARRAY, threads, NULL},
+        {MHD_OPTION_CONNECTION_LIMIT, cfg->max_conns ? cfg->max_conns : 1024, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, 30, NULL},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, h},
+        {MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+         (intptr_t)(cfg->conn_memory ? cfg->conn_memory : 32 * 1024), NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    if (!threads) {
+        /* Drop the pool entry by shifting the rest over it. */
+        memmove(&opts[2], &opts[3], sizeof(opts) - 3 * sizeof(opts[0]));
+    }
+    h->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h, MHD_OPTION_ARRAY,
+                            opts, MHD_OPTION_END);
     if (h->d == NULL) {
         pl_log_error("http_bind_failed", "cannot listen on port %d", cfg->port);
         free(h);

@@ -18,9 +18,26 @@ struct pl_mongo_s {
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
+/* The driver's own log lines become JSON lines like ours (it writes plain text otherwise). */
+static void on_driver_log(mongoc_log_level_t level, const char *domain, const char *message,
+                          void *ud)
+{
+    (void)ud;
+    int lvl = level <= MONGOC_LOG_LEVEL_ERROR     ? PL_LOG_ERROR
+              : level <= MONGOC_LOG_LEVEL_WARNING ? PL_LOG_WARN
+              : level <= MONGOC_LOG_LEVEL_INFO    ? PL_LOG_INFO
+                                                  : PL_LOG_DEBUG;
+    /* Servers without sessions (FerretDB) refuse endSessions at shutdown: harmless. */
+    if (strstr(message, "endSessions") != NULL) {
+        lvl = PL_LOG_DEBUG;
+    }
+    pl_log_fields(lvl, "mongo_driver", json_pack("{s:s}", "domain", domain), "%s", message);
+}
+
 static void init_driver(void)
 {
     mongoc_init();
+    mongoc_log_set_handler(on_driver_log, NULL);
 }
 
 static int map_error(const char *op, const bson_error_t *e)
@@ -203,4 +220,89 @@ int pl_mongo_create_index(pl_mongo_t *m, const char *coll, const bson_t *keys, c
     mongoc_client_pool_push(m->pool, c);
     bson_destroy(&cmd);
     return ok ? PL_OK : map_error("create_index", &err);
+}
+
+int pl_mongo_find(pl_mongo_t *m, const char *coll, const bson_t *filter, const bson_t *opts,
+                  pl_mongo_doc_fn fn, void *ud)
+{
+    int rc = PL_OK;
+    bson_error_t err;
+    const bson_t *doc;
+    mongoc_client_t *c = mongoc_client_pool_pop(m->pool);
+    mongoc_collection_t *col = mongoc_client_get_collection(c, m->db, coll);
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(col, filter, opts, NULL);
+    while (mongoc_cursor_next(cur, &doc)) {
+        if (!fn(ud, doc)) {
+            break;
+        }
+    }
+    if (mongoc_cursor_error(cur, &err)) {
+        rc = map_error("find", &err);
+    }
+    mongoc_cursor_destroy(cur);
+    mongoc_collection_destroy(col);
+    mongoc_client_pool_push(m->pool, c);
+    return rc;
+}
+
+int pl_mongo_insert_many(pl_mongo_t *m, const char *coll, bson_t *const *docs, size_t n,
+                         unsigned char *dup)
+{
+    int rc = PL_OK;
+    bson_error_t err;
+    bson_t reply;
+    bson_t opts = BSON_INITIALIZER;
+    BSON_APPEND_BOOL(&opts, "ordered", false);
+    if (dup != NULL) {
+        memset(dup, 0, n);
+    }
+    mongoc_client_t *c = mongoc_client_pool_pop(m->pool);
+    mongoc_collection_t *col = mongoc_client_get_collection(c, m->db, coll);
+    mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(col, &opts);
+    for (size_t i = 0; i < n; i++) {
+        mongoc_bulk_operation_insert(bulk, docs[i]);
+    }
+    if (!mongoc_bulk_operation_execute(bulk, &reply, &err)) {
+        /* Only duplicate-key write errors are acceptable; anything else fails the batch. */
+        bson_iter_t it, arr, one;
+        int other =
+            err.domain != MONGOC_ERROR_WRITE_CONCERN && err.domain != MONGOC_ERROR_SERVER ? 1 : 0;
+        int seen = 0;
+        if (bson_iter_init_find(&it, &reply, "writeErrors") && BSON_ITER_HOLDS_ARRAY(&it) &&
+            bson_iter_recurse(&it, &arr)) {
+            while (bson_iter_next(&arr)) {
+                int32_t idx = -1, code = 0;
+                if (!BSON_ITER_HOLDS_DOCUMENT(&arr) || !bson_iter_recurse(&arr, &one)) {
+                    continue;
+                }
+                while (bson_iter_next(&one)) {
+                    if (strcmp(bson_iter_key(&one), "index") == 0) {
+                        idx = (int32_t)bson_iter_as_int64(&one);
+                    } else if (strcmp(bson_iter_key(&one), "code") == 0) {
+                        code = (int32_t)bson_iter_as_int64(&one);
+                    }
+                }
+                seen++;
+                if (code == 11000 && idx >= 0 && (size_t)idx < n) {
+                    if (dup != NULL) {
+                        dup[idx] = 1;
+                    }
+                } else {
+                    other = 1;
+                }
+            }
+        }
+        if (other || seen == 0) {
+            rc = map_error("insert_many", &err);
+            if (rc == PL_ERR_EXISTS) {
+                rc = PL_ERR_INTERNAL;
+            }
+        }
+    }
+    bson_destroy(&reply);
+    mongoc_bulk_operation_destroy(bulk);
+    mongoc_collection_destroy(col);
+    mongoc_client_pool_push(m->pool, c);
+    bson_destroy(&opts);
+    return rc;
 }

@@ -230,3 +230,97 @@ int pl_redis_publish(pl_redis_t *r, const char *channel, const char *msg, long *
     freeReplyObject(rep);
     return PL_OK;
 }
+
+/*
+ * Sends argv-style commands for n items in one pipeline and hands each reply to fn. The
+ * replies are read even after a failure so that the connection is left in step (or closed).
+ */
+typedef void (*reply_fn)(void *ud, size_t idx, redisReply *rep);
+
+static int pipeline(pl_redis_t *r, size_t n, int argc, const char *verb, const char *const *a1,
+                    const char *const *a2, reply_fn fn, void *ud)
+{
+    if (n == 0) {
+        return PL_OK;
+    }
+    redisContext *c = take(r);
+    if (c == NULL) {
+        return PL_ERR_UNAVAIL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *argv[3] = {verb, a1[i], a2 ? a2[i] : NULL};
+        redisAppendCommandArgv(c, argc, argv, NULL);
+    }
+    int rc = PL_OK;
+    for (size_t i = 0; i < n; i++) {
+        void *p = NULL;
+        if (redisGetReply(c, &p) != REDIS_OK) {
+            p = NULL;
+        }
+        int one = check(c, p);
+        if (one == PL_OK) {
+            fn(ud, i, p);
+        } else if (rc == PL_OK) {
+            rc = PL_ERR_UNAVAIL;
+        }
+        if (p != NULL) {
+            freeReplyObject(p);
+        }
+        if (c->err) {
+            break;
+        }
+    }
+    give(r, c);
+    return rc;
+}
+
+struct fields {
+    pl_redis_field_fn fn;
+    void *ud;
+};
+
+static void on_hash(void *ud, size_t idx, redisReply *rep)
+{
+    struct fields *f = ud;
+    if (rep->type != REDIS_REPLY_ARRAY) {
+        return;
+    }
+    for (size_t k = 0; k + 1 < rep->elements; k += 2) {
+        if (rep->element[k]->type == REDIS_REPLY_STRING &&
+            rep->element[k + 1]->type == REDIS_REPLY_STRING) {
+            f->fn(f->ud, idx, rep->element[k]->str, rep->element[k + 1]->str);
+        }
+    }
+}
+
+int pl_redis_hgetall_multi(pl_redis_t *r, const char *const *keys, size_t n, pl_redis_field_fn fn,
+                           void *ud)
+{
+    struct fields f = {fn, ud};
+    return pipeline(r, n, 2, "HGETALL", keys, NULL, on_hash, &f);
+}
+
+static void on_exists(void *ud, size_t idx, redisReply *rep)
+{
+    int *out = ud;
+    out[idx] = rep->type == REDIS_REPLY_INTEGER && rep->integer > 0;
+}
+
+int pl_redis_exists_multi(pl_redis_t *r, const char *const *keys, size_t n, int *out)
+{
+    memset(out, 0, n * sizeof(*out));
+    return pipeline(r, n, 2, "EXISTS", keys, NULL, on_exists, out);
+}
+
+static void on_ignore(void *ud, size_t idx, redisReply *rep)
+{
+    (void)ud;
+    (void)idx;
+    (void)rep;
+}
+
+int pl_redis_publish_multi(pl_redis_t *r, const char *const *channels, const char *const *msgs,
+                           size_t n)
+{
+    return pipeline(r, n, 3, "PUBLISH", channels, msgs, on_ignore, NULL);
+}

@@ -546,6 +546,41 @@ static void h_user(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     }
 }
 
+/*
+ * Whether an account exists, for the gateways' recipient check. It needs no token because a
+ * gateway asks on behalf of a verified sender; the edge never routes /internal/ to clients
+ * (existence is no secret anyway: registration answers 409 for a taken name).
+ */
+static void h_internal_user(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    auth_ctx_t *ctx = ud;
+    char name[AUTH_USERNAME_MAX + 1];
+    bson_t *doc = NULL;
+    const char *p = pl_http_path(req) + strlen("/internal/users/");
+    if (auth_username_normalize(p, name) != PL_OK || strcmp(p, name) != 0) {
+        pl_http_fail(resp, PL_ERR_NOTFOUND, "no such user");
+        return;
+    }
+    bson_t filter = BSON_INITIALIZER;
+    bson_t opts = BSON_INITIALIZER;
+    bson_t proj;
+    BSON_APPEND_UTF8(&filter, "_id", name);
+    BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+    BSON_APPEND_INT32(&proj, "_id", 1);
+    bson_append_document_end(&opts, &proj);
+    int rc = pl_mongo_find_one(ctx->mongo, "users", &filter, &opts, &doc);
+    bson_destroy(&filter);
+    bson_destroy(&opts);
+    if (rc == PL_OK) {
+        bson_destroy(doc);
+        pl_http_reply(resp, 200, json_pack("{s:s}", "username", name));
+    } else if (rc == PL_ERR_NOTFOUND) {
+        pl_http_fail(resp, PL_ERR_NOTFOUND, "no such user");
+    } else {
+        fail_dep(resp, rc);
+    }
+}
+
 int auth_session_live(void *ud, const pl_jwt_claims_t *c)
 {
     auth_ctx_t *ctx = ud;
@@ -589,5 +624,6 @@ const pl_http_route_t auth_routes[] = {
     {"POST", "/v1/auth/logout", h_logout},
     {"GET", "/v1/users/me", h_me},
     {"GET", "/v1/users/", h_user},
+    {"GET", "/internal/users/", h_internal_user},
 };
 const size_t auth_nroutes = sizeof(auth_routes) / sizeof(auth_routes[0]);

@@ -4,29 +4,14 @@
  */
 #include "auth.h"
 #include "parley/err.h"
+#include "parley/proto.h"
 
 #include <sodium.h>
 #include <string.h>
 
 int auth_username_normalize(const char *in, char *out)
 {
-    size_t n = in ? strnlen(in, AUTH_USERNAME_MAX + 1) : 0;
-    if (n < 3 || n > AUTH_USERNAME_MAX) {
-        return PL_ERR_INVAL;
-    }
-    for (size_t i = 0; i < n; i++) {
-        char c = in[i];
-        if (c >= 'A' && c <= 'Z') {
-            c = (char)(c - 'A' + 'a');
-        }
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
-              c == '-')) {
-            return PL_ERR_INVAL;
-        }
-        out[i] = c;
-    }
-    out[n] = '\0';
-    return PL_OK;
+    return pl_username_normalize(in, out);
 }
 
 int auth_password_check(size_t len)

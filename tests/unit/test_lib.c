@@ -53,7 +53,8 @@ static void test_http_status(void)
     CU_ASSERT_EQUAL(pl_http_status_of(PL_ERR_UNAVAIL), 503);
     CU_ASSERT_EQUAL(pl_http_status_of(PL_ERR_INTERNAL), 500);
 
-    pl_http_resp_t resp = {0, NULL, 0};
+    pl_http_resp_t resp;
+    memset(&resp, 0, sizeof(resp));
     pl_http_fail(&resp, PL_ERR_TOOBIG, "too big");
     CU_ASSERT_EQUAL(resp.status, 413);
     json_t *e = json_object_get(resp.body, "error");

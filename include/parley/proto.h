@@ -1,0 +1,102 @@
+/*
+ * The message envelope shared by every service: identifiers (usernames, conversation ids,
+ * msg_ids), the client frames a gateway accepts, the Kafka record of a message, and the frames
+ * a gateway pushes. Parsing takes bytes and returns a validated struct or an error with a
+ * human-readable reason; nothing here does I/O, so tests drive it byte by byte. Thread-safe.
+ */
+#ifndef PARLEY_PROTO_H
+#define PARLEY_PROTO_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#define PL_MAX_FRAME      (64 * 1024) /* largest client frame and message, in bytes */
+#define PL_MAX_CONTENT    (60 * 1024) /* largest content, so its frames stay under 64 KiB */
+#define PL_MAX_CLIENT_ID  64
+#define PL_MAX_JSON_DEPTH 16
+#define PL_USERNAME_MAX   32
+
+/*
+ * Copies a username into out (PL_USERNAME_MAX + 1 bytes) folded to lowercase and checks it
+ * against [a-z0-9_.-]{3,32}. Returns PL_OK or PL_ERR_INVAL.
+ */
+int pl_username_normalize(const char *in, char *out);
+
+/* The 1:1 conversation id "d:<smaller>:<larger>" into out (72 bytes). */
+void pl_conv_id(const char *a, const char *b, char out[72]);
+
+/*
+ * The msg_id of (sender, client_id): 32 hex digits of SHA-256 over both, so a client's retry
+ * of the same send maps to the same message everywhere. out holds 33 bytes.
+ */
+void pl_msg_id(const char *sender, const char *client_id, char out[33]);
+
+/*
+ * 1 when the JSON text nests arrays and objects at most max deep (strings are skipped
+ * correctly). Run before parsing, so hostile nesting is refused cheaply.
+ */
+int pl_json_depth_ok(const char *p, size_t len, int max);
+
+/* 1 when p[0..len) is valid UTF-8 (no overlongs, surrogates or values above U+10FFFF). */
+int pl_utf8_valid(const unsigned char *p, size_t len);
+
+enum pl_frame_type { PL_FRAME_SEND = 1, PL_FRAME_AUTH = 2 };
+
+/* A client frame. Strings point into root, which the caller releases with pl_frame_clear(). */
+typedef struct pl_frame_s {
+    enum pl_frame_type type;
+    json_t *root;
+    const char *token;                    /* auth */
+    char client_id[PL_MAX_CLIENT_ID + 1]; /* send */
+    char to[PL_USERNAME_MAX + 1];         /* send, normalized */
+    const char *content;                  /* send; may contain NUL bytes */
+    size_t content_len;
+} pl_frame_t;
+
+/*
+ * Parses one client text frame. Returns PL_OK with *f filled, or PL_ERR_INVAL (bad JSON, too
+ * deep, unknown type, missing or malformed fields) or PL_ERR_TOOBIG (content over
+ * PL_MAX_CONTENT) with a reason in *why (a static string). Fields a client may not set
+ * (sender, seq, msg_id, timestamp) are ignored.
+ */
+int pl_frame_parse(const char *data, size_t len, pl_frame_t *f, const char **why);
+void pl_frame_clear(pl_frame_t *f);
+
+/* A message as it travels through Kafka and out to clients. */
+typedef struct pl_msg_s {
+    char msg_id[33];
+    char conv[72];
+    char sender[PL_USERNAME_MAX + 1];
+    char receiver[PL_USERNAME_MAX + 1];
+    char client_id[PL_MAX_CLIENT_ID + 1];
+    const char *content; /* borrowed from root, or from the caller when built by hand */
+    size_t content_len;
+    long long ts_ms; /* accepted at the gateway, ms since the epoch, UTC */
+    long long seq;   /* 0 until the store numbers it */
+    char origin_gw[64];
+    unsigned long long origin_conn;
+    json_t *root; /* owns content after pl_msg_parse() */
+} pl_msg_t;
+
+/*
+ * Parses a Kafka record value (parley.messages or parley.committed). Returns PL_OK or
+ * PL_ERR_INVAL for anything malformed. Release with pl_msg_clear().
+ */
+int pl_msg_parse(const char *data, size_t len, pl_msg_t *m);
+void pl_msg_clear(pl_msg_t *m);
+
+/* As pl_msg_parse() for an object already parsed; strings are borrowed from o (m->root NULL). */
+int pl_msg_from_json(json_t *o, pl_msg_t *m);
+
+/* The Kafka record value of m (with "seq" when m->seq > 0). New string; caller frees. */
+char *pl_msg_record(const pl_msg_t *m);
+
+/* m as a new JSON object of the DESIGN's msg frame and REST form (type "msg" when frame). */
+json_t *pl_msg_json(const pl_msg_t *m, int frame);
+
+/* Server frames, as new strings the caller frees. retry_after_ms <= 0 omits it. */
+char *pl_frame_ack(const char *client_id, const char *msg_id);
+char *pl_frame_error(const char *code, const char *message, const char *client_id,
+                     long retry_after_ms);
+
+#endif

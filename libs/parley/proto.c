@@ -1,0 +1,325 @@
+/*
+ * Envelope parsing and building. Every limit that protects the gateway from a client (depth,
+ * sizes, field types) is enforced here, before any other code sees the data.
+ */
+#include "parley/proto.h"
+#include "parley/enc.h"
+#include "parley/err.h"
+
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int pl_username_normalize(const char *in, char *out)
+{
+    size_t n = in ? strnlen(in, PL_USERNAME_MAX + 1) : 0;
+    if (n < 3 || n > PL_USERNAME_MAX) {
+        return PL_ERR_INVAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char c = in[i];
+        if (c >= 'A' && c <= 'Z') {
+            c = (char)(c - 'A' + 'a');
+        }
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+              c == '-')) {
+            return PL_ERR_INVAL;
+        }
+        out[i] = c;
+    }
+    out[n] = '\0';
+    return PL_OK;
+}
+
+void pl_conv_id(const char *a, const char *b, char out[72])
+{
+    if (strcmp(a, b) <= 0) {
+        snprintf(out, 72, "d:%s:%s", a, b);
+    } else {
+        snprintf(out, 72, "d:%s:%s", b, a);
+    }
+}
+
+void pl_msg_id(const char *sender, const char *client_id, char out[33])
+{
+    unsigned char h[SHA256_DIGEST_LENGTH];
+    char in[PL_USERNAME_MAX + 1 + PL_MAX_CLIENT_ID + 1];
+    /* A separator that cannot occur in a username keeps ("ab","c") apart from ("a","bc"). */
+    int n = snprintf(in, sizeof(in), "%s\n%s", sender, client_id);
+    SHA256((const unsigned char *)in, (size_t)n < sizeof(in) ? (size_t)n : sizeof(in) - 1, h);
+    pl_hex_encode(h, 16, out);
+}
+
+int pl_json_depth_ok(const char *p, size_t len, int max)
+{
+    int depth = 0;
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = p[i];
+        if (in_str) {
+            if (c == '\\') {
+                i++;
+            } else if (c == '"') {
+                in_str = 0;
+            }
+        } else if (c == '"') {
+            in_str = 1;
+        } else if (c == '[' || c == '{') {
+            if (++depth > max) {
+                return 0;
+            }
+        } else if (c == ']' || c == '}') {
+            depth--;
+        }
+    }
+    return 1;
+}
+
+int pl_utf8_valid(const unsigned char *p, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n;
+        unsigned cp;
+        if (c >= 0xc2 && c <= 0xdf) {
+            n = 1;
+            cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            n = 2;
+            cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (len - i <= n) {
+            return 0;
+        }
+        for (size_t k = 1; k <= n; k++) {
+            if ((p[i + k] & 0xc0) != 0x80) {
+                return 0;
+            }
+            cp = cp << 6 | (p[i + k] & 0x3f);
+        }
+        if ((n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff)) {
+            return 0;
+        }
+        i += n + 1;
+    }
+    return 1;
+}
+
+static int client_id_ok(const char *s, size_t len)
+{
+    if (len == 0 || len > PL_MAX_CLIENT_ID) {
+        return 0;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+void pl_frame_clear(pl_frame_t *f)
+{
+    json_decref(f->root);
+    memset(f, 0, sizeof(*f));
+}
+
+int pl_frame_parse(const char *data, size_t len, pl_frame_t *f, const char **why)
+{
+    memset(f, 0, sizeof(*f));
+    *why = NULL;
+    if (len > PL_MAX_FRAME) {
+        *why = "frame is larger than 64 KiB";
+        return PL_ERR_TOOBIG;
+    }
+    if (!pl_json_depth_ok(data, len, PL_MAX_JSON_DEPTH)) {
+        *why = "JSON nests too deeply";
+        return PL_ERR_INVAL;
+    }
+    f->root = json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL);
+    if (!json_is_object(f->root)) {
+        *why = "frame is not a JSON object";
+        goto bad;
+    }
+    const char *type = json_string_value(json_object_get(f->root, "type"));
+    if (type == NULL) {
+        *why = "frame has no \"type\"";
+        goto bad;
+    }
+    if (strcmp(type, "auth") == 0) {
+        f->type = PL_FRAME_AUTH;
+        f->token = json_string_value(json_object_get(f->root, "token"));
+        if (f->token == NULL || *f->token == '\0') {
+            *why = "auth frame needs a \"token\" string";
+            goto bad;
+        }
+        return PL_OK;
+    }
+    if (strcmp(type, "send") != 0) {
+        *why = "unknown frame type";
+        goto bad;
+    }
+    f->type = PL_FRAME_SEND;
+    json_t *cid = json_object_get(f->root, "client_id");
+    json_t *to = json_object_get(f->root, "to");
+    json_t *content = json_object_get(f->root, "content");
+    if (!json_is_string(cid) || !client_id_ok(json_string_value(cid), json_string_length(cid))) {
+        *why = "client_id must be 1 to 64 printable ASCII characters";
+        goto bad;
+    }
+    memcpy(f->client_id, json_string_value(cid), json_string_length(cid) + 1);
+    if (!json_is_string(to) || json_string_length(to) != strlen(json_string_value(to)) ||
+        pl_username_normalize(json_string_value(to), f->to) != PL_OK) {
+        *why = "\"to\" must be a username";
+        goto bad;
+    }
+    if (!json_is_string(content) || json_string_length(content) == 0) {
+        *why = "content must be a non-empty string";
+        goto bad;
+    }
+    if (json_string_length(content) > PL_MAX_CONTENT) {
+        *why = "content is larger than 60 KiB";
+        json_decref(f->root);
+        memset(f, 0, sizeof(*f));
+        return PL_ERR_TOOBIG;
+    }
+    f->content = json_string_value(content);
+    f->content_len = json_string_length(content);
+    return PL_OK;
+bad:
+    json_decref(f->root);
+    memset(f, 0, sizeof(*f));
+    return PL_ERR_INVAL;
+}
+
+static int copy_field(json_t *o, const char *key, char *dst, size_t cap, int required)
+{
+    json_t *v = json_object_get(o, key);
+    if (v == NULL && !required) {
+        dst[0] = '\0';
+        return 1;
+    }
+    if (!json_is_string(v) || json_string_length(v) >= cap ||
+        json_string_length(v) != strlen(json_string_value(v))) {
+        return 0;
+    }
+    memcpy(dst, json_string_value(v), json_string_length(v) + 1);
+    return 1;
+}
+
+void pl_msg_clear(pl_msg_t *m)
+{
+    json_decref(m->root);
+    memset(m, 0, sizeof(*m));
+}
+
+int pl_msg_from_json(json_t *o, pl_msg_t *m)
+{
+    memset(m, 0, sizeof(*m));
+    json_t *content = json_object_get(o, "content");
+    json_t *ts = json_object_get(o, "timestamp");
+    json_t *seq = json_object_get(o, "seq");
+    json_t *origin = json_object_get(o, "origin");
+    if (!json_is_object(o) || !copy_field(o, "msg_id", m->msg_id, sizeof(m->msg_id), 1) ||
+        !copy_field(o, "conv", m->conv, sizeof(m->conv), 1) ||
+        !copy_field(o, "sender", m->sender, sizeof(m->sender), 1) ||
+        !copy_field(o, "receiver", m->receiver, sizeof(m->receiver), 1) ||
+        !copy_field(o, "client_id", m->client_id, sizeof(m->client_id), 1) ||
+        !json_is_string(content) || !json_is_integer(ts) ||
+        (seq != NULL && !json_is_integer(seq))) {
+        memset(m, 0, sizeof(*m));
+        return PL_ERR_INVAL;
+    }
+    m->content = json_string_value(content);
+    m->content_len = json_string_length(content);
+    m->ts_ms = (long long)json_integer_value(ts);
+    m->seq = seq ? (long long)json_integer_value(seq) : 0;
+    if (json_is_object(origin)) {
+        copy_field(origin, "gateway", m->origin_gw, sizeof(m->origin_gw), 0);
+        json_t *conn = json_object_get(origin, "conn");
+        m->origin_conn = json_is_integer(conn) ? (unsigned long long)json_integer_value(conn) : 0;
+    }
+    return PL_OK;
+}
+
+int pl_msg_parse(const char *data, size_t len, pl_msg_t *m)
+{
+    memset(m, 0, sizeof(*m));
+    if (!pl_json_depth_ok(data, len, PL_MAX_JSON_DEPTH)) {
+        return PL_ERR_INVAL;
+    }
+    json_t *root = json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL);
+    if (pl_msg_from_json(root, m) != PL_OK) {
+        json_decref(root);
+        return PL_ERR_INVAL;
+    }
+    m->root = root;
+    return PL_OK;
+}
+
+char *pl_msg_record(const pl_msg_t *m)
+{
+    json_t *o =
+        json_pack("{s:s,s:s,s:s,s:s,s:s%,s:s,s:I,s:{s:s,s:I}}", "msg_id", m->msg_id, "conv",
+                  m->conv, "sender", m->sender, "receiver", m->receiver, "content", m->content,
+                  m->content_len, "client_id", m->client_id, "timestamp", (json_int_t)m->ts_ms,
+                  "origin", "gateway", m->origin_gw, "conn", (json_int_t)m->origin_conn);
+    if (o != NULL && m->seq > 0) {
+        json_object_set_new(o, "seq", json_integer((json_int_t)m->seq));
+    }
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return s;
+}
+
+json_t *pl_msg_json(const pl_msg_t *m, int frame)
+{
+    char when[32];
+    pl_iso8601_ms(m->ts_ms, when);
+    json_t *o =
+        json_pack("{s:s,s:s,s:I,s:s,s:s,s:s%,s:s,s:s}", "msg_id", m->msg_id, "conv", m->conv, "seq",
+                  (json_int_t)m->seq, "sender", m->sender, "receiver", m->receiver, "content",
+                  m->content, m->content_len, "timestamp", when, "client_id", m->client_id);
+    if (o != NULL && frame) {
+        json_object_set_new(o, "type", json_string("msg"));
+    }
+    return o;
+}
+
+char *pl_frame_ack(const char *client_id, const char *msg_id)
+{
+    json_t *o = json_pack("{s:s,s:s,s:s}", "type", "ack", "client_id", client_id, "msg_id", msg_id);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return s;
+}
+
+char *pl_frame_error(const char *code, const char *message, const char *client_id,
+                     long retry_after_ms)
+{
+    json_t *o = json_pack("{s:s,s:s,s:s}", "type", "error", "code", code, "message", message);
+    if (o == NULL) {
+        return NULL;
+    }
+    if (client_id != NULL && *client_id) {
+        json_object_set_new(o, "client_id", json_string(client_id));
+    }
+    if (retry_after_ms > 0) {
+        json_object_set_new(o, "retry_after_ms", json_integer(retry_after_ms));
+    }
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}

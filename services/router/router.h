@@ -1,0 +1,36 @@
+/*
+ * parley-router's internal interface: routing one batch of parley.committed records to the
+ * gateways where the messages' senders and receivers are connected. Not a public header.
+ */
+#ifndef PARLEY_ROUTER_H
+#define PARLEY_ROUTER_H
+
+#include "parley/kafka.h"
+#include "parley/metrics.h"
+#include "parley/redis.h"
+
+#include <stdatomic.h>
+
+#define RT_PUBLISH_MAX (512 * 1024) /* a gateway's share of a batch is split above this */
+
+typedef struct rt_ctx_s {
+    pl_redis_t *redis;
+    pl_kafka_t *consumer;
+    pl_metrics_t *metrics;
+    atomic_int stopping;
+    pl_metric_t *m_routed;
+    pl_metric_t *m_offline;
+    pl_metric_t *m_published;
+    pl_metric_t *m_latency;
+    pl_metric_t *m_lag;
+    pl_metric_t *m_invalid;
+} rt_ctx_t;
+
+/*
+ * Routes a batch: pipelined presence lookups of every sender and receiver, liveness of their
+ * gateways, then one publish per live gateway. Retries while Redis is unavailable (until
+ * ctx->stopping). Returns PL_OK when the batch's offsets may be stored.
+ */
+int rt_route_batch(rt_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n);
+
+#endif

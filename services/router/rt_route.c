@@ -1,0 +1,282 @@
+/*
+ * Routing. Presence (parley:presence:<user>, a hash of "<gateway>:<conn>" -> gateway) says
+ * where a user's devices are; parley:gw:<gateway> says the gateway is alive, so entries of a
+ * gateway that died are ignored within its liveness TTL. Each live gateway gets the messages
+ * whose sender or receiver it holds, and delivers them to every one of their sockets there.
+ */
+#include "router.h"
+#include "parley/enc.h"
+#include "parley/err.h"
+#include "parley/log.h"
+#include "parley/proto.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_GW_PER_USER 16
+
+struct user {
+    char name[PL_USERNAME_MAX + 1];
+    int ngw;
+    int gw[MAX_GW_PER_USER]; /* indexes into the batch's gateway list */
+};
+
+struct gateway {
+    char id[64];
+    int alive;
+    json_t *msgs;
+};
+
+struct batch {
+    struct user *users;
+    size_t nusers;
+    struct gateway *gws;
+    size_t ngws, capgws;
+};
+
+static int cmp_user(const void *a, const void *b)
+{
+    return strcmp(((const struct user *)a)->name, ((const struct user *)b)->name);
+}
+
+static struct user *find_user(struct batch *b, const char *name)
+{
+    struct user key;
+    snprintf(key.name, sizeof(key.name), "%s", name);
+    return bsearch(&key, b->users, b->nusers, sizeof(key), cmp_user);
+}
+
+static int gw_index(struct batch *b, const char *id)
+{
+    for (size_t i = 0; i < b->ngws; i++) {
+        if (strcmp(b->gws[i].id, id) == 0) {
+            return (int)i;
+        }
+    }
+    if (b->ngws == b->capgws) {
+        size_t cap = b->capgws ? b->capgws * 2 : 8;
+        struct gateway *g = realloc(b->gws, cap * sizeof(*g));
+        if (g == NULL) {
+            return -1;
+        }
+        b->gws = g;
+        b->capgws = cap;
+    }
+    struct gateway *g = &b->gws[b->ngws];
+    memset(g, 0, sizeof(*g));
+    snprintf(g->id, sizeof(g->id), "%s", id);
+    return (int)b->ngws++;
+}
+
+static void on_presence(void *ud, size_t idx, const char *field, const char *value)
+{
+    struct batch *b = ud;
+    struct user *u = &b->users[idx];
+    (void)field;
+    int g = gw_index(b, value);
+    if (g < 0) {
+        return;
+    }
+    for (int i = 0; i < u->ngw; i++) {
+        if (u->gw[i] == g) {
+            return;
+        }
+    }
+    if (u->ngw < MAX_GW_PER_USER) {
+        u->gw[u->ngw++] = g;
+    }
+}
+
+static void add_targets(struct batch *b, const char *name, json_t *rec, int *seen)
+{
+    struct user *u = find_user(b, name);
+    for (int i = 0; u != NULL && i < u->ngw; i++) {
+        struct gateway *g = &b->gws[u->gw[i]];
+        if (g->alive && !seen[u->gw[i]]) {
+            seen[u->gw[i]] = 1;
+            if (g->msgs == NULL) {
+                g->msgs = json_array();
+            }
+            json_array_append(g->msgs, rec);
+        }
+    }
+}
+
+/* Publishes one gateway's messages, in chunks of at most RT_PUBLISH_MAX bytes. */
+static int publish(rt_ctx_t *ctx, struct gateway *g)
+{
+    char channel[96];
+    snprintf(channel, sizeof(channel), "parley:deliver:%s", g->id);
+    size_t total = json_array_size(g->msgs);
+    size_t start = 0;
+    int rc = PL_OK;
+    while (start < total && rc == PL_OK) {
+        json_t *chunk = json_array();
+        size_t bytes = 0;
+        size_t i = start;
+        for (; i < total; i++) {
+            json_t *m = json_array_get(g->msgs, i);
+            size_t sz = json_string_length(json_object_get(m, "content")) + 512;
+            if (i > start && bytes + sz > RT_PUBLISH_MAX) {
+                break;
+            }
+            json_array_append(chunk, m);
+            bytes += sz;
+        }
+        json_t *payload = json_pack("{s:o}", "msgs", chunk);
+        char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
+        json_decref(payload);
+        const char *ch[] = {channel};
+        const char *msg[] = {text};
+        rc = text ? pl_redis_publish_multi(ctx->redis, ch, msg, 1) : PL_ERR_NOMEM;
+        free(text);
+        pl_metric_inc(ctx->m_published);
+        start = i;
+    }
+    return rc;
+}
+
+static int route_once(rt_ctx_t *ctx, json_t **recs, size_t n)
+{
+    int rc = PL_ERR_NOMEM;
+    struct batch b;
+    memset(&b, 0, sizeof(b));
+    char **keys = NULL;
+    int *alive = NULL;
+    int *seen = NULL;
+    b.users = calloc(2 * n, sizeof(*b.users));
+    keys = calloc(2 * n, sizeof(*keys));
+    if (b.users == NULL || keys == NULL) {
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (recs[i] == NULL) {
+            continue;
+        }
+        snprintf(b.users[b.nusers++].name, sizeof(b.users[0].name), "%s",
+                 json_string_value(json_object_get(recs[i], "sender")));
+        snprintf(b.users[b.nusers++].name, sizeof(b.users[0].name), "%s",
+                 json_string_value(json_object_get(recs[i], "receiver")));
+    }
+    qsort(b.users, b.nusers, sizeof(*b.users), cmp_user);
+    size_t uniq = 0;
+    for (size_t i = 0; i < b.nusers; i++) {
+        if (uniq == 0 || strcmp(b.users[uniq - 1].name, b.users[i].name) != 0) {
+            b.users[uniq++] = b.users[i];
+        }
+    }
+    b.nusers = uniq;
+    for (size_t i = 0; i < b.nusers; i++) {
+        size_t len = strlen(b.users[i].name) + 32;
+        keys[i] = malloc(len);
+        if (keys[i] == NULL) {
+            goto out;
+        }
+        snprintf(keys[i], len, "parley:presence:%s", b.users[i].name);
+    }
+    rc = pl_redis_hgetall_multi(ctx->redis, (const char *const *)keys, b.nusers, on_presence, &b);
+    if (rc != PL_OK) {
+        goto out;
+    }
+    rc = PL_ERR_NOMEM;
+    char **gkeys = calloc(b.ngws ? b.ngws : 1, sizeof(*gkeys));
+    alive = calloc(b.ngws ? b.ngws : 1, sizeof(*alive));
+    seen = calloc(b.ngws ? b.ngws : 1, sizeof(*seen));
+    if (gkeys == NULL || alive == NULL || seen == NULL) {
+        free(gkeys);
+        goto out;
+    }
+    for (size_t i = 0; i < b.ngws; i++) {
+        gkeys[i] = malloc(96);
+        if (gkeys[i] != NULL) {
+            snprintf(gkeys[i], 96, "parley:gw:%s", b.gws[i].id);
+        }
+    }
+    rc = pl_redis_exists_multi(ctx->redis, (const char *const *)gkeys, b.ngws, alive);
+    for (size_t i = 0; i < b.ngws; i++) {
+        free(gkeys[i]);
+        b.gws[i].alive = alive[i];
+    }
+    free(gkeys);
+    if (rc != PL_OK) {
+        goto out;
+    }
+    long long now = pl_now_ms();
+    for (size_t i = 0; i < n; i++) {
+        if (recs[i] == NULL) {
+            continue;
+        }
+        memset(seen, 0, (b.ngws ? b.ngws : 1) * sizeof(*seen));
+        add_targets(&b, json_string_value(json_object_get(recs[i], "receiver")), recs[i], seen);
+        int receiver_online = 0;
+        for (size_t g = 0; g < b.ngws; g++) {
+            receiver_online |= seen[g];
+        }
+        if (!receiver_online) {
+            pl_metric_inc(ctx->m_offline);
+        }
+        add_targets(&b, json_string_value(json_object_get(recs[i], "sender")), recs[i], seen);
+        json_int_t ts = json_integer_value(json_object_get(recs[i], "timestamp"));
+        pl_metric_observe(ctx->m_latency, (double)(now - ts) / 1000.0);
+    }
+    rc = PL_OK;
+    for (size_t g = 0; g < b.ngws && rc == PL_OK; g++) {
+        if (b.gws[g].msgs != NULL) {
+            rc = publish(ctx, &b.gws[g]);
+        }
+    }
+out:
+    for (size_t i = 0; keys != NULL && i < b.nusers; i++) {
+        free(keys[i]);
+    }
+    for (size_t g = 0; g < b.ngws; g++) {
+        json_decref(b.gws[g].msgs);
+    }
+    free(keys);
+    free(b.users);
+    free(b.gws);
+    free(alive);
+    free(seen);
+    return rc;
+}
+
+int rt_route_batch(rt_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
+{
+    json_t **objs = calloc(n ? n : 1, sizeof(*objs));
+    if (objs == NULL) {
+        return PL_ERR_NOMEM;
+    }
+    size_t valid = 0;
+    for (size_t i = 0; i < n; i++) {
+        pl_msg_t m;
+        if (pl_msg_parse(recs[i].value, recs[i].vlen, &m) != PL_OK || m.seq <= 0) {
+            pl_metric_inc(ctx->m_invalid);
+            pl_log_error("invalid_record", "partition %d offset %lld is not a committed message",
+                         (int)recs[i].partition, (long long)recs[i].offset);
+            pl_msg_clear(&m);
+            continue;
+        }
+        objs[i] = json_incref(m.root);
+        pl_msg_clear(&m);
+        valid++;
+    }
+    int rc = PL_OK;
+    for (int attempt = 0; valid > 0; attempt++) {
+        rc = route_once(ctx, objs, n);
+        if (rc == PL_OK || atomic_load(&ctx->stopping)) {
+            break;
+        }
+        pl_log_warn("route_retry", "Redis unavailable; batch of %zu waits", valid);
+        usleep(attempt < 10 ? 100000 * (attempt + 1) : 1000000);
+    }
+    if (rc == PL_OK) {
+        pl_metric_add(ctx->m_routed, valid);
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_decref(objs[i]);
+    }
+    free(objs);
+    return rc;
+}

@@ -1,0 +1,196 @@
+/*
+ * parley-store: consumes parley.messages in batches, numbers and stores each message, produces
+ * it to parley.committed, then stores the batch's offsets; and serves history over REST. The
+ * consumer runs on the main thread, the REST server on its own pool. SIGTERM finishes the
+ * batch in hand, commits, and stops.
+ */
+#include "store.h"
+#include "parley/cfg.h"
+#include "parley/enc.h"
+#include "parley/err.h"
+#include "parley/log.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BATCH_MAX 500
+
+static st_ctx_t *g_ctx;
+
+/* Revoked sessions are flagged in Redis by parley-auth. When Redis does not answer, the token
+ * is accepted (fail open): access tokens live 15 minutes, and refusing every reader during a
+ * Redis outage would turn a presence hiccup into a history outage. */
+static int session_live(void *ud, const pl_jwt_claims_t *c)
+{
+    st_ctx_t *ctx = ud;
+    char key[128];
+    int revoked = 0;
+    snprintf(key, sizeof(key), "parley:revoked:%s", c->sid);
+    if (pl_redis_exists(ctx->redis, key, &revoked) != PL_OK) {
+        pl_log_warn("revocation_unchecked", "Redis unavailable; token accepted on signature");
+        return PL_OK;
+    }
+    return revoked ? PL_ERR_REVOKED : PL_OK;
+}
+
+static int ready(void *ud, json_t *detail)
+{
+    st_ctx_t *ctx = ud;
+    int mongo = pl_mongo_ping(ctx->mongo);
+    int redis = pl_redis_ping(ctx->redis);
+    if (mongo == PL_OK) {
+        st_ensure_indexes(ctx);
+    }
+    json_object_set_new(detail, "mongodb", json_string(mongo == PL_OK ? "ok" : "unavailable"));
+    json_object_set_new(detail, "redis", json_string(redis == PL_OK ? "ok" : "unavailable"));
+    return mongo == PL_OK ? PL_OK : PL_ERR_UNAVAIL;
+}
+
+static void on_committed(void *ud, void *opaque, int err)
+{
+    st_ctx_t *ctx = ud;
+    (void)opaque;
+    if (err != PL_OK) {
+        atomic_store(&ctx->batch_failed, 1);
+    }
+}
+
+static void init_metrics(st_ctx_t *ctx)
+{
+    pl_metrics_t *m = ctx->metrics;
+    ctx->m_stored =
+        pl_metrics_counter(m, "parley_store_messages_total", "Messages stored and announced", NULL);
+    ctx->m_replayed = pl_metrics_counter(m, "parley_store_replayed_total",
+                                         "Records whose message was already stored", NULL);
+    ctx->m_invalid = pl_metrics_counter(m, "parley_store_invalid_records_total",
+                                        "Records skipped as malformed", NULL);
+    ctx->m_retries = pl_metrics_counter(m, "parley_store_seq_conflicts_total",
+                                        "Sequence numbers fenced by the unique index", NULL);
+    static const double sizes[] = {1, 2, 5, 10, 20, 50, 100, 200, 500};
+    ctx->m_batch = pl_metrics_histogram(m, "parley_store_batch_size", "Records per batch", NULL,
+                                        sizes, sizeof(sizes) / sizeof(sizes[0]));
+    ctx->m_write_seconds =
+        pl_metrics_histogram(m, "parley_store_write_seconds", "MongoDB bulk write time", NULL,
+                             pl_metrics_latency_bounds, pl_metrics_latency_nbounds);
+    ctx->m_lag = pl_metrics_gauge(m, "parley_store_consumer_lag",
+                                  "Records of parley.messages not yet stored", NULL);
+}
+
+int main(void)
+{
+    int rc = 1;
+    st_ctx_t ctx;
+    pl_http_t *http = NULL;
+    char *pub = NULL;
+    size_t pub_len = 0;
+    long port, threads, redis_port, leeway;
+    int trust;
+    memset(&ctx, 0, sizeof(ctx));
+    g_ctx = &ctx;
+
+    pl_log_init("store", pl_log_level_parse(pl_cfg_str("PARLEY_LOG_LEVEL", "info")));
+    if (pl_cfg_int("PARLEY_STORE_PORT", 8082, 0, 65535, &port) ||
+        pl_cfg_int("PARLEY_STORE_THREADS", 4, 1, 256, &threads) ||
+        pl_cfg_int("PARLEY_REDIS_PORT", 6379, 1, 65535, &redis_port) ||
+        pl_cfg_int("PARLEY_JWT_LEEWAY", 30, 0, PL_JWT_MAX_LEEWAY, &leeway) ||
+        pl_cfg_bool("PARLEY_TRUST_FORWARDED", 0, &trust)) {
+        goto out;
+    }
+    const char *keyfile = pl_cfg_str("PARLEY_JWT_PUBLIC_KEY", "var/keys/jwt-public.pem");
+    if (pl_read_file(keyfile, 64 * 1024, &pub, &pub_len) != PL_OK ||
+        pl_jwt_verifier_new(pub, pub_len, pl_cfg_str("PARLEY_JWT_ISSUER", "parley"),
+                            pl_cfg_str("PARLEY_JWT_AUDIENCE", "parley"), leeway, session_live, &ctx,
+                            &ctx.verifier) != PL_OK) {
+        pl_log_error("config_invalid", "PARLEY_JWT_PUBLIC_KEY: cannot use %s", keyfile);
+        goto out;
+    }
+    const char *brokers = pl_cfg_str("PARLEY_KAFKA_BROKERS", "127.0.0.1:9092");
+    if (pl_mongo_new(pl_cfg_str("PARLEY_MONGO_URI", "mongodb://127.0.0.1:27017"),
+                     pl_cfg_str("PARLEY_MONGO_DB", "parley"), &ctx.mongo) != PL_OK ||
+        pl_redis_new(pl_cfg_str("PARLEY_REDIS_HOST", "127.0.0.1"), (int)redis_port, 1000,
+                     &ctx.redis) != PL_OK ||
+        (ctx.metrics = pl_metrics_new()) == NULL || (ctx.seqs = st_seqcache_new()) == NULL ||
+        pl_kafka_producer_new(brokers, NULL, on_committed, &ctx, &ctx.producer) != PL_OK ||
+        pl_kafka_consumer_new(brokers, pl_cfg_str("PARLEY_STORE_GROUP", "parley-store"),
+                              "parley.messages", NULL, &ctx.consumer) != PL_OK) {
+        goto out;
+    }
+    init_metrics(&ctx);
+
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    pl_http_cfg_t hc = {
+        .bind_addr = pl_cfg_str("PARLEY_STORE_ADDR", "0.0.0.0"),
+        .port = (int)port,
+        .threads = (unsigned)threads,
+        .body_max = 4096,
+        .max_conns = 4096,
+        .trust_forwarded = trust,
+        .routes = st_routes,
+        .nroutes = st_nroutes,
+        .ud = &ctx,
+        .ready = ready,
+        .metrics = ctx.metrics,
+    };
+    if (pl_http_start(&hc, &http) != PL_OK) {
+        goto out;
+    }
+    pl_log_fields(PL_LOG_INFO, "started", json_pack("{s:i}", "port", pl_http_port(http)),
+                  "parley-store listening on port %d", pl_http_port(http));
+    while (st_ensure_indexes(&ctx) != PL_OK) {
+        struct timespec zero = {0, 0};
+        if (sigtimedwait(&sigs, NULL, &zero) > 0) {
+            goto stop;
+        }
+        pl_log_warn("mongo_not_ready", "waiting for MongoDB to create indexes");
+        sleep(1);
+    }
+
+    static pl_kafka_rec_t recs[BATCH_MAX];
+    time_t last_lag = 0;
+    for (;;) {
+        struct timespec zero = {0, 0};
+        if (sigtimedwait(&sigs, NULL, &zero) > 0) {
+            break;
+        }
+        long n = pl_kafka_consume(ctx.consumer, recs, BATCH_MAX, 100);
+        if (n > 0) {
+            if (st_write_batch(&ctx, recs, (size_t)n) == PL_OK) {
+                pl_kafka_store_offsets(ctx.consumer, recs, (size_t)n);
+            }
+            pl_kafka_release(recs, (size_t)n);
+        }
+        pl_kafka_poll(ctx.producer, 0);
+        if (time(NULL) != last_lag) {
+            last_lag = time(NULL);
+            pl_metric_set(ctx.m_lag, pl_kafka_lag(ctx.consumer));
+        }
+    }
+stop:
+    pl_log_info("stopping", "draining: committing offsets and leaving the group");
+    atomic_store(&ctx.stopping, 1);
+    rc = 0;
+out:
+    pl_http_stop(&http);
+    pl_kafka_free(&ctx.consumer);
+    pl_kafka_free(&ctx.producer);
+    pl_jwt_verifier_free(&ctx.verifier);
+    pl_mongo_free(&ctx.mongo);
+    pl_redis_free(&ctx.redis);
+    st_seqcache_free(&ctx.seqs);
+    pl_metrics_free(&ctx.metrics);
+    free(pub);
+    if (rc == 0) {
+        pl_log_info("stopped", "parley-store stopped");
+    }
+    return rc;
+}

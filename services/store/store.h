@@ -1,0 +1,61 @@
+/*
+ * parley-store's internal interface: the writer that turns batches of parley.messages into
+ * numbered, stored messages and parley.committed records, and the history REST handlers.
+ * Not a public header.
+ */
+#ifndef PARLEY_STORE_H
+#define PARLEY_STORE_H
+
+#include "parley/http.h"
+#include "parley/jwt.h"
+#include "parley/kafka.h"
+#include "parley/metrics.h"
+#include "parley/mongo.h"
+#include "parley/proto.h"
+#include "parley/redis.h"
+
+#include <stdatomic.h>
+
+typedef struct st_seqcache_s st_seqcache_t;
+
+typedef struct st_ctx_s {
+    pl_mongo_t *mongo;
+    pl_redis_t *redis;
+    pl_kafka_t *consumer;
+    pl_kafka_t *producer;
+    pl_jwt_verifier_t *verifier;
+    pl_metrics_t *metrics;
+    st_seqcache_t *seqs; /* conv -> last seq; touched by the consumer thread only */
+    atomic_int stopping;
+    atomic_int batch_failed; /* a committed record of the current batch was not delivered */
+    atomic_int indexes_ready;
+    pl_metric_t *m_stored;
+    pl_metric_t *m_replayed;
+    pl_metric_t *m_invalid;
+    pl_metric_t *m_batch;
+    pl_metric_t *m_write_seconds;
+    pl_metric_t *m_lag;
+    pl_metric_t *m_retries;
+} st_ctx_t;
+
+st_seqcache_t *st_seqcache_new(void);
+void st_seqcache_free(st_seqcache_t **c);
+
+/*
+ * Stores one batch of parley.messages records: de-duplicates by msg_id, numbers new messages
+ * per conversation, writes messages and conversations, produces every message of the batch
+ * (new or replayed) to parley.committed and waits for the broker's acks. Retries until done
+ * or ctx->stopping; returns PL_OK when the caller may store the batch's offsets.
+ */
+int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n);
+
+/* Creates the indexes of DESIGN section 3. PL_OK when they exist. */
+int st_ensure_indexes(st_ctx_t *ctx);
+
+/* Fills m from a stored message document; strings are borrowed from doc. */
+int st_msg_from_bson(const bson_t *doc, pl_msg_t *m);
+
+extern const pl_http_route_t st_routes[];
+extern const size_t st_nroutes;
+
+#endif
