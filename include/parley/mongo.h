@@ -60,13 +60,13 @@ int pl_mongo_find(pl_mongo_t *m, const char *coll, const bson_t *filter, const b
                   pl_mongo_doc_fn fn, void *ud);
 
 /*
- * Inserts n documents in one unordered bulk write. dup[i] (n entries, may be NULL) is set to
- * 1 for each document refused as a duplicate key and 0 otherwise. Returns PL_OK when every
- * document is stored or a duplicate, PL_ERR_UNAVAIL or PL_ERR_INTERNAL otherwise (then
- * nothing is known about which documents were written: retry them all).
+ * Inserts n documents in one ordered bulk write: they are stored in order until the first
+ * failure. Returns PL_OK when all were stored; PL_ERR_EXISTS when docs[*stored] was refused
+ * as a duplicate key (the ones before it are stored, the ones after it were not tried);
+ * PL_ERR_UNAVAIL or PL_ERR_INTERNAL when nothing is known (retry them all).
  */
 int pl_mongo_insert_many(pl_mongo_t *m, const char *coll, bson_t *const *docs, size_t n,
-                         unsigned char *dup);
+                         size_t *stored);
 
 /* Creates an index (a no-op when it exists). Errors as pl_mongo_insert_one(). */
 int pl_mongo_create_index(pl_mongo_t *m, const char *coll, const bson_t *keys, const char *name,

@@ -138,6 +138,12 @@ static int create(const char *brokers, pl_kafka_props_t props, const char *const
     if (rc == PL_OK) {
         rc = set_all(conf, props);
     }
+    /* librdkafka's own debug contexts ("fetch,protocol", …) for diagnosing a live cluster. */
+    const char *debug = getenv("PARLEY_KAFKA_DEBUG");
+    if (rc == PL_OK && debug != NULL && *debug) {
+        const char *d[] = {"debug", debug, NULL};
+        rc = set_all(conf, d);
+    }
     if (rc != PL_OK) {
         rd_kafka_conf_destroy(conf);
         return rc;

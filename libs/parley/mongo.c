@@ -246,53 +246,41 @@ int pl_mongo_find(pl_mongo_t *m, const char *coll, const bson_t *filter, const b
 }
 
 int pl_mongo_insert_many(pl_mongo_t *m, const char *coll, bson_t *const *docs, size_t n,
-                         unsigned char *dup)
+                         size_t *stored)
 {
     int rc = PL_OK;
     bson_error_t err;
     bson_t reply;
     bson_t opts = BSON_INITIALIZER;
-    BSON_APPEND_BOOL(&opts, "ordered", false);
-    if (dup != NULL) {
-        memset(dup, 0, n);
-    }
+    BSON_APPEND_BOOL(&opts, "ordered", true);
+    *stored = 0;
     mongoc_client_t *c = mongoc_client_pool_pop(m->pool);
     mongoc_collection_t *col = mongoc_client_get_collection(c, m->db, coll);
     mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(col, &opts);
     for (size_t i = 0; i < n; i++) {
         mongoc_bulk_operation_insert(bulk, docs[i]);
     }
-    if (!mongoc_bulk_operation_execute(bulk, &reply, &err)) {
-        /* Only duplicate-key write errors are acceptable; anything else fails the batch. */
+    if (mongoc_bulk_operation_execute(bulk, &reply, &err)) {
+        *stored = n;
+    } else {
+        /* An ordered write stops at its first error: writeErrors[0] says which and why. */
         bson_iter_t it, arr, one;
-        int other =
-            err.domain != MONGOC_ERROR_WRITE_CONCERN && err.domain != MONGOC_ERROR_SERVER ? 1 : 0;
-        int seen = 0;
+        int32_t idx = -1, code = 0;
         if (bson_iter_init_find(&it, &reply, "writeErrors") && BSON_ITER_HOLDS_ARRAY(&it) &&
-            bson_iter_recurse(&it, &arr)) {
-            while (bson_iter_next(&arr)) {
-                int32_t idx = -1, code = 0;
-                if (!BSON_ITER_HOLDS_DOCUMENT(&arr) || !bson_iter_recurse(&arr, &one)) {
-                    continue;
-                }
-                while (bson_iter_next(&one)) {
-                    if (strcmp(bson_iter_key(&one), "index") == 0) {
-                        idx = (int32_t)bson_iter_as_int64(&one);
-                    } else if (strcmp(bson_iter_key(&one), "code") == 0) {
-                        code = (int32_t)bson_iter_as_int64(&one);
-                    }
-                }
-                seen++;
-                if (code == 11000 && idx >= 0 && (size_t)idx < n) {
-                    if (dup != NULL) {
-                        dup[idx] = 1;
-                    }
-                } else {
-                    other = 1;
+            bson_iter_recurse(&it, &arr) && bson_iter_next(&arr) &&
+            BSON_ITER_HOLDS_DOCUMENT(&arr) && bson_iter_recurse(&arr, &one)) {
+            while (bson_iter_next(&one)) {
+                if (strcmp(bson_iter_key(&one), "index") == 0) {
+                    idx = (int32_t)bson_iter_as_int64(&one);
+                } else if (strcmp(bson_iter_key(&one), "code") == 0) {
+                    code = (int32_t)bson_iter_as_int64(&one);
                 }
             }
         }
-        if (other || seen == 0) {
+        if (code == 11000 && idx >= 0 && (size_t)idx < n) {
+            *stored = (size_t)idx;
+            rc = PL_ERR_EXISTS;
+        } else {
             rc = map_error("insert_many", &err);
             if (rc == PL_ERR_EXISTS) {
                 rc = PL_ERR_INTERNAL;

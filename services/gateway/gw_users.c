@@ -233,8 +233,13 @@ void gw_users_check(gw_ctx_t *ctx, gw_send_t *s)
     }
     for (gw_lookup_t *l = ctx->look_pending; l != NULL; l = l->next) {
         if (strcmp(l->name, s->to) == 0) {
-            s->next = l->waiting;
-            l->waiting = s;
+            /* Appended, so sends waiting on one lookup are produced in the order received. */
+            gw_send_t **tail = &l->waiting;
+            while (*tail != NULL) {
+                tail = &(*tail)->next;
+            }
+            s->next = NULL;
+            *tail = s;
             return;
         }
     }

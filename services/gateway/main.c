@@ -12,6 +12,8 @@
 #include "parley/ws.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +46,10 @@ static void on_upgraded(void *arg, int fd, const char *extra, size_t extra_len, 
     }
     int fl = fcntl(fd, F_GETFL);
     fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    /* Frames are written whole once per loop turn, so Nagle would only add delay (an ack
+     * followed by a push would wait for the peer's delayed ACK, 40 ms). */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     gw_handoff(ctx, h);
 }
 

@@ -76,6 +76,15 @@ static void init_metrics(st_ctx_t *ctx)
     ctx->m_write_seconds =
         pl_metrics_histogram(m, "parley_store_write_seconds", "MongoDB bulk write time", NULL,
                              pl_metrics_latency_bounds, pl_metrics_latency_nbounds);
+    ctx->m_upsert_seconds = pl_metrics_histogram(
+        m, "parley_store_conversation_upsert_seconds", "Conversation upserts per batch", NULL,
+        pl_metrics_latency_bounds, pl_metrics_latency_nbounds);
+    ctx->m_announce_seconds = pl_metrics_histogram(
+        m, "parley_store_announce_seconds", "Producing a batch to parley.committed", NULL,
+        pl_metrics_latency_bounds, pl_metrics_latency_nbounds);
+    ctx->m_consume_delay = pl_metrics_histogram(
+        m, "parley_store_accept_to_consume_seconds", "From acceptance at a gateway to the store",
+        NULL, pl_metrics_latency_bounds, pl_metrics_latency_nbounds);
     ctx->m_lag = pl_metrics_gauge(m, "parley_store_consumer_lag",
                                   "Records of parley.messages not yet stored", NULL);
 }
@@ -164,6 +173,12 @@ int main(void)
         }
         long n = pl_kafka_consume(ctx.consumer, recs, BATCH_MAX, 100);
         if (n > 0) {
+            pl_msg_t first;
+            if (pl_msg_parse(recs[0].value, recs[0].vlen, &first) == PL_OK) {
+                pl_metric_observe(ctx.m_consume_delay,
+                                  (double)(pl_now_ms() - first.ts_ms) / 1000.0);
+                pl_msg_clear(&first);
+            }
             if (st_write_batch(&ctx, recs, (size_t)n) == PL_OK) {
                 pl_kafka_store_offsets(ctx.consumer, recs, (size_t)n);
             }

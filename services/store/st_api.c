@@ -253,8 +253,9 @@ static void h_recent(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     bson_append_document_end(& or, &two);
     bson_append_array_end(&filter, & or);
     BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
+    /* Messages accepted in the same millisecond keep their conversation order. */
     BSON_APPEND_INT32(&sort, "timestamp", -1);
-    BSON_APPEND_INT32(&sort, "_id", -1);
+    BSON_APPEND_INT32(&sort, "seq", -1);
     bson_append_document_end(&opts, &sort);
     BSON_APPEND_INT64(&opts, "limit", limit);
     struct collect col = {json_array()};

@@ -3,7 +3,14 @@
  * conversation's records share a partition (key = conversation id), so only this thread
  * numbers a conversation while it owns the partition. During a rebalance two instances may
  * briefly overlap; the unique index on {conv, seq} fences them: a refused number means
- * someone else took it, so the cached sequence is reloaded and the message renumbered.
+ * someone else took it, so the message is renumbered.
+ *
+ * The hot path reads nothing: a batch is numbered from the in-memory sequences and written
+ * with one ordered bulk insert, and the unique indexes tell what was already there. Only
+ * after a refusal (a replay after a crash or a rebalance, or a stale sequence) does the
+ * careful path look messages up, one equality query at a time. Equality on _id is the one
+ * query shape every MongoDB-compatible server answers without scanning much; FerretDB on
+ * SQLite scans for $in and sort, which made the first version slow as history grew.
  */
 #include "store.h"
 #include "parley/err.h"
@@ -89,25 +96,21 @@ static void seq_forget(st_seqcache_t *c, const char *conv)
     }
 }
 
-/* The highest stored seq of conv, read from MongoDB. */
+/*
+ * The last seq of conv as recorded on its conversation document. It may lag the messages by
+ * the last batch before a crash; the unique index catches that and the careful path skips
+ * ahead.
+ */
 static int load_last_seq(st_ctx_t *ctx, const char *conv, long long *last)
 {
     bson_t filter = BSON_INITIALIZER;
-    bson_t opts = BSON_INITIALIZER;
-    bson_t sort, proj;
     bson_t *doc = NULL;
-    BSON_APPEND_UTF8(&filter, "conv", conv);
-    BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
-    BSON_APPEND_INT32(&sort, "seq", -1);
-    bson_append_document_end(&opts, &sort);
-    BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
-    BSON_APPEND_INT32(&proj, "seq", 1);
-    bson_append_document_end(&opts, &proj);
-    int rc = pl_mongo_find_one(ctx->mongo, "messages", &filter, &opts, &doc);
+    BSON_APPEND_UTF8(&filter, "_id", conv);
+    int rc = pl_mongo_find_one(ctx->mongo, "conversations", &filter, NULL, &doc);
     *last = 0;
     if (rc == PL_OK) {
         bson_iter_t it;
-        if (bson_iter_init_find(&it, doc, "seq") && BSON_ITER_HOLDS_NUMBER(&it)) {
+        if (bson_iter_init_find(&it, doc, "last_seq") && BSON_ITER_HOLDS_NUMBER(&it)) {
             *last = bson_iter_as_int64(&it);
         }
         bson_destroy(doc);
@@ -115,7 +118,6 @@ static int load_last_seq(st_ctx_t *ctx, const char *conv, long long *last)
         rc = PL_OK;
     }
     bson_destroy(&filter);
-    bson_destroy(&opts);
     return rc;
 }
 
@@ -210,51 +212,71 @@ static bson_t *msg_doc(const pl_msg_t *m)
     return d;
 }
 
-struct existing {
-    pl_msg_t *msgs;
-    size_t n;
-    int *known;
-};
-
-static int on_existing(void *ud, const bson_t *doc)
+static double seconds_between(const struct timespec *a, const struct timespec *b)
 {
-    struct existing *ex = ud;
-    pl_msg_t found;
-    if (st_msg_from_bson(doc, &found) != PL_OK) {
-        return 1;
-    }
-    for (size_t i = 0; i < ex->n; i++) {
-        if (!ex->known[i] && strcmp(ex->msgs[i].msg_id, found.msg_id) == 0) {
-            /* A replay keeps the seq and timestamp it was stored with. */
-            ex->msgs[i].seq = found.seq;
-            ex->msgs[i].ts_ms = found.ts_ms;
-            ex->known[i] = 1;
-        }
-    }
-    return 1;
+    return (double)(b->tv_sec - a->tv_sec) + (double)(b->tv_nsec - a->tv_nsec) / 1e9;
 }
 
-/* Marks the messages whose msg_id is already stored, and takes their stored seq. */
-static int find_existing(st_ctx_t *ctx, pl_msg_t *msgs, size_t n, int *known)
+/* Looks up a stored message by msg_id. PL_OK with its seq and time, PL_ERR_NOTFOUND, or else. */
+static int find_stored(st_ctx_t *ctx, pl_msg_t *m)
 {
     bson_t filter = BSON_INITIALIZER;
-    bson_t id, in;
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &id);
-    BSON_APPEND_ARRAY_BEGIN(&id, "$in", &in);
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!known[i]) {
-            char idx[16];
-            snprintf(idx, sizeof(idx), "%zu", k++);
-            BSON_APPEND_UTF8(&in, idx, msgs[i].msg_id);
-        }
-    }
-    bson_append_array_end(&id, &in);
-    bson_append_document_end(&filter, &id);
-    struct existing ex = {msgs, n, known};
-    int rc = k ? pl_mongo_find(ctx->mongo, "messages", &filter, NULL, on_existing, &ex) : PL_OK;
+    bson_t *doc = NULL;
+    BSON_APPEND_UTF8(&filter, "_id", m->msg_id);
+    int rc = pl_mongo_find_one(ctx->mongo, "messages", &filter, NULL, &doc);
     bson_destroy(&filter);
+    if (rc == PL_OK) {
+        pl_msg_t found;
+        if (st_msg_from_bson(doc, &found) == PL_OK) {
+            /* A replay keeps the seq and timestamp it was stored with. */
+            m->seq = found.seq;
+            m->ts_ms = found.ts_ms;
+        } else {
+            rc = PL_ERR_INTERNAL;
+        }
+        bson_destroy(doc);
+    }
     return rc;
+}
+
+/*
+ * The careful path for one message: already stored (keep its seq), or numbered and inserted
+ * alone, skipping numbers the unique index says are taken.
+ */
+static int store_one(st_ctx_t *ctx, pl_msg_t *m, int *replayed)
+{
+    *replayed = 0;
+    for (int attempt = 0; attempt < 100000; attempt++) {
+        int rc = find_stored(ctx, m);
+        if (rc == PL_OK) {
+            *replayed = 1;
+            return PL_OK;
+        }
+        if (rc != PL_ERR_NOTFOUND) {
+            return rc;
+        }
+        long long next;
+        rc = seq_next(ctx, m->conv, &next);
+        if (rc != PL_OK) {
+            return rc;
+        }
+        m->seq = next;
+        bson_t *doc = msg_doc(m);
+        rc = pl_mongo_insert_one(ctx->mongo, "messages", doc);
+        bson_destroy(doc);
+        if (rc == PL_OK) {
+            seq_commit(ctx, m->conv, next);
+            return PL_OK;
+        }
+        if (rc != PL_ERR_EXISTS) {
+            seq_forget(ctx->seqs, m->conv);
+            return rc;
+        }
+        /* Refused: if not by its msg_id (checked again above), the number was taken. */
+        seq_commit(ctx, m->conv, next);
+        pl_metric_inc(ctx->m_retries);
+    }
+    return PL_ERR_INTERNAL;
 }
 
 static int upsert_conversation(st_ctx_t *ctx, const pl_msg_t *m)
@@ -271,6 +293,7 @@ static int upsert_conversation(st_ctx_t *ctx, const pl_msg_t *m)
     BSON_APPEND_UTF8(&members, "1", b);
     bson_append_array_end(&set, &members);
     bson_append_document_end(&upd, &set);
+    /* $max: a replayed or reordered batch never moves last_seq backwards. */
     BSON_APPEND_DOCUMENT_BEGIN(&upd, "$max", &max);
     BSON_APPEND_INT64(&max, "last_seq", m->seq);
     BSON_APPEND_DATE_TIME(&max, "last_timestamp", m->ts_ms);
@@ -281,76 +304,93 @@ static int upsert_conversation(st_ctx_t *ctx, const pl_msg_t *m)
     return rc;
 }
 
-/* Writes the not-yet-known messages; on a fenced seq, reloads and tries again. */
-static int write_new(st_ctx_t *ctx, pl_msg_t *msgs, size_t n, int *known)
+/* One upsert per conversation of the batch, with its highest seq and latest time. */
+static int upsert_conversations(st_ctx_t *ctx, const pl_msg_t *msgs, const int *valid, size_t n)
 {
+    for (size_t i = 0; i < n; i++) {
+        if (!valid[i]) {
+            continue;
+        }
+        int later = 0;
+        for (size_t j = i + 1; j < n && !later; j++) {
+            later = valid[j] && strcmp(msgs[j].conv, msgs[i].conv) == 0;
+        }
+        if (later) {
+            continue; /* the conversation's last message in the batch carries it */
+        }
+        pl_msg_t top = msgs[i];
+        for (size_t j = 0; j < i; j++) {
+            if (valid[j] && strcmp(msgs[j].conv, msgs[i].conv) == 0) {
+                top.seq = msgs[j].seq > top.seq ? msgs[j].seq : top.seq;
+                top.ts_ms = msgs[j].ts_ms > top.ts_ms ? msgs[j].ts_ms : top.ts_ms;
+            }
+        }
+        int rc = upsert_conversation(ctx, &top);
+        if (rc != PL_OK) {
+            return rc;
+        }
+    }
+    return PL_OK;
+}
+
+/* Numbers and writes every valid message; fills replayed[i] for the ones already stored. */
+static int write_batch(st_ctx_t *ctx, pl_msg_t *msgs, const int *valid, int *replayed, size_t n)
+{
+    int rc = PL_OK;
+    size_t k = 0, stored = 0;
     bson_t **docs = calloc(n, sizeof(*docs));
     size_t *which = calloc(n, sizeof(*which));
-    unsigned char *dup = calloc(n, 1);
-    int rc = PL_OK;
-    if (docs == NULL || which == NULL || dup == NULL) {
+    if (docs == NULL || which == NULL) {
         rc = PL_ERR_NOMEM;
         goto out;
     }
-    for (int attempt = 0; attempt < 20; attempt++) {
-        size_t k = 0;
-        for (size_t i = 0; i < n && rc == PL_OK; i++) {
-            if (known[i]) {
-                continue;
-            }
-            /* Several new messages of one conversation in a batch take consecutive numbers. */
-            long long next;
-            rc = seq_next(ctx, msgs[i].conv, &next);
-            if (rc == PL_OK) {
-                msgs[i].seq = next;
-                seq_commit(ctx, msgs[i].conv, next);
-                docs[k] = msg_doc(&msgs[i]);
-                which[k++] = i;
-            }
+    /* Fast path: number from memory, one ordered insert. */
+    for (size_t i = 0; i < n && rc == PL_OK; i++) {
+        replayed[i] = 0;
+        if (!valid[i]) {
+            continue;
         }
-        if (rc != PL_OK || k == 0) {
-            break;
+        long long next;
+        rc = seq_next(ctx, msgs[i].conv, &next);
+        if (rc == PL_OK) {
+            msgs[i].seq = next;
+            seq_commit(ctx, msgs[i].conv, next);
+            docs[k] = msg_doc(&msgs[i]);
+            which[k++] = i;
         }
+    }
+    if (rc == PL_OK && k > 0) {
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        rc = pl_mongo_insert_many(ctx->mongo, "messages", docs, k, dup);
+        rc = pl_mongo_insert_many(ctx->mongo, "messages", docs, k, &stored);
         clock_gettime(CLOCK_MONOTONIC, &t1);
-        pl_metric_observe(ctx->m_write_seconds, (double)(t1.tv_sec - t0.tv_sec) +
-                                                    (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
-        int conflicts = 0;
+        pl_metric_observe(ctx->m_write_seconds, seconds_between(&t0, &t1));
+    }
+    if (rc == PL_ERR_EXISTS) {
+        /* docs before `stored` are in; the rest were not tried. Their numbers are handed
+         * out again from where the stored ones end, so no gap opens. */
+        for (size_t j = stored; j < k; j++) {
+            seq_forget(ctx->seqs, msgs[which[j]].conv);
+        }
+        for (size_t j = 0; j < stored; j++) {
+            seq_commit(ctx, msgs[which[j]].conv, msgs[which[j]].seq);
+        }
+        rc = PL_OK;
+        for (size_t j = stored; j < k && rc == PL_OK; j++) {
+            rc = store_one(ctx, &msgs[which[j]], &replayed[which[j]]);
+        }
+    } else if (rc != PL_OK) {
+        /* Nothing is known about this attempt: forget the numbers handed out. */
         for (size_t j = 0; j < k; j++) {
-            bson_destroy(docs[j]);
-            docs[j] = NULL;
-            if (rc == PL_OK && !dup[j]) {
-                known[which[j]] = 1;
-            } else if (rc == PL_OK) {
-                conflicts++;
-            }
+            seq_forget(ctx->seqs, msgs[which[j]].conv);
         }
-        if (rc != PL_OK) {
-            /* Nothing is known about this attempt: forget the numbers handed out. */
-            for (size_t j = 0; j < k; j++) {
-                seq_forget(ctx->seqs, msgs[which[j]].conv);
-            }
-            break;
-        }
-        if (conflicts == 0) {
-            break;
-        }
-        /* Refused: either the msg_id was stored meanwhile (a replay racing us) or another
-         * writer took the number. Re-read both and go again. */
-        pl_metric_add(ctx->m_retries, (uint64_t)conflicts);
-        for (size_t j = 0; j < k; j++) {
-            if (!known[which[j]]) {
-                seq_forget(ctx->seqs, msgs[which[j]].conv);
-            }
-        }
-        rc = find_existing(ctx, msgs, n, known);
     }
 out:
+    for (size_t j = 0; docs != NULL && j < k; j++) {
+        bson_destroy(docs[j]);
+    }
     free(docs);
     free(which);
-    free(dup);
     return rc;
 }
 
@@ -358,9 +398,9 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
 {
     int rc = PL_OK;
     pl_msg_t *msgs = calloc(n ? n : 1, sizeof(*msgs));
-    int *known = calloc(n ? n : 1, sizeof(*known));
     int *valid = calloc(n ? n : 1, sizeof(*valid));
-    if (msgs == NULL || known == NULL || valid == NULL) {
+    int *replayed = calloc(n ? n : 1, sizeof(*replayed));
+    if (msgs == NULL || valid == NULL || replayed == NULL) {
         rc = PL_ERR_NOMEM;
         goto out;
     }
@@ -372,37 +412,58 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
             pl_metric_inc(ctx->m_invalid);
             pl_log_error("invalid_record", "partition %d offset %lld is not a message",
                          (int)recs[i].partition, (long long)recs[i].offset);
-            known[i] = 1;
             continue;
         }
         pl_conv_id(msgs[i].sender, msgs[i].receiver, conv);
         if (strcmp(conv, msgs[i].conv) != 0) {
             pl_metric_inc(ctx->m_invalid);
             pl_log_error("invalid_record", "conversation id does not match its members");
-            known[i] = 1;
             pl_msg_clear(&msgs[i]);
             continue;
         }
         valid[i] = 1;
     }
+    /* The same message twice in one batch (a client retry) is stored once: later copies are
+     * marked and take the first copy's seq after the write. */
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; valid[i] && j < i; j++) {
+            if (valid[j] == 1 && strcmp(msgs[i].msg_id, msgs[j].msg_id) == 0) {
+                valid[i] = 2;
+            }
+        }
+    }
+    int *first = calloc(n ? n : 1, sizeof(*first));
+    if (first == NULL) {
+        rc = PL_ERR_NOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        first[i] = valid[i] == 1;
+    }
     for (int attempt = 0; !atomic_load(&ctx->stopping); attempt++) {
         if (attempt > 0) {
             usleep(attempt < 10 ? 100000 * attempt : 1000000);
         }
-        rc = find_existing(ctx, msgs, n, known);
-        if (rc == PL_OK) {
-            for (size_t i = 0; i < n; i++) {
-                if (valid[i] && known[i]) {
-                    pl_metric_inc(ctx->m_replayed);
+        rc = write_batch(ctx, msgs, first, replayed, n);
+        for (size_t i = 0; rc == PL_OK && i < n; i++) {
+            if (first[i] && replayed[i]) {
+                pl_metric_inc(ctx->m_replayed);
+            }
+            for (size_t j = 0; valid[i] == 2 && j < i; j++) {
+                if (first[j] && strcmp(msgs[i].msg_id, msgs[j].msg_id) == 0) {
+                    msgs[i].seq = msgs[j].seq;
+                    msgs[i].ts_ms = msgs[j].ts_ms;
+                    break;
                 }
             }
-            rc = write_new(ctx, msgs, n, known);
         }
-        for (size_t i = 0; rc == PL_OK && i < n; i++) {
-            if (valid[i]) {
-                rc = upsert_conversation(ctx, &msgs[i]);
-            }
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        if (rc == PL_OK) {
+            rc = upsert_conversations(ctx, msgs, first, n);
         }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        pl_metric_observe(ctx->m_upsert_seconds, seconds_between(&t0, &t1));
         if (rc != PL_OK) {
             pl_log_warn("store_retry", "batch of %zu not stored yet: %s", n, pl_strerror(rc));
             continue;
@@ -411,26 +472,26 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
          * whose announcement was lost to a crash is announced again. */
         atomic_store(&ctx->batch_failed, 0);
         for (size_t i = 0; rc == PL_OK && i < n; i++) {
-            if (!valid[i]) {
+            if (!first[i]) {
                 continue;
             }
             char *rec = pl_msg_record(&msgs[i]);
             rc = rec ? pl_kafka_produce(ctx->producer, "parley.committed", msgs[i].conv,
                                         strlen(msgs[i].conv), rec, strlen(rec), NULL)
                      : PL_ERR_NOMEM;
-            free(rec);
             while (rc == PL_ERR_UNAVAIL && !atomic_load(&ctx->stopping)) {
                 pl_kafka_poll(ctx->producer, 100); /* local queue full: let it drain */
-                char *again = pl_msg_record(&msgs[i]);
                 rc = pl_kafka_produce(ctx->producer, "parley.committed", msgs[i].conv,
-                                      strlen(msgs[i].conv), again, strlen(again), NULL);
-                free(again);
+                                      strlen(msgs[i].conv), rec, strlen(rec), NULL);
             }
+            free(rec);
         }
-        if (rc == PL_OK && pl_kafka_flush(ctx->producer, 15000) == PL_OK &&
-            !atomic_load(&ctx->batch_failed)) {
+        int flushed = rc == PL_OK ? pl_kafka_flush(ctx->producer, 15000) : rc;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        pl_metric_observe(ctx->m_announce_seconds, seconds_between(&t1, &t0));
+        if (rc == PL_OK && flushed == PL_OK && !atomic_load(&ctx->batch_failed)) {
             for (size_t i = 0; i < n; i++) {
-                if (valid[i]) {
+                if (first[i] && !replayed[i]) {
                     pl_metric_inc(ctx->m_stored);
                 }
             }
@@ -440,13 +501,14 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
         rc = PL_ERR_UNAVAIL;
         pl_log_warn("store_retry", "parley.committed did not acknowledge the batch; retrying");
     }
+    free(first);
 out:
     for (size_t i = 0; msgs != NULL && i < n; i++) {
         pl_msg_clear(&msgs[i]);
     }
     free(msgs);
-    free(known);
     free(valid);
+    free(replayed);
     return atomic_load(&ctx->stopping) && rc != PL_OK ? PL_ERR_UNAVAIL : rc;
 }
 

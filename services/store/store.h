@@ -34,6 +34,9 @@ typedef struct st_ctx_s {
     pl_metric_t *m_invalid;
     pl_metric_t *m_batch;
     pl_metric_t *m_write_seconds;
+    pl_metric_t *m_upsert_seconds;
+    pl_metric_t *m_consume_delay;
+    pl_metric_t *m_announce_seconds;
     pl_metric_t *m_lag;
     pl_metric_t *m_retries;
 } st_ctx_t;

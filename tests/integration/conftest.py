@@ -141,3 +141,42 @@ def wait_until(pred, timeout=30, interval=0.2):
             return last
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+def b64url(data):
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def sign_token(claims, key_path=None):
+    """An ES256 token signed with the cluster's own private key (OpenSSL CLI), for tokens
+    parley-auth would never issue, such as an expired one."""
+    key_path = key_path or os.path.join(VAR, "keys", "jwt-private.pem")
+    signing_input = b64url(json.dumps({"alg": "ES256", "typ": "JWT"}).encode()) + "." + \
+        b64url(json.dumps(claims).encode())
+    der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key_path],
+                         input=signing_input.encode(), capture_output=True, check=True).stdout
+    # DER ECDSA signature: SEQUENCE { INTEGER r, INTEGER s } -> r || s, 32 bytes each.
+    i = 2 if der[1] < 0x80 else 3
+    rlen = der[i + 1]
+    r = der[i + 2:i + 2 + rlen]
+    j = i + 2 + rlen
+    s = der[j + 2:j + 2 + der[j + 1]]
+    raw = r[-32:].rjust(32, b"\0") + s[-32:].rjust(32, b"\0")
+    return signing_input + "." + b64url(raw)
+
+
+def gateway_ports():
+    base = int(os.environ["PARLEY_GATEWAY_PORT"])
+    router = int(os.environ["PARLEY_ROUTER_PORT"])
+    n = int(os.environ.get("PARLEY_GATEWAYS", "2"))
+    return [base] + [router + i for i in range(1, n)]
+
+
+def user_with_token(api, prefix="u"):
+    name = unique_name(prefix)
+    assert api.register(name).status == 201
+    r = api.login(name)
+    assert r.status == 200, r
+    return name, r.json["access_token"]

@@ -11,6 +11,10 @@ PARLEY_VAR=$(mktemp -d "$root/var/test.XXXXXX")
 export PARLEY_BIN=${PARLEY_BIN:-$root/build/bin}
 export PARLEY_EDGE_PORT=18000
 export PARLEY_AUTH_PORT=18081
+export PARLEY_STORE_PORT=18082
+export PARLEY_ROUTER_PORT=18083
+export PARLEY_GATEWAY_PORT=18080
+export PARLEY_GATEWAYS=2
 export PARLEY_REDIS_PORT=16379
 export PARLEY_MONGO_PORT=37017
 export PARLEY_KAFKA_PORT=19092
@@ -38,4 +42,5 @@ trap cleanup EXIT
 
 "$root/deploy/cluster.sh" up
 cd "$root/tests/integration"
-python3 -m pytest -q -p no:cacheprovider "$@"
+python3 -m pytest -q -rA -p no:cacheprovider "$@" | tee "$PARLEY_VAR/pytest.log"
+exit "${PIPESTATUS[0]}"

@@ -1,0 +1,344 @@
+"""The live path end to end, through the edge: gateway -> Kafka -> store -> router ->
+gateway, with real Kafka, Redis and the MongoDB-compatible server."""
+import asyncio
+import json
+import os
+import re
+import time
+
+import pytest
+
+from conftest import Api, gateway_ports, pid_of, sign_token, unique_name, user_with_token
+from wsclient import Chat, RawWS
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def history(api, token, conv, **q):
+    qs = "&".join(f"{k}={v}" for k, v in q.items())
+    return api.call("GET", f"/v1/conversations/{conv}/messages?{qs}", token=token)
+
+
+def pull_all(api, token, conv):
+    """Pulls a whole conversation in pages of 200, as a client syncs."""
+    out, after = [], 0
+    while True:
+        r = history(api, token, conv, after_seq=after, limit=200)
+        assert r.status == 200, r
+        page = r.json["messages"]
+        if not page:
+            return out
+        out += page
+        after = page[-1]["seq"]
+
+
+def test_two_users_on_two_gateways_exchange_1000_each_way(edge, mongo):
+    alice, ta = user_with_token(edge, "alice")
+    bob, tb = user_with_token(edge, "bob")
+    conv = f"d:{min(alice, bob)}:{max(alice, bob)}"
+
+    async def go():
+        a = await Chat.connect(ta)
+        b = await Chat.connect(tb, header_auth=False)  # the browser way: token in a first frame
+        assert a.gateway != b.gateway, "the edge should spread two clients over two gateways"
+        sent_a, sent_b = await asyncio.gather(
+            a.send_many(bob, [f"a->b {i} ☕" for i in range(1000)]),
+            b.send_many(alice, [f"b->a {i}" for i in range(1000)]))
+        await a.wait(lambda: len(a.acks) == 1000 and len(a.msgs) >= 2000, timeout=90)
+        await b.wait(lambda: len(b.acks) == 1000 and len(b.msgs) >= 2000, timeout=90)
+        await asyncio.sleep(0.5)  # anything extra would be a duplicate
+        assert not a.errors and not b.errors, (a.errors[:3], b.errors[:3])
+        for c in (a, b):
+            seqs = [m["seq"] for m in c.msgs]
+            assert seqs == list(range(1, 2001)), "each delivered once, in order"
+            assert len({m["msg_id"] for m in c.msgs}) == 2000
+        # Both sides see the same message at the same seq.
+        assert [m["msg_id"] for m in a.msgs] == [m["msg_id"] for m in b.msgs]
+        # Each sender's own messages come in the order sent.
+        mine = [m["client_id"] for m in a.msgs if m["sender"] == alice]
+        assert mine == sent_a
+        assert [m["client_id"] for m in b.msgs if m["sender"] == bob] == sent_b
+        # An ack's msg_id is the pushed message's.
+        by_cid = {m["client_id"]: m for m in a.msgs}
+        assert all(a.acks[c]["msg_id"] == by_cid[c]["msg_id"] for c in sent_a)
+        await a.close()
+        await b.close()
+
+    run(go())
+    docs = list(mongo.messages.find({"conv": conv}))
+    assert len(docs) == 2000, "each stored once"
+    assert sorted(d["seq"] for d in docs) == list(range(1, 2001))
+    d = docs[0]
+    # The seed's schema, extended.
+    for field in ("sender", "receiver", "content", "timestamp", "conv", "seq", "client_id"):
+        assert field in d, field
+    assert d["timestamp"].year >= 2026  # a BSON date, not a string
+    conv_doc = mongo.conversations.find_one({"_id": conv})
+    assert conv_doc["last_seq"] == 2000 and sorted(conv_doc["members"]) == sorted([alice, bob])
+
+
+def test_offline_recipient_catches_up_by_sync(edge):
+    alice, ta = user_with_token(edge, "alice")
+    bob, tb = user_with_token(edge, "bob")
+
+    async def send_500():
+        a = await Chat.connect(ta)
+        await a.send_many(bob, [f"while you were away {i}" for i in range(500)])
+        await a.wait(lambda: len(a.acks) == 500 and len(a.msgs) == 500, timeout=60)
+        await a.close()
+
+    run(send_500())
+    # Bob comes back: conversation list, then range pulls.
+    convs = edge.call("GET", "/v1/conversations", token=tb)
+    assert convs.status == 200
+    entry = [c for c in convs.json["conversations"] if alice in c["members"]]
+    assert len(entry) == 1 and entry[0]["last_seq"] == 500
+    got = pull_all(edge, tb, entry[0]["conv"])
+    assert [m["seq"] for m in got] == list(range(1, 501))
+    assert [m["content"] for m in got] == [f"while you were away {i}" for i in range(500)]
+    assert all(m["sender"] == alice and m["receiver"] == bob for m in got)
+    # The latest page, and paging backwards.
+    last = history(edge, tb, entry[0]["conv"], limit=10).json["messages"]
+    assert [m["seq"] for m in last] == list(range(491, 501))
+    before = history(edge, tb, entry[0]["conv"], before_seq=491, limit=10).json["messages"]
+    assert [m["seq"] for m in before] == list(range(481, 491))
+    # Recent messages of a user, newest first (the seed's getRecentMessages).
+    recent = edge.call("GET", "/v1/messages/recent?limit=5", token=tb).json["messages"]
+    assert [m["seq"] for m in recent] == [500, 499, 498, 497, 496]
+
+
+def test_multi_device_sees_everything(edge):
+    alice, ta = user_with_token(edge, "alice")
+    bob, tb = user_with_token(edge, "bob")
+    ports = gateway_ports()
+
+    async def go():
+        a1 = await Chat.connect(ta, url=f"ws://127.0.0.1:{ports[0]}/ws")
+        a2 = await Chat.connect(ta, url=f"ws://127.0.0.1:{ports[1]}/ws")
+        b = await Chat.connect(tb)
+        assert a1.gateway != a2.gateway
+        for i in range(20):
+            await a1.send(bob, f"from phone {i}")
+            await b.send(alice, f"to alice {i}")
+            await a2.send(bob, f"from laptop {i}")
+        for c in (a1, a2, b):
+            await c.wait(lambda c=c: len(c.msgs) >= 60)
+        await asyncio.sleep(0.3)
+        for c in (a1, a2, b):
+            assert [m["seq"] for m in c.msgs] == list(range(1, 61))
+        assert [m["msg_id"] for m in a1.msgs] == [m["msg_id"] for m in a2.msgs]
+        for c in (a1, a2, b):
+            await c.close()
+
+    run(go())
+
+
+def test_forged_fields_are_ignored(edge):
+    alice, ta = user_with_token(edge, "alice")
+    bob, tb = user_with_token(edge, "bob")
+
+    async def go():
+        a = await Chat.connect(ta)
+        b = await Chat.connect(tb)
+        await a.send(bob, "forged", sender=bob, seq=999, msg_id="x" * 32, timestamp="1999-01-01T00:00:00Z")
+        await b.wait(lambda: len(b.msgs) == 1)
+        m = b.msgs[0]
+        assert m["sender"] == alice and m["seq"] == 1 and m["msg_id"] != "x" * 32
+        assert m["timestamp"].startswith(time.strftime("%Y-", time.gmtime()))
+        await a.close()
+        await b.close()
+
+    run(go())
+
+
+def test_tokens_refused(edge, auth):
+    name, token = user_with_token(edge, "tok")
+    port = gateway_ports()[0]
+    # No token: a first frame that is not auth closes with 1008.
+    raw = RawWS(port)
+    assert raw.status == 101
+    raw.send_text(json.dumps({"type": "send", "client_id": "1", "to": name, "content": "x"}))
+    assert raw.expect_close() == 1008
+    # A bad token in the header is refused at the handshake; in a frame, with 1008.
+    assert RawWS(port, token="not.a.token").status == 401
+    raw = RawWS(port)
+    raw.send_text(json.dumps({"type": "auth", "token": token[:-3] + "abc"}))
+    assert raw.expect_close() == 1008
+    # An expired token (signed with the real key) is refused either way.
+    now = int(time.time())
+    expired = sign_token({"iss": "parley", "aud": "parley", "sub": name, "sid": "s" * 32,
+                          "jti": "j1", "iat": now - 3600, "exp": now - 600})
+    assert RawWS(port, token=expired).status == 401
+    raw = RawWS(port)
+    raw.send_text(json.dumps({"type": "auth", "token": expired}))
+    assert raw.expect_close() == 1008
+
+
+def test_logout_closes_open_socket_within_a_second(edge):
+    name, token = user_with_token(edge, "bye")
+
+    async def go():
+        c = await Chat.connect(token)
+        t0 = time.time()
+        r = edge.call("POST", "/v1/auth/logout", token=token)
+        assert r.status == 204
+        await c.wait(lambda: c.closed is not None, timeout=5)
+        elapsed = time.time() - t0
+        assert getattr(c.closed, "rcvd", None) is not None and c.closed.rcvd.code == 1008
+        assert elapsed < 1.0, elapsed
+        # And the token no longer opens a socket.
+        with pytest.raises(Exception):
+            c2 = await Chat.connect(token)
+            await c2.close()
+
+    run(go())
+
+
+def test_reading_someone_elses_conversation_is_403(edge):
+    alice, ta = user_with_token(edge, "alice")
+    bob, tb = user_with_token(edge, "bob")
+    eve, te = user_with_token(edge, "eve")
+    conv = f"d:{min(alice, bob)}:{max(alice, bob)}"
+    assert history(edge, te, conv).status == 403
+    assert history(edge, ta, conv).status == 200
+    assert history(edge, ta, "d:zzz:aaa").status == 404
+    assert history(edge, ta, conv, limit=1000).status == 400
+    assert edge.call("GET", f"/v1/conversations/{conv}/messages").status == 401
+
+
+def gateway_rss_kib(index=0):
+    with open(f"/proc/{pid_of(f'gateway{index}')}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+
+def test_bad_input_gets_close_codes_or_errors(edge):
+    alice, ta = user_with_token(edge, "bad")
+    bob, tb = user_with_token(edge, "bad")
+    port = gateway_ports()[0]
+
+    async def bystander_ok():
+        b = await Chat.connect(tb, url=f"ws://127.0.0.1:{port}/ws")
+        a = await Chat.connect(ta, url=f"ws://127.0.0.1:{port}/ws")
+        await a.send(bob, "still fine")
+        await b.wait(lambda: len(b.msgs) >= 1)
+        await a.close()
+        await b.close()
+
+    rss_before = gateway_rss_kib()
+
+    def opened():
+        r = RawWS(port, token=ta)
+        assert r.status == 101
+        assert r.recv_json()["type"] == "ready"
+        return r
+
+    for _ in range(20):
+        # Unmasked client frame: protocol error.
+        r = opened()
+        r.send_frame(1, b'{"type":"send"}', mask=False)
+        assert r.expect_close() == 1002
+        # A frame over 64 KiB.
+        r = opened()
+        r.send_frame(1, b"x" * (64 * 1024 + 1))
+        assert r.expect_close() == 1009
+        # Invalid UTF-8, also split across fragments.
+        r = opened()
+        r.send_frame(1, b'{"type":"send","content":"\xc3\x28"}')
+        assert r.expect_close() == 1007
+        r = opened()
+        r.send_frame(1, b'{"a":"\xe2\x82', fin=False)
+        r.send_frame(0, b'"}', fin=True)
+        assert r.expect_close() == 1007
+        # Reserved bits and unknown opcodes.
+        r = opened()
+        r.send_frame(1, b"{}", rsv=4)
+        assert r.expect_close() == 1002
+        r = opened()
+        r.send_frame(3, b"{}")
+        assert r.expect_close() == 1002
+        # Binary frames are not part of the protocol.
+        r = opened()
+        r.send_frame(2, b"\x00\x01")
+        assert r.expect_close() == 1003
+
+    # Errors that keep the connection open, each answered with an error frame.
+    r = opened()
+    cases = [
+        (b"not json", "invalid"),
+        (b"[" * 10000 + b"]" * 10000, "invalid"),
+        (b'{"type":"dance"}', "invalid"),
+        (b'{"type":"send","client_id":"c1","to":"' + bob.encode() + b'"}', "invalid"),
+        (b'{"type":"send","client_id":"c2","content":"x"}', "invalid"),
+        (b'{"type":"send","to":"' + bob.encode() + b'","content":"x"}', "invalid"),
+        (b'{"type":"send","client_id":"' + b"c" * 65 + b'","to":"b","content":"x"}', "invalid"),
+        (b'{"type":"send","client_id":"c3","to":"nosuchuser_zz9","content":"x"}', "not_found"),
+        (b'{"type":"send","client_id":"c4","to":"' + bob.encode() + b'","content":"' + b"y" * 62000 + b'"}',
+         "too_large"),
+    ]
+    for payload, code in cases:
+        r.send_text(payload)
+        f = r.recv_json()
+        assert f["type"] == "error" and f["code"] == code, (payload[:50], f)
+    # The connection still works after all that.
+    r.send_text(json.dumps({"type": "send", "client_id": "ok-1", "to": bob, "content": "fine"}))
+    while True:
+        f = r.recv_json()
+        if f["type"] == "ack":
+            assert f["client_id"] == "ok-1"
+            break
+    r.close()
+    run(bystander_ok())
+    rss_after = gateway_rss_kib()
+    # 180 hostile connections must not leave the gateway holding their buffers.
+    assert rss_after - rss_before < 64 * 1024, (rss_before, rss_after)
+
+
+def test_origin_allowlist(edge):
+    port = gateway_ports()[0]
+    assert RawWS(port, headers={"Origin": "https://evil.example"}).status == 403
+    allowed = f"http://127.0.0.1:{os.environ['PARLEY_EDGE_PORT']}"
+    assert RawWS(port, headers={"Origin": allowed}).status == 101
+
+
+def test_handshake_validation():
+    import socket
+
+    port = gateway_ports()[0]
+    for req in [b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n"]:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(req)
+        assert s.recv(100).startswith(b"HTTP/1.1 400"), req
+        s.close()
+
+
+def test_send_to_deliver_latency_report(edge):
+    """Prints p50/p99 send->deliver of 1,000 messages at 200/s (a figure, not an assertion)."""
+    alice, ta = user_with_token(edge, "lat")
+    bob, tb = user_with_token(edge, "lat")
+
+    async def go():
+        a = await Chat.connect(ta)
+        b = await Chat.connect(tb)
+        sent = {}
+        for i in range(1000):
+            cid = f"lat-{i}"
+            sent[cid] = time.perf_counter()
+            await a.send(bob, "x", client_id=cid)
+            await asyncio.sleep(0.005)
+        await b.wait(lambda: len(b.msgs) >= 1000, timeout=60)
+        await a.close()
+        await b.close()
+        return sent, b
+
+    sent, b = run(go())
+    lat = sorted((m["_rx"] - sent[m["client_id"]]) * 1000 for m in b.msgs)
+    assert len(lat) == 1000
+    p50, p99 = lat[499], lat[989]
+    print(f"\nsend->deliver over 1000 messages at 200/s: p50={p50:.2f} ms p99={p99:.2f} ms "
+          f"max={lat[-1]:.2f} ms")
