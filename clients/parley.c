@@ -1,0 +1,481 @@
+/*
+ * parley: the command-line client.
+ *   parley register <user>        create an account (password from the terminal or stdin)
+ *   parley login <user>           log in; the session is saved with mode 0600
+ *   parley logout                 end the saved session everywhere
+ *   parley send <user> <text…>    send one message and wait for its ack
+ *   parley chat <user>            interactive: live messages in, typed lines out
+ *   parley history <user> [n]     the last n messages with <user> (default 20)
+ *   parley recent [n]             your n most recent messages (default 20)
+ * The server is $PARLEY_URL (default http://127.0.0.1:8000); the session file lives in
+ * $PARLEY_CONFIG_DIR, else $XDG_CONFIG_HOME/parley, else ~/.config/parley.
+ */
+#include "client.h"
+#include "parley/enc.h"
+#include "parley/err.h"
+#include "parley/proto.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+static char session_path[1024];
+static json_t *session; /* {url, username, access_token, refresh_token, session_id} */
+
+static void die(const char *msg)
+{
+    fprintf(stderr, "parley: %s\n", msg);
+    exit(1);
+}
+
+static const char *server_url(void)
+{
+    const char *u = getenv("PARLEY_URL");
+    return u && *u ? u : "http://127.0.0.1:8000";
+}
+
+static void config_path(void)
+{
+    const char *dir = getenv("PARLEY_CONFIG_DIR");
+    char buf[900];
+    if (dir == NULL || !*dir) {
+        const char *xdg = getenv("XDG_CONFIG_HOME");
+        const char *home = getenv("HOME");
+        if (xdg && *xdg) {
+            snprintf(buf, sizeof(buf), "%s/parley", xdg);
+        } else {
+            snprintf(buf, sizeof(buf), "%s/.config/parley", home ? home : ".");
+        }
+        dir = buf;
+    }
+    char parent[900];
+    snprintf(parent, sizeof(parent), "%s", dir);
+    char *slash = strrchr(parent, '/');
+    if (slash != NULL && slash != parent) {
+        *slash = '\0';
+        mkdir(parent, 0700);
+    }
+    mkdir(dir, 0700);
+    snprintf(session_path, sizeof(session_path), "%s/session.json", dir);
+}
+
+static void load_session(void)
+{
+    session = json_load_file(session_path, 0, NULL);
+}
+
+/* Written with mode 0600 from the start: the refresh token is a password. */
+static void save_session(void)
+{
+    char tmp[1100];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", session_path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        die("cannot write the session file");
+    }
+    fchmod(fd, 0600);
+    char *text = json_dumps(session, JSON_INDENT(2));
+    ssize_t w = text ? write(fd, text, strlen(text)) : -1;
+    free(text);
+    close(fd);
+    if (w < 0 || rename(tmp, session_path) != 0) {
+        die("cannot write the session file");
+    }
+}
+
+static const char *sget(const char *k)
+{
+    return json_string_value(json_object_get(session, k));
+}
+
+static void print_error(int status, json_t *resp)
+{
+    const char *msg = json_string_value(json_object_get(json_object_get(resp, "error"), "message"));
+    if (status == 0) {
+        fprintf(stderr, "parley: cannot reach %s\n", server_url());
+    } else {
+        fprintf(stderr, "parley: %s (HTTP %d)\n", msg ? msg : "request failed", status);
+    }
+}
+
+static void read_password(char *buf, size_t cap, const char *prompt)
+{
+    struct termios old, noecho;
+    int tty = isatty(STDIN_FILENO);
+    if (tty) {
+        fprintf(stderr, "%s", prompt);
+        tcgetattr(STDIN_FILENO, &old);
+        noecho = old;
+        noecho.c_lflag &= ~(tcflag_t)ECHO;
+        tcsetattr(STDIN_FILENO, TCSANOW, &noecho);
+    }
+    if (fgets(buf, (int)cap, stdin) == NULL) {
+        buf[0] = '\0';
+    }
+    buf[strcspn(buf, "\r\n")] = '\0';
+    if (tty) {
+        tcsetattr(STDIN_FILENO, TCSANOW, &old);
+        fprintf(stderr, "\n");
+    }
+}
+
+/* A client with the saved token; refreshes it once when the server says it expired. */
+static pc_client_t *client(int need_login)
+{
+    pc_client_t *c = pc_new(server_url());
+    if (c == NULL) {
+        die("PARLEY_URL must look like http://host:port");
+    }
+    if (need_login) {
+        if (sget("access_token") == NULL) {
+            die("not logged in: run 'parley login <user>' first");
+        }
+        pc_set_token(c, sget("access_token"));
+    }
+    return c;
+}
+
+static int refresh(pc_client_t *c)
+{
+    int status;
+    json_t *resp = NULL;
+    const char *rt = sget("refresh_token");
+    if (rt == NULL) {
+        return PL_ERR_UNAUTH;
+    }
+    pc_set_token(c, NULL);
+    json_t *body = json_pack("{s:s}", "refresh_token", rt);
+    int rc = pc_rest(c, "POST", "/v1/auth/refresh", body, &status, &resp);
+    json_decref(body);
+    if (rc != PL_OK || status != 200) {
+        json_decref(resp);
+        return PL_ERR_UNAUTH;
+    }
+    json_object_set(session, "access_token", json_object_get(resp, "access_token"));
+    json_object_set(session, "refresh_token", json_object_get(resp, "refresh_token"));
+    save_session();
+    pc_set_token(c, sget("access_token"));
+    json_decref(resp);
+    return PL_OK;
+}
+
+/* A REST call that refreshes the access token once on a 401. */
+static int rest(pc_client_t *c, const char *method, const char *path, json_t *body, int *status,
+                json_t **out)
+{
+    int rc = pc_rest(c, method, path, body, status, out);
+    if (rc == PL_OK && *status == 401 && refresh(c) == PL_OK) {
+        json_decref(*out);
+        rc = pc_rest(c, method, path, body, status, out);
+    }
+    return rc;
+}
+
+static int connect_ws(pc_client_t *c)
+{
+    int rc = pc_connect(c);
+    if (rc == PL_ERR_UNAUTH && refresh(c) == PL_OK) {
+        rc = pc_connect(c);
+    }
+    return rc;
+}
+
+static void fmt_time(const char *iso, char *out, size_t cap)
+{
+    struct tm tm;
+    memset(&tm, 0, sizeof(tm));
+    if (iso == NULL || strptime(iso, "%Y-%m-%dT%H:%M:%S", &tm) == NULL) {
+        snprintf(out, cap, "?");
+        return;
+    }
+    time_t t = timegm(&tm);
+    struct tm local, today;
+    time_t now = time(NULL);
+    localtime_r(&t, &local);
+    localtime_r(&now, &today);
+    strftime(out, cap,
+             local.tm_yday == today.tm_yday && local.tm_year == today.tm_year ? "%H:%M"
+                                                                              : "%Y-%m-%d %H:%M",
+             &local);
+}
+
+static void print_msg(void *ud, json_t *m)
+{
+    (void)ud;
+    char when[32];
+    fmt_time(json_string_value(json_object_get(m, "timestamp")), when, sizeof(when));
+    printf("[%s] %s: %s\n", when, json_string_value(json_object_get(m, "sender")),
+           json_string_value(json_object_get(m, "content")));
+    fflush(stdout);
+}
+
+static int cmd_register(int argc, char **argv, int login)
+{
+    char pw[1100];
+    int status;
+    json_t *resp = NULL;
+    if (argc < 1) {
+        die(login ? "usage: parley login <user>" : "usage: parley register <user>");
+    }
+    read_password(pw, sizeof(pw), "password: ");
+    pc_client_t *c = client(0);
+    json_t *body =
+        json_pack("{s:s,s:s,s:s}", "username", argv[0], "password", pw, "device", "parley-cli");
+    if (!login) {
+        json_object_del(body, "device");
+    }
+    memset(pw, 0, sizeof(pw));
+    pc_rest(c, "POST", login ? "/v1/auth/login" : "/v1/auth/register", body, &status, &resp);
+    json_decref(body);
+    if (status != (login ? 200 : 201)) {
+        print_error(status, resp);
+        return 1;
+    }
+    if (login) {
+        json_decref(session);
+        session = json_pack("{s:s,s:s,s:O,s:O,s:O}", "url", server_url(), "username", argv[0],
+                            "access_token", json_object_get(resp, "access_token"), "refresh_token",
+                            json_object_get(resp, "refresh_token"), "session_id",
+                            json_object_get(resp, "session_id"));
+        save_session();
+        printf("logged in as %s\n", argv[0]);
+    } else {
+        printf("registered %s; now run: parley login %s\n", argv[0], argv[0]);
+    }
+    json_decref(resp);
+    pc_free(&c);
+    return 0;
+}
+
+static int cmd_logout(void)
+{
+    int status;
+    json_t *resp = NULL;
+    pc_client_t *c = client(1);
+    rest(c, "POST", "/v1/auth/logout", NULL, &status, &resp);
+    json_decref(resp);
+    pc_free(&c);
+    unlink(session_path);
+    printf("logged out\n");
+    return status == 204 ? 0 : 1;
+}
+
+struct send_wait {
+    char cid[65];
+    int done;
+    int failed;
+};
+
+static void on_frame(void *ud, json_t *f)
+{
+    struct send_wait *w = ud;
+    const char *type = json_string_value(json_object_get(f, "type"));
+    const char *cid = json_string_value(json_object_get(f, "client_id"));
+    if (type == NULL || cid == NULL || strcmp(cid, w->cid) != 0) {
+        if (type != NULL && strcmp(type, "error") == 0) {
+            fprintf(stderr, "error: %s\n", json_string_value(json_object_get(f, "message")));
+        }
+        return;
+    }
+    if (strcmp(type, "ack") == 0) {
+        w->done = 1;
+    } else if (strcmp(type, "error") == 0) {
+        const char *code = json_string_value(json_object_get(f, "code"));
+        if (code != NULL &&
+            (strcmp(code, "unavailable") == 0 || strcmp(code, "rate_limited") == 0)) {
+            w->failed = 2; /* retry with the same client_id */
+        } else {
+            fprintf(stderr, "parley: %s\n", json_string_value(json_object_get(f, "message")));
+            w->failed = 1;
+        }
+    }
+}
+
+static void ignore_msg(void *ud, json_t *m)
+{
+    (void)ud;
+    (void)m;
+}
+
+static int cmd_send(int argc, char **argv)
+{
+    char text[PL_MAX_CONTENT + 1] = "";
+    if (argc < 2) {
+        die("usage: parley send <user> <text…>");
+    }
+    for (int i = 1; i < argc; i++) {
+        strncat(text, argv[i], sizeof(text) - strlen(text) - 2);
+        if (i + 1 < argc) {
+            strcat(text, " ");
+        }
+    }
+    pc_client_t *c = client(1);
+    struct send_wait w;
+    memset(&w, 0, sizeof(w));
+    pl_random_hex(w.cid, 16);
+    for (int attempt = 0; attempt < 5 && !w.done && w.failed != 1; attempt++) {
+        if (connect_ws(c) != PL_OK) {
+            sleep(1);
+            continue;
+        }
+        w.failed = 0;
+        pc_send(c, argv[0], text, w.cid, NULL);
+        for (int i = 0; i < 100 && !w.done && !w.failed; i++) {
+            if (pc_poll(c, 100, ignore_msg, on_frame, &w) != PL_OK) {
+                break;
+            }
+        }
+        if (w.failed == 2) {
+            usleep(500000);
+        }
+    }
+    pc_free(&c);
+    if (!w.done) {
+        if (w.failed != 1) {
+            fprintf(stderr, "parley: message not confirmed; it was not sent\n");
+        }
+        return 1;
+    }
+    printf("sent\n");
+    return 0;
+}
+
+static int cmd_chat(int argc, char **argv)
+{
+    if (argc < 1) {
+        die("usage: parley chat <user>");
+    }
+    char peer[PL_USERNAME_MAX + 1], conv[72];
+    if (pl_username_normalize(argv[0], peer) != PL_OK || sget("username") == NULL) {
+        die("not a username, or not logged in");
+    }
+    pl_conv_id(sget("username"), peer, conv);
+    pc_client_t *c = client(1);
+    /* Show the last messages, then follow live from there. */
+    char path[256];
+    int status;
+    json_t *resp = NULL;
+    snprintf(path, sizeof(path), "/v1/conversations/%s/messages?limit=20", conv);
+    if (rest(c, "GET", path, NULL, &status, &resp) == PL_OK && status == 200) {
+        size_t i;
+        json_t *m;
+        json_array_foreach(json_object_get(resp, "messages"), i, m)
+        {
+            print_msg(NULL, m);
+            pc_set_seen(c, conv, json_integer_value(json_object_get(m, "seq")));
+        }
+    }
+    json_decref(resp);
+    fprintf(stderr, "-- chatting with %s; type a line and press Enter, Ctrl-D to quit --\n", peer);
+    struct send_wait w;
+    memset(&w, 0, sizeof(w));
+    int backoff = 1;
+    for (;;) {
+        if (connect_ws(c) != PL_OK) {
+            fprintf(stderr, "-- disconnected; retrying in %d s --\n", backoff);
+            sleep((unsigned)backoff);
+            backoff = backoff < 16 ? backoff * 2 : 16;
+            continue;
+        }
+        backoff = 1;
+        pc_sync(c, print_msg, NULL); /* whatever arrived while away, in order, once */
+        for (;;) {
+            struct pollfd p[2] = {{.fd = STDIN_FILENO, .events = POLLIN},
+                                  {.fd = pc_fd(c), .events = POLLIN}};
+            poll(p, 2, 1000);
+            if (p[0].revents & (POLLIN | POLLHUP)) {
+                char line[4096];
+                if (fgets(line, sizeof(line), stdin) == NULL) {
+                    pc_free(&c);
+                    return 0;
+                }
+                line[strcspn(line, "\n")] = '\0';
+                if (*line) {
+                    pc_send(c, peer, line, NULL, w.cid);
+                }
+            }
+            if (pc_poll(c, 0, print_msg, on_frame, &w) != PL_OK) {
+                fprintf(stderr, "-- connection closed (%d); reconnecting --\n", pc_close_code(c));
+                break;
+            }
+        }
+    }
+}
+
+static int cmd_list(const char *path)
+{
+    int status;
+    json_t *resp = NULL;
+    pc_client_t *c = client(1);
+    if (rest(c, "GET", path, NULL, &status, &resp) != PL_OK || status != 200) {
+        print_error(status, resp);
+        return 1;
+    }
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(resp, "messages"), i, m)
+    {
+        char when[32];
+        fmt_time(json_string_value(json_object_get(m, "timestamp")), when, sizeof(when));
+        printf("[%s] #%lld %s -> %s: %s\n", when,
+               (long long)json_integer_value(json_object_get(m, "seq")),
+               json_string_value(json_object_get(m, "sender")),
+               json_string_value(json_object_get(m, "receiver")),
+               json_string_value(json_object_get(m, "content")));
+    }
+    json_decref(resp);
+    pc_free(&c);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: parley register|login|logout|send|chat|history|recent …\n");
+        return 2;
+    }
+    config_path();
+    load_session();
+    const char *cmd = argv[1];
+    int n = argc > 3 ? atoi(argv[3]) : 20;
+    char path[256];
+    if (strcmp(cmd, "register") == 0) {
+        return cmd_register(argc - 2, argv + 2, 0);
+    }
+    if (strcmp(cmd, "login") == 0) {
+        return cmd_register(argc - 2, argv + 2, 1);
+    }
+    if (strcmp(cmd, "logout") == 0) {
+        return cmd_logout();
+    }
+    if (strcmp(cmd, "send") == 0) {
+        return cmd_send(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "chat") == 0) {
+        return cmd_chat(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "history") == 0 && argc >= 3) {
+        char peer[PL_USERNAME_MAX + 1], conv[72];
+        if (pl_username_normalize(argv[2], peer) != PL_OK || sget("username") == NULL) {
+            die("not a username, or not logged in");
+        }
+        pl_conv_id(sget("username"), peer, conv);
+        snprintf(path, sizeof(path), "/v1/conversations/%s/messages?limit=%d", conv,
+                 n > 0 && n <= 200 ? n : 20);
+        return cmd_list(path);
+    }
+    if (strcmp(cmd, "recent") == 0) {
+        n = argc > 2 ? atoi(argv[2]) : 20;
+        snprintf(path, sizeof(path), "/v1/messages/recent?limit=%d", n > 0 && n <= 200 ? n : 20);
+        return cmd_list(path);
+    }
+    fprintf(stderr, "parley: unknown command %s\n", cmd);
+    return 2;
+}
