@@ -342,3 +342,60 @@ def test_send_to_deliver_latency_report(edge):
     p50, p99 = lat[499], lat[989]
     print(f"\nsend->deliver over 1000 messages at 200/s: p50={p50:.2f} ms p99={p99:.2f} ms "
           f"max={lat[-1]:.2f} ms")
+
+
+def test_frames_split_byte_by_byte_and_at_random(edge):
+    """The framing glue reassembles frames however TCP splits them."""
+    import random
+    import socket
+
+    alice, ta = user_with_token(edge, "split")
+    bob, tb = user_with_token(edge, "split")
+    port = gateway_ports()[0]
+    r = RawWS(port, token=ta)
+    assert r.recv_json()["type"] == "ready"
+    r.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rng = random.Random(7)
+
+    def frame(payload):
+        import os as _os
+        import struct as _struct
+        mask = _os.urandom(4)
+        hdr = _struct.pack("!BB", 0x81, 0x80 | 126) + _struct.pack("!H", len(payload)) \
+            if len(payload) >= 126 else _struct.pack("!BB", 0x81, 0x80 | len(payload))
+        return hdr + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+
+    for i in range(6):
+        body = json.dumps({"type": "send", "client_id": f"split-{i}", "to": bob,
+                           "content": "é" * (10 if i % 2 else 200)}).encode()
+        data = frame(body)
+        if i == 0:
+            cuts = list(range(1, len(data)))  # byte by byte
+        else:
+            cuts = sorted(rng.sample(range(1, len(data)), min(5, len(data) - 1)))
+        prev = 0
+        for c in cuts + [len(data)]:
+            r.s.sendall(data[prev:c])
+            prev = c
+            time.sleep(0.001)
+        while True:
+            f = r.recv_json()
+            if f["type"] == "ack":
+                assert f["client_id"] == f"split-{i}"
+                break
+            assert f["type"] == "msg", f
+    # Fragmented messages (continuation frames) are reassembled too.
+    body = json.dumps({"type": "send", "client_id": "frag", "to": bob, "content": "fragmented"}).encode()
+    r.send_frame(1, body[:10], fin=False)
+    r.send_frame(0, body[10:20], fin=False)
+    r.send_frame(9, b"ping-in-between")  # a control frame may interleave
+    r.send_frame(0, body[20:], fin=True)
+    seen = set()
+    while "ack" not in seen:
+        f = r.recv_frame()
+        if f[0] == 1:
+            seen.add(json.loads(f[1])["type"])
+        elif f[0] == 10:
+            seen.add("pong")
+    assert "pong" in seen
+    r.close()

@@ -1,0 +1,78 @@
+"""The parley command-line client against the real cluster, through the edge."""
+import os
+import stat
+import subprocess
+import time
+
+from conftest import unique_name
+
+
+def cli(home, *args, stdin=None, timeout=30):
+    env = dict(os.environ, PARLEY_URL=f"http://127.0.0.1:{os.environ['PARLEY_EDGE_PORT']}",
+               PARLEY_CONFIG_DIR=home, TZ="Asia/Tokyo")
+    return subprocess.run([os.path.join(os.environ["PARLEY_BIN"], "parley"), *args], input=stdin,
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_cli_register_login_send_history(tmp_path):
+    a, b = unique_name("cli"), unique_name("cli")
+    ha, hb = str(tmp_path / "a"), str(tmp_path / "b")
+    for name, home in ((a, ha), (b, hb)):
+        r = cli(home, "register", name, stdin="correct horse battery\n")
+        assert r.returncode == 0, r.stderr
+        r = cli(home, "login", name, stdin="correct horse battery\n")
+        assert r.returncode == 0 and "logged in" in r.stdout, r.stderr
+        mode = stat.S_IMODE(os.stat(os.path.join(home, "session.json")).st_mode)
+        assert mode == 0o600, oct(mode)
+        assert "correct horse" not in open(os.path.join(home, "session.json")).read()
+    assert cli(ha, "login", a, stdin="wrong password!!\n").returncode == 1
+    r = cli(ha, "send", b, "hello", "from", "the", "cli")
+    assert r.returncode == 0 and r.stdout.strip() == "sent", r.stderr
+    r = cli(hb, "send", a, "and back")
+    assert r.returncode == 0, r.stderr
+    # An ack means durable in Kafka; the store writes history a moment later.
+    deadline = time.time() + 10
+    while True:
+        r = cli(hb, "history", a)
+        lines = r.stdout.strip().splitlines()
+        if len(lines) >= 2 or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(lines) == 2, r.stdout
+    assert f"#1 {a} -> {b}: hello from the cli" in lines[0]
+    assert f"#2 {b} -> {a}: and back" in lines[1]
+    r = cli(ha, "recent", "1")
+    assert "and back" in r.stdout and "hello" not in r.stdout
+    r = cli(ha, "send", "nosuchuser_q1", "x")
+    assert r.returncode == 1 and "no such user" in r.stderr
+    assert cli(ha, "logout").returncode == 0
+    r = cli(ha, "send", b, "after logout")
+    assert r.returncode == 1
+
+
+def test_cli_chat_two_terminals(tmp_path):
+    a, b = unique_name("chat"), unique_name("chat")
+    ha, hb = str(tmp_path / "a"), str(tmp_path / "b")
+    for name, home in ((a, ha), (b, hb)):
+        assert cli(home, "register", name, stdin="correct horse battery\n").returncode == 0
+        assert cli(home, "login", name, stdin="correct horse battery\n").returncode == 0
+    env = lambda home: dict(os.environ, PARLEY_URL=f"http://127.0.0.1:{os.environ['PARLEY_EDGE_PORT']}",
+                            PARLEY_CONFIG_DIR=home, TZ="UTC")
+    binary = os.path.join(os.environ["PARLEY_BIN"], "parley")
+    pa = subprocess.Popen([binary, "chat", b], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env(ha))
+    pb = subprocess.Popen([binary, "chat", a], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env(hb))
+    time.sleep(1.5)
+    pa.stdin.write("hi from a\n")
+    pa.stdin.flush()
+    time.sleep(0.5)
+    pb.stdin.write("hi from b\n")
+    pb.stdin.flush()
+    time.sleep(1.5)
+    out_a, _ = pa.communicate(timeout=10)  # closes stdin: Ctrl-D
+    out_b, _ = pb.communicate(timeout=10)
+    for out in (out_a, out_b):
+        lines = [l for l in out.splitlines() if l.startswith("[")]
+        assert [l.split("] ", 1)[1] for l in lines] == [f"{a}: hi from a", f"{b}: hi from b"], out
+        assert time.strftime("%H:", time.gmtime()) in lines[0] or lines[0][1:3].isdigit()

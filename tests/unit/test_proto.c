@@ -1,0 +1,270 @@
+/*
+ * Unit tests of the message envelope and the WebSocket handshake helpers: identifiers, client
+ * frames (every field rule, limits, ignored forged fields), Kafka records, UTF-8 validation
+ * fed whole, byte by byte and at every split, JSON depth, and RFC 6455 handshake checks.
+ */
+#include "parley/err.h"
+#include "parley/log.h"
+#include "parley/proto.h"
+#include "parley/ws.h"
+
+#include <CUnit/Basic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void test_ids(void)
+{
+    char conv[72], a[33], b[33], c[33];
+    pl_conv_id("bob", "alice", conv);
+    CU_ASSERT_STRING_EQUAL(conv, "d:alice:bob");
+    pl_conv_id("alice", "bob", conv);
+    CU_ASSERT_STRING_EQUAL(conv, "d:alice:bob");
+    pl_conv_id("amy", "amy", conv);
+    CU_ASSERT_STRING_EQUAL(conv, "d:amy:amy");
+    pl_msg_id("alice", "c1", a);
+    pl_msg_id("alice", "c1", b);
+    CU_ASSERT_STRING_EQUAL(a, b);
+    CU_ASSERT_EQUAL(strlen(a), 32);
+    pl_msg_id("alice", "c2", c);
+    CU_ASSERT_STRING_NOT_EQUAL(a, c);
+    /* The separator keeps ("ab","c") and ("a","bc") apart. */
+    pl_msg_id("ab", "c", b);
+    pl_msg_id("a", "bc", c);
+    CU_ASSERT_STRING_NOT_EQUAL(b, c);
+    /* A client_id is scoped to its sender. */
+    pl_msg_id("bob", "c1", c);
+    CU_ASSERT_STRING_NOT_EQUAL(a, c);
+}
+
+static int parse(const char *s, pl_frame_t *f, const char **why)
+{
+    return pl_frame_parse(s, strlen(s), f, why);
+}
+
+static void test_frames(void)
+{
+    pl_frame_t f;
+    const char *why;
+    CU_ASSERT_EQUAL_FATAL(
+        parse("{\"type\":\"send\",\"client_id\":\"c-1\",\"to\":\"Bob\",\"content\":\"hi \\u00e9\","
+              "\"sender\":\"mallory\",\"seq\":7,\"msg_id\":\"x\",\"timestamp\":\"1999\"}",
+              &f, &why),
+        PL_OK);
+    CU_ASSERT_EQUAL(f.type, PL_FRAME_SEND);
+    CU_ASSERT_STRING_EQUAL(f.client_id, "c-1");
+    CU_ASSERT_STRING_EQUAL(f.to, "bob");
+    CU_ASSERT_EQUAL(f.content_len, 5);
+    CU_ASSERT(memcmp(f.content, "hi \xc3\xa9", 5) == 0);
+    pl_frame_clear(&f);
+
+    CU_ASSERT_EQUAL(parse("{\"type\":\"auth\",\"token\":\"abc\"}", &f, &why), PL_OK);
+    CU_ASSERT_EQUAL(f.type, PL_FRAME_AUTH);
+    CU_ASSERT_STRING_EQUAL(f.token, "abc");
+    pl_frame_clear(&f);
+
+    const char *bad[] = {
+        "",
+        "null",
+        "[]",
+        "{}",
+        "{\"type\":5}",
+        "{\"type\":\"dance\"}",
+        "{\"type\":\"auth\"}",
+        "{\"type\":\"auth\",\"token\":\"\"}",
+        "{\"type\":\"send\",\"to\":\"bob\",\"content\":\"x\"}",
+        "{\"type\":\"send\",\"client_id\":\"\",\"to\":\"bob\",\"content\":\"x\"}",
+        "{\"type\":\"send\",\"client_id\":\"a b\",\"to\":\"bob\",\"content\":\"x\"}",
+        "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"b\",\"content\":\"x\"}",
+        "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bo\\u0000b\",\"content\":\"x\"}",
+        "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bob\",\"content\":\"\"}",
+        "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bob\",\"content\":5}",
+        "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bob\"}",
+        "{\"type\":\"send\",\"type\":\"auth\",\"client_id\":\"c\",\"to\":\"bob\",\"content\":\"x\"}",
+        "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bob\",\"content\":\"x\"",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        int rc = parse(bad[i], &f, &why);
+        CU_ASSERT_EQUAL(rc, PL_ERR_INVAL);
+        CU_ASSERT_PTR_NOT_NULL(why);
+        CU_ASSERT_PTR_NULL(f.root);
+    }
+    /* client_id: 64 printable characters pass, 65 do not. */
+    char buf[512];
+    char id[66];
+    memset(id, 'i', 65);
+    id[64] = '\0';
+    snprintf(buf, sizeof(buf), "{\"type\":\"send\",\"client_id\":\"%s\",\"to\":\"bob\",\"content\":\"x\"}",
+             id);
+    CU_ASSERT_EQUAL(parse(buf, &f, &why), PL_OK);
+    pl_frame_clear(&f);
+    id[64] = 'i';
+    id[65] = '\0';
+    snprintf(buf, sizeof(buf), "{\"type\":\"send\",\"client_id\":\"%s\",\"to\":\"bob\",\"content\":\"x\"}",
+             id);
+    CU_ASSERT_EQUAL(parse(buf, &f, &why), PL_ERR_INVAL);
+}
+
+static void test_sizes_and_depth(void)
+{
+    pl_frame_t f;
+    const char *why;
+    size_t big = PL_MAX_CONTENT + 1;
+    char *s = malloc(big + 100);
+    int n = snprintf(s, 100, "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bob\",\"content\":\"");
+    memset(s + n, 'x', big);
+    strcpy(s + n + big, "\"}");
+    CU_ASSERT_EQUAL(pl_frame_parse(s, strlen(s), &f, &why), PL_ERR_TOOBIG);
+    strcpy(s + n + big - 1, "\"}");
+    CU_ASSERT_EQUAL(pl_frame_parse(s, strlen(s), &f, &why), PL_OK);
+    pl_frame_clear(&f);
+    free(s);
+    s = malloc(PL_MAX_FRAME + 2);
+    memset(s, ' ', PL_MAX_FRAME + 1);
+    CU_ASSERT_EQUAL(pl_frame_parse(s, PL_MAX_FRAME + 1, &f, &why), PL_ERR_TOOBIG);
+    free(s);
+
+    CU_ASSERT_TRUE(pl_json_depth_ok("[[[]]]", 6, 3));
+    CU_ASSERT_FALSE(pl_json_depth_ok("[[[[]]]]", 8, 3));
+    /* Brackets inside strings do not count, escaped quotes do not end them. */
+    const char *str = "{\"a\":\"[[[[[[\\\"[[[[\"}";
+    CU_ASSERT_TRUE(pl_json_depth_ok(str, strlen(str), 2));
+    char deep[20001];
+    memset(deep, '[', 10000);
+    memset(deep + 10000, ']', 10000);
+    deep[20000] = '\0';
+    CU_ASSERT_EQUAL(parse(deep, &f, &why), PL_ERR_INVAL);
+}
+
+static void test_utf8(void)
+{
+    const char *good[] = {"", "plain", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80",
+                          "\xef\xbf\xbf", "\xf4\x8f\xbf\xbf", "a\xc3\xa9z\xe2\x82\xac"};
+    const char *bad[] = {"\x80", "\xc3", "\xc3\x28", "\xc0\xaf", "\xe0\x80\xaf",
+                         "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xf8\x88\x80\x80\x80", "\xff",
+                         "\xe2\x82", "\xf0\x9f\x98"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        CU_ASSERT_TRUE(pl_utf8_valid((const unsigned char *)good[i], strlen(good[i])));
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CU_ASSERT_FALSE(pl_utf8_valid((const unsigned char *)bad[i], strlen(bad[i])));
+    }
+    /* Fed at every split: a prefix that ends inside a sequence is invalid on its own, and
+     * both halves together are valid (the gateway validates whole messages). */
+    const char *text = "h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80!";
+    size_t len = strlen(text);
+    for (size_t cut = 0; cut <= len; cut++) {
+        int inside = cut < len && ((unsigned char)text[cut] & 0xc0) == 0x80;
+        CU_ASSERT_EQUAL(pl_utf8_valid((const unsigned char *)text, cut), !inside);
+    }
+    CU_ASSERT_TRUE(pl_utf8_valid((const unsigned char *)text, len));
+}
+
+static void test_records(void)
+{
+    pl_msg_t m, back;
+    memset(&m, 0, sizeof(m));
+    strcpy(m.msg_id, "0123456789abcdef0123456789abcdef");
+    strcpy(m.conv, "d:alice:bob");
+    strcpy(m.sender, "alice");
+    strcpy(m.receiver, "bob");
+    strcpy(m.client_id, "c1");
+    strcpy(m.origin_gw, "gw0");
+    m.origin_conn = 42;
+    m.content = "say \"hi\"\n\xe2\x82\xac";
+    m.content_len = strlen(m.content);
+    m.ts_ms = 1796562000123LL;
+    char *rec = pl_msg_record(&m);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(rec);
+    CU_ASSERT_PTR_NULL(strstr(rec, "\"seq\""));
+    CU_ASSERT_EQUAL_FATAL(pl_msg_parse(rec, strlen(rec), &back), PL_OK);
+    CU_ASSERT_STRING_EQUAL(back.msg_id, m.msg_id);
+    CU_ASSERT_STRING_EQUAL(back.origin_gw, "gw0");
+    CU_ASSERT_EQUAL(back.origin_conn, 42);
+    CU_ASSERT_EQUAL(back.content_len, m.content_len);
+    CU_ASSERT(memcmp(back.content, m.content, m.content_len) == 0);
+    CU_ASSERT_EQUAL(back.seq, 0);
+    pl_msg_clear(&back);
+    free(rec);
+    m.seq = 7;
+    rec = pl_msg_record(&m);
+    CU_ASSERT_EQUAL_FATAL(pl_msg_parse(rec, strlen(rec), &back), PL_OK);
+    CU_ASSERT_EQUAL(back.seq, 7);
+    json_t *j = pl_msg_json(&back, 1);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "type")), "msg");
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "timestamp")),
+                           "2026-12-06T13:00:00.123Z");
+    CU_ASSERT_PTR_NULL(json_object_get(j, "origin"));
+    json_decref(j);
+    pl_msg_clear(&back);
+    free(rec);
+    const char *bad = "{\"msg_id\":\"x\",\"conv\":\"c\",\"sender\":\"a\"}";
+    CU_ASSERT_EQUAL(pl_msg_parse(bad, strlen(bad), &back), PL_ERR_INVAL);
+
+    char *ack = pl_frame_ack("c1", "m1");
+    CU_ASSERT_STRING_EQUAL(ack, "{\"type\":\"ack\",\"client_id\":\"c1\",\"msg_id\":\"m1\"}");
+    free(ack);
+    char *err = pl_frame_error("unavailable", "retry", "c1", 1000);
+    json_t *e = json_loads(err, 0, NULL);
+    CU_ASSERT_EQUAL(json_integer_value(json_object_get(e, "retry_after_ms")), 1000);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(e, "client_id")), "c1");
+    json_decref(e);
+    free(err);
+}
+
+static void test_handshake(void)
+{
+    const char *why;
+    char accept[29];
+    /* RFC 6455 section 1.3's example. */
+    pl_ws_accept("dGhlIHNhbXBsZSBub25jZQ==", accept);
+    CU_ASSERT_STRING_EQUAL(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    const char *key = "dGhlIHNhbXBsZSBub25jZQ==";
+    CU_ASSERT_EQUAL(pl_ws_check_request("GET", "websocket", "Upgrade", "13", key, &why), PL_OK);
+    CU_ASSERT_EQUAL(pl_ws_check_request("GET", "WebSocket", "keep-alive, Upgrade", "13", key, &why),
+                    PL_OK);
+    CU_ASSERT_EQUAL(pl_ws_check_request("POST", "websocket", "Upgrade", "13", key, &why),
+                    PL_ERR_INVAL);
+    CU_ASSERT_EQUAL(pl_ws_check_request("GET", NULL, "Upgrade", "13", key, &why), PL_ERR_INVAL);
+    CU_ASSERT_EQUAL(pl_ws_check_request("GET", "websocket", "keep-alive", "13", key, &why),
+                    PL_ERR_INVAL);
+    CU_ASSERT_EQUAL(pl_ws_check_request("GET", "websocket", "Upgradez", "13", key, &why),
+                    PL_ERR_INVAL);
+    CU_ASSERT_EQUAL(pl_ws_check_request("GET", "websocket", "Upgrade", "8", key, &why),
+                    PL_ERR_INVAL);
+    CU_ASSERT_EQUAL(pl_ws_check_request("GET", "websocket", "Upgrade", "13", "short", &why),
+                    PL_ERR_INVAL);
+    CU_ASSERT_EQUAL(pl_ws_check_request("GET", "websocket", "Upgrade", "13",
+                                        "dGhlIHNhbXBsZSBub25jZQ=!", &why),
+                    PL_ERR_INVAL);
+    CU_ASSERT_EQUAL(pl_ws_check_request("GET", "websocket", "Upgrade", "13", NULL, &why),
+                    PL_ERR_INVAL);
+    CU_ASSERT_PTR_NOT_NULL(why);
+
+    CU_ASSERT_TRUE(pl_ws_origin_allowed(NULL, "http://a"));
+    CU_ASSERT_TRUE(pl_ws_origin_allowed("http://a", "http://b, http://a"));
+    CU_ASSERT_FALSE(pl_ws_origin_allowed("http://evil", "http://a,http://b"));
+    CU_ASSERT_FALSE(pl_ws_origin_allowed("http://a.evil", "http://a"));
+    CU_ASSERT_TRUE(pl_ws_origin_allowed("http://anything", "*"));
+    CU_ASSERT_FALSE(pl_ws_origin_allowed("http://a", NULL));
+}
+
+int main(void)
+{
+    if (CU_initialize_registry() != CUE_SUCCESS) {
+        return 1;
+    }
+    pl_log_init("test", PL_LOG_ERROR + 1);
+    CU_pSuite s = CU_add_suite("proto", NULL, NULL);
+    CU_add_test(s, "identifiers", test_ids);
+    CU_add_test(s, "client frames", test_frames);
+    CU_add_test(s, "sizes and depth", test_sizes_and_depth);
+    CU_add_test(s, "UTF-8 at every split", test_utf8);
+    CU_add_test(s, "records and server frames", test_records);
+    CU_add_test(s, "WebSocket handshake", test_handshake);
+    CU_basic_set_mode(CU_BRM_VERBOSE);
+    CU_basic_run_tests();
+    unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
+    CU_cleanup_registry();
+    return failed ? 1 : 0;
+}
