@@ -80,7 +80,8 @@ static void test_frames(void)
         "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bob\",\"content\":\"\"}",
         "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bob\",\"content\":5}",
         "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bob\"}",
-        "{\"type\":\"send\",\"type\":\"auth\",\"client_id\":\"c\",\"to\":\"bob\",\"content\":\"x\"}",
+        "{\"type\":\"send\",\"type\":\"auth\",\"client_id\":\"c\",\"to\":\"bob\",\"content\":"
+        "\"x\"}",
         "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bob\",\"content\":\"x\"",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -94,14 +95,14 @@ static void test_frames(void)
     char id[66];
     memset(id, 'i', 65);
     id[64] = '\0';
-    snprintf(buf, sizeof(buf), "{\"type\":\"send\",\"client_id\":\"%s\",\"to\":\"bob\",\"content\":\"x\"}",
-             id);
+    snprintf(buf, sizeof(buf),
+             "{\"type\":\"send\",\"client_id\":\"%s\",\"to\":\"bob\",\"content\":\"x\"}", id);
     CU_ASSERT_EQUAL(parse(buf, &f, &why), PL_OK);
     pl_frame_clear(&f);
     id[64] = 'i';
     id[65] = '\0';
-    snprintf(buf, sizeof(buf), "{\"type\":\"send\",\"client_id\":\"%s\",\"to\":\"bob\",\"content\":\"x\"}",
-             id);
+    snprintf(buf, sizeof(buf),
+             "{\"type\":\"send\",\"client_id\":\"%s\",\"to\":\"bob\",\"content\":\"x\"}", id);
     CU_ASSERT_EQUAL(parse(buf, &f, &why), PL_ERR_INVAL);
 }
 
@@ -111,7 +112,8 @@ static void test_sizes_and_depth(void)
     const char *why;
     size_t big = PL_MAX_CONTENT + 1;
     char *s = malloc(big + 100);
-    int n = snprintf(s, 100, "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bob\",\"content\":\"");
+    int n =
+        snprintf(s, 100, "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bob\",\"content\":\"");
     memset(s + n, 'x', big);
     strcpy(s + n + big, "\"}");
     CU_ASSERT_EQUAL(pl_frame_parse(s, strlen(s), &f, &why), PL_ERR_TOOBIG);
@@ -138,11 +140,17 @@ static void test_sizes_and_depth(void)
 
 static void test_utf8(void)
 {
-    const char *good[] = {"", "plain", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80",
-                          "\xef\xbf\xbf", "\xf4\x8f\xbf\xbf", "a\xc3\xa9z\xe2\x82\xac"};
-    const char *bad[] = {"\x80", "\xc3", "\xc3\x28", "\xc0\xaf", "\xe0\x80\xaf",
-                         "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xf8\x88\x80\x80\x80", "\xff",
-                         "\xe2\x82", "\xf0\x9f\x98"};
+    const char *good[] = {"",
+                          "plain",
+                          "\xc3\xa9",
+                          "\xe2\x82\xac",
+                          "\xf0\x9f\x98\x80",
+                          "\xef\xbf\xbf",
+                          "\xf4\x8f\xbf\xbf",
+                          "a\xc3\xa9z\xe2\x82\xac"};
+    const char *bad[] = {"\x80",         "\xc3",         "\xc3\x28",         "\xc0\xaf",
+                         "\xe0\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xf8\x88\x80\x80\x80",
+                         "\xff",         "\xe2\x82",     "\xf0\x9f\x98"};
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
         CU_ASSERT_TRUE(pl_utf8_valid((const unsigned char *)good[i], strlen(good[i])));
     }
@@ -234,9 +242,9 @@ static void test_handshake(void)
                     PL_ERR_INVAL);
     CU_ASSERT_EQUAL(pl_ws_check_request("GET", "websocket", "Upgrade", "13", "short", &why),
                     PL_ERR_INVAL);
-    CU_ASSERT_EQUAL(pl_ws_check_request("GET", "websocket", "Upgrade", "13",
-                                        "dGhlIHNhbXBsZSBub25jZQ=!", &why),
-                    PL_ERR_INVAL);
+    CU_ASSERT_EQUAL(
+        pl_ws_check_request("GET", "websocket", "Upgrade", "13", "dGhlIHNhbXBsZSBub25jZQ=!", &why),
+        PL_ERR_INVAL);
     CU_ASSERT_EQUAL(pl_ws_check_request("GET", "websocket", "Upgrade", "13", NULL, &why),
                     PL_ERR_INVAL);
     CU_ASSERT_PTR_NOT_NULL(why);
