@@ -29,6 +29,12 @@
 static char session_path[1024];
 static json_t *session; /* {url, username, access_token, refresh_token, session_id} */
 
+static void free_session(void)
+{
+    json_decref(session);
+    session = NULL;
+}
+
 static void die(const char *msg)
 {
     fprintf(stderr, "parley: %s\n", msg);
@@ -234,8 +240,10 @@ static int cmd_register(int argc, char **argv, int login)
     memset(pw, 0, sizeof(pw));
     pc_rest(c, "POST", login ? "/v1/auth/login" : "/v1/auth/register", body, &status, &resp);
     json_decref(body);
+    pc_free(&c);
     if (status != (login ? 200 : 201)) {
         print_error(status, resp);
+        json_decref(resp);
         return 1;
     }
     if (login) {
@@ -250,7 +258,6 @@ static int cmd_register(int argc, char **argv, int login)
         printf("registered %s; now run: parley login %s\n", argv[0], argv[0]);
     }
     json_decref(resp);
-    pc_free(&c);
     return 0;
 }
 
@@ -416,6 +423,8 @@ static int cmd_list(const char *path)
     pc_client_t *c = client(1);
     if (rest(c, "GET", path, NULL, &status, &resp) != PL_OK || status != 200) {
         print_error(status, resp);
+        json_decref(resp);
+        pc_free(&c);
         return 1;
     }
     size_t i;
@@ -443,6 +452,7 @@ int main(int argc, char **argv)
     }
     config_path();
     load_session();
+    atexit(free_session);
     const char *cmd = argv[1];
     int n = argc > 3 ? atoi(argv[3]) : 20;
     char path[256];

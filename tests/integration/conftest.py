@@ -86,6 +86,44 @@ def auth():
     return Api(f"http://127.0.0.1:{os.environ['PARLEY_AUTH_PORT']}")
 
 
+@pytest.fixture
+def own_auth():
+    """Starts a separate parley-auth with extra settings on a free port, against the same
+    Redis and MongoDB, for tests that need other limits."""
+    procs = []
+
+    def start(extra):
+        import socket
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        env = dict(os.environ, PARLEY_AUTH_PORT=str(port), PARLEY_TRUST_FORWARDED="1",
+                   PARLEY_JWT_PRIVATE_KEY=os.path.join(VAR, "keys", "jwt-private.pem"),
+                   PARLEY_JWT_PUBLIC_KEY=os.path.join(VAR, "keys", "jwt-public.pem"),
+                   PARLEY_MONGO_URI=f"mongodb://127.0.0.1:{os.environ['PARLEY_MONGO_PORT']}", **extra)
+        log = open(os.path.join(VAR, "log", f"auth-extra-{port}.log"), "w")
+        p = subprocess.Popen([os.path.join(os.environ["PARLEY_BIN"], "parley-auth")], env=env,
+                             stdout=log, stderr=log)
+        procs.append(p)
+        api = Api(f"http://127.0.0.1:{port}")
+        wait_until(lambda: _ready(api), timeout=30)
+        return api
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=20)
+
+
+def _ready(api):
+    try:
+        return api.call("GET", "/readyz").status == 200
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def mongo():
     import pymongo

@@ -22,7 +22,8 @@ export PARLEY_KAFKA_CONTROLLER_PORT=19093
 export PARLEY_KAFKA_PARTITIONS=3
 export PARLEY_MONGO_DB=parley_test
 export PARLEY_LOGIN_LIMIT_USER=10
-export PARLEY_LOGIN_LIMIT_ADDR=20
+# Every client of the edge is 127.0.0.1 here; the per-address limit has a test of its own.
+export PARLEY_LOGIN_LIMIT_ADDR=100000
 export PARLEY_REGISTER_LIMIT_ADDR=1000
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
