@@ -69,6 +69,14 @@ int main(void)
     memset(&ctx, 0, sizeof(ctx));
 
     pl_log_init("auth", pl_log_level_parse(pl_cfg_str("PARLEY_LOG_LEVEL", "info")));
+    /* Blocked before any thread starts (librdkafka and libmicrohttpd start their own), so
+     * every thread inherits the mask and SIGTERM reaches only the drain logic below. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
     if (sodium_init() < 0) {
         pl_log_error("startup_failed", "libsodium failed to initialise");
         return 1;
@@ -133,13 +141,6 @@ int main(void)
     if (auth_ensure_indexes(&ctx) != PL_OK) {
         pl_log_warn("mongo_not_ready", "indexes will be created once MongoDB answers");
     }
-
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     pl_http_cfg_t hc = {
         .bind_addr = pl_cfg_str("PARLEY_AUTH_ADDR", "0.0.0.0"),

@@ -33,6 +33,14 @@ int main(void)
     long port, redis_port;
     memset(&ctx, 0, sizeof(ctx));
     pl_log_init("router", pl_log_level_parse(pl_cfg_str("PARLEY_LOG_LEVEL", "info")));
+    /* Blocked before any thread starts (librdkafka and libmicrohttpd start their own), so
+     * every thread inherits the mask and SIGTERM reaches only the drain logic below. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
     if (pl_cfg_int("PARLEY_ROUTER_PORT", 8083, 0, 65535, &port) ||
         pl_cfg_int("PARLEY_REDIS_PORT", 6379, 1, 65535, &redis_port)) {
         goto out;
@@ -58,13 +66,6 @@ int main(void)
                                          pl_metrics_latency_bounds, pl_metrics_latency_nbounds);
     ctx.m_lag = pl_metrics_gauge(m, "parley_router_consumer_lag",
                                  "Records of parley.committed not yet routed", NULL);
-
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     pl_http_cfg_t hc = {
         .bind_addr = pl_cfg_str("PARLEY_ROUTER_ADDR", "0.0.0.0"),

@@ -25,6 +25,9 @@ export PARLEY_LOGIN_LIMIT_USER=10
 # Every client of the edge is 127.0.0.1 here; the per-address limit has a test of its own.
 export PARLEY_LOGIN_LIMIT_ADDR=100000
 export PARLEY_REGISTER_LIMIT_ADDR=1000
+# Short heartbeats so the dead-peer test runs in seconds (clients answer pings by themselves).
+export PARLEY_GATEWAY_PING_MS=1500
+export PARLEY_GATEWAY_DEAD_MS=1500
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 

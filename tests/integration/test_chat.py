@@ -186,7 +186,7 @@ def test_logout_closes_open_socket_within_a_second(edge):
         assert r.status == 204
         await c.wait(lambda: c.closed is not None, timeout=5)
         elapsed = time.time() - t0
-        assert getattr(c.closed, "rcvd", None) is not None and c.closed.rcvd.code == 1008
+        assert c.closed == 1008
         assert elapsed < 1.0, elapsed
         # And the token no longer opens a socket.
         with pytest.raises(Exception):
@@ -399,3 +399,98 @@ def test_frames_split_byte_by_byte_and_at_random(edge):
             seen.add("pong")
     assert "pong" in seen
     r.close()
+
+
+def test_dead_peer_is_dropped_and_live_one_kept(edge):
+    """A peer that never answers pings is freed; one that does stays (heartbeat 1.5 s here)."""
+    name, token = user_with_token(edge, "hb")
+    port = gateway_ports()[0]
+    silent = RawWS(port, token=token)
+    assert silent.recv_json()["type"] == "ready"
+
+    async def live():
+        c = await Chat.connect(token, url=f"ws://127.0.0.1:{port}/ws")
+        await asyncio.sleep(5)
+        assert c.closed is None
+        await c.close()
+
+    run(live())
+    # The silent one got a ping it never answered, then was dropped.
+    ops = []
+    try:
+        while True:
+            op, _ = silent.recv_frame()
+            ops.append(op)
+    except (EOFError, ConnectionResetError):
+        pass
+    assert 9 in ops  # it was pinged
+    silent.close()
+
+
+def test_slow_reader_is_closed_with_1013_and_others_unaffected(edge):
+    alice, ta = user_with_token(edge, "slow")
+    bob, tb = user_with_token(edge, "slow")
+    carol, tc = user_with_token(edge, "slow")
+    port = gateway_ports()[0]
+    slow = RawWS(port, token=tb, rcvbuf=4096)  # bob, who never reads
+    assert slow.recv_json()["type"] == "ready"
+    # Bob is alive, just slow: unsolicited pongs (RFC 6455 5.5.3) keep the heartbeat happy.
+    import threading
+    stop = threading.Event()
+
+    def keepalive():
+        while not stop.wait(0.4):
+            try:
+                slow.send_frame(10, b"")
+            except OSError:
+                return
+
+    threading.Thread(target=keepalive, daemon=True).start()
+
+    async def go():
+        a = await Chat.connect(ta, url=f"ws://127.0.0.1:{port}/ws")
+        c = await Chat.connect(tc, url=f"ws://127.0.0.1:{port}/ws")
+        await a.send_many(bob, ["z" * 50000 for _ in range(150)], window=16)
+        await a.send(carol, "you are fine")
+        await c.wait(lambda: len(c.msgs) == 1, timeout=30)
+        await a.close()
+        await c.close()
+
+    run(go())
+    stop.set()
+    # The queue cap (1 MiB) was passed: the slow socket got 1013 (after whatever was
+    # already in flight) or was dropped when it did not read the close.
+    code = slow.expect_close()
+    assert code in (1013, None), code
+    metrics = Api(f"http://127.0.0.1:{port}").call("GET", "/metrics").raw.decode()
+    assert re.search(r"^parley_gateway_slow_consumer_closes_total [1-9]", metrics, re.M), \
+        [l for l in metrics.splitlines() if l.startswith("parley_gateway")]
+    slow.close()
+
+
+def test_sigterm_drains_with_1001(edge):
+    from conftest import cluster, pid_of
+    import signal
+
+    name, token = user_with_token(edge, "drain")
+    ports = gateway_ports()
+
+    async def go():
+        c = await Chat.connect(token, url=f"ws://127.0.0.1:{ports[1]}/ws")
+        t0 = time.time()
+        os.kill(pid_of("gateway1"), signal.SIGTERM)
+        await c.wait(lambda: c.closed is not None, timeout=10)
+        print(f"\ndrain with one client took {time.time() - t0:.2f} s")
+        assert c.closed == 1001
+        # Clients go to the other gateway through the edge.
+        c2 = await Chat.connect(token)
+        await c2.close()
+
+    run(go())
+    for _ in range(100):
+        try:
+            os.kill(pid_of("gateway1"), 0)
+            time.sleep(0.1)
+        except (ProcessLookupError, FileNotFoundError):
+            break
+    cluster("up")

@@ -53,9 +53,10 @@ class Chat:
                 elif f["type"] == "error":
                     self.errors.append(f)
         except websockets.ConnectionClosed as e:
-            self.closed = e
+            # The close code the server sent, or 1006 when the socket just went away.
+            self.closed = e.rcvd.code if e.rcvd is not None else 1006
         if self.closed is None:
-            self.closed = self.ws.close_code
+            self.closed = self.ws.close_code or 1006
 
     async def send(self, to, content, client_id=None, **extra):
         cid = client_id or uuid.uuid4().hex
@@ -115,8 +116,13 @@ class Chat:
 class RawWS:
     """A WebSocket client over a bare socket, for malformed input."""
 
-    def __init__(self, port, token=None, host="127.0.0.1", headers=None):
-        self.s = socket.create_connection((host, port), timeout=10)
+    def __init__(self, port, token=None, host="127.0.0.1", headers=None, rcvbuf=None):
+        self.s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            # Before connect, so the advertised window stays small: a genuinely slow reader.
+            self.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.s.settimeout(10)
+        self.s.connect((host, port))
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [f"GET /ws HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
