@@ -7,6 +7,7 @@
 #ifndef PARLEY_CFG_H
 #define PARLEY_CFG_H
 
+#include <signal.h>
 #include <stddef.h>
 
 /* Returns the variable's value, or def when it is unset or empty. Borrowed from environ. */
@@ -27,5 +28,13 @@ int pl_cfg_bool(const char *name, int def, int *out);
  * frees. Returns PL_OK, PL_ERR_NOTFOUND, PL_ERR_TOOBIG, PL_ERR_IO or PL_ERR_NOMEM.
  */
 int pl_read_file(const char *path, size_t max, char **out, size_t *len);
+
+/*
+ * Blocks SIGTERM and SIGINT in the calling thread and ignores SIGPIPE; set holds the two.
+ * Call first thing in main(), before any library starts a thread, so that every thread
+ * inherits the mask and the signals reach only the service's own drain logic (sigwait,
+ * sigtimedwait or a signalfd on set).
+ */
+void pl_block_signals(sigset_t *set);
 
 #endif

@@ -31,6 +31,9 @@ void pl_hex_encode(const void *p, size_t n, char *out);
 /* Writes 2n random hex digits and a NUL into out (2n + 1 bytes). Returns as pl_random_bytes(). */
 int pl_random_hex(char *out, size_t n);
 
+/* FNV-1a hash of a NUL-terminated string, for in-memory hash tables (not for security). */
+size_t pl_hash_str(const char *s);
+
 /* Milliseconds since the Unix epoch, from CLOCK_REALTIME. */
 long long pl_now_ms(void);
 

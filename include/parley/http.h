@@ -102,6 +102,12 @@ void pl_http_upgrade(pl_http_resp_t *resp, const char *const *headers, pl_http_u
 /* Closes an upgraded socket; callable from any thread, once per handle. */
 void pl_http_upgraded_close(void *handle);
 
+/*
+ * The answer when a dependency failed with rc: 503 with Retry-After: 1 for PL_ERR_UNAVAIL (the
+ * client may retry), 500 without detail otherwise.
+ */
+void pl_http_fail_dep(pl_http_resp_t *resp, int rc);
+
 /* The HTTP status that stands for a PL_ERR_* code (400, 401, 403, 404, 409, 413, 429, 503, 500). */
 int pl_http_status_of(int err);
 

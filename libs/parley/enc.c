@@ -148,3 +148,12 @@ void pl_iso8601_ms(long long ms, char out[32])
     size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(out + n, 32 - n, ".%03dZ", frac);
 }
+
+size_t pl_hash_str(const char *s)
+{
+    size_t h = 1469598103934665603ull;
+    while (*s) {
+        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
+    }
+    return h;
+}

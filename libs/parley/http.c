@@ -137,6 +137,16 @@ static enum MHD_Result send_upgrade(pl_http_req_t *req, pl_http_resp_t *resp)
     return ok;
 }
 
+void pl_http_fail_dep(pl_http_resp_t *resp, int rc)
+{
+    if (rc == PL_ERR_UNAVAIL) {
+        pl_http_fail(resp, PL_ERR_UNAVAIL, "service temporarily unavailable, retry shortly");
+        resp->retry_after_s = 1;
+    } else {
+        pl_http_fail(resp, PL_ERR_INTERNAL, "internal error");
+    }
+}
+
 const char *pl_http_method(const pl_http_req_t *req)
 {
     return req->method;

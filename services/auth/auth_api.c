@@ -54,16 +54,6 @@ static int rate_check(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *what, c
     return PL_OK;
 }
 
-static void fail_dep(pl_http_resp_t *resp, int rc)
-{
-    pl_http_fail(resp, rc == PL_ERR_UNAVAIL ? PL_ERR_UNAVAIL : PL_ERR_INTERNAL,
-                 rc == PL_ERR_UNAVAIL ? "service temporarily unavailable, retry shortly"
-                                      : "internal error");
-    if (rc == PL_ERR_UNAVAIL) {
-        resp->retry_after_s = 1;
-    }
-}
-
 static const char *bson_str(const bson_t *doc, const char *key)
 {
     bson_iter_t it;
@@ -161,7 +151,7 @@ static void h_register(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     }
     char hash[256];
     if (auth_pw_hash(pw, pw_len, hash, sizeof(hash)) != PL_OK) {
-        fail_dep(resp, PL_ERR_INTERNAL);
+        pl_http_fail_dep(resp, PL_ERR_INTERNAL);
         return;
     }
     long long now = pl_now_ms();
@@ -180,7 +170,7 @@ static void h_register(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     } else if (rc == PL_ERR_EXISTS) {
         pl_http_fail(resp, PL_ERR_EXISTS, "username is taken");
     } else {
-        fail_dep(resp, rc);
+        pl_http_fail_dep(resp, rc);
     }
     bson_destroy(&doc);
 }
@@ -204,7 +194,7 @@ static void reply_tokens(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *user
 {
     char *access = NULL;
     if (pl_jwt_sign(ctx->signer, user, sid, (long)(pl_now_ms() / 1000), &access, NULL) != PL_OK) {
-        fail_dep(resp, PL_ERR_INTERNAL);
+        pl_http_fail_dep(resp, PL_ERR_INTERNAL);
         return;
     }
     pl_http_reply(resp, 200,
@@ -246,7 +236,7 @@ static void h_login(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     }
     int rc = shape_ok ? find_user(ctx, user, &doc) : PL_ERR_NOTFOUND;
     if (rc != PL_OK && rc != PL_ERR_NOTFOUND) {
-        fail_dep(resp, rc);
+        pl_http_fail_dep(resp, rc);
         return;
     }
     /* An unknown user costs one argon2id verification too, so timing does not tell. */
@@ -262,7 +252,7 @@ static void h_login(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     char refresh[80];
     char rhash[65];
     if (pl_random_hex(sid, 16) != PL_OK || new_refresh(sid, refresh) != PL_OK) {
-        fail_dep(resp, PL_ERR_INTERNAL);
+        pl_http_fail_dep(resp, PL_ERR_INTERNAL);
         goto out;
     }
     auth_refresh_hash(refresh, rhash);
@@ -281,7 +271,7 @@ static void h_login(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     rc = pl_mongo_insert_one(ctx->mongo, "sessions", &s);
     bson_destroy(&s);
     if (rc != PL_OK) {
-        fail_dep(resp, rc);
+        pl_http_fail_dep(resp, rc);
         goto out;
     }
     pl_metric_inc(ctx->m_logins_ok);
@@ -361,7 +351,7 @@ static void h_refresh(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
         return;
     }
     if (rc != PL_OK) {
-        fail_dep(resp, rc);
+        pl_http_fail_dep(resp, rc);
         return;
     }
     const char *user = bson_str(doc, "user");
@@ -391,7 +381,7 @@ static void h_refresh(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
                           "rotated refresh token presented again; revoking the session");
             rc = revoke_session(ctx, sid, user);
             if (rc != PL_OK) {
-                fail_dep(resp, rc);
+                pl_http_fail_dep(resp, rc);
                 goto out;
             }
         }
@@ -403,7 +393,7 @@ static void h_refresh(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     char refresh[80];
     char rhash[65];
     if (new_refresh(sid, refresh) != PL_OK) {
-        fail_dep(resp, PL_ERR_INTERNAL);
+        pl_http_fail_dep(resp, PL_ERR_INTERNAL);
         goto out;
     }
     auth_refresh_hash(refresh, rhash);
@@ -441,7 +431,7 @@ static void h_refresh(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     bson_destroy(&f);
     bson_destroy(&upd);
     if (rc != PL_OK) {
-        fail_dep(resp, rc);
+        pl_http_fail_dep(resp, rc);
         goto out;
     }
     if (matched == 0) {
@@ -477,7 +467,7 @@ static int authenticate(pl_http_req_t *req, pl_http_resp_t *resp, const pl_jwt_v
         pl_http_fail(resp, rc, "session was logged out");
         break;
     case PL_ERR_UNAVAIL:
-        fail_dep(resp, rc);
+        pl_http_fail_dep(resp, rc);
         break;
     default:
         pl_http_fail(resp, PL_ERR_UNAUTH, "invalid access token");
@@ -495,7 +485,7 @@ static void h_logout(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     }
     int rc = revoke_session(ctx, c.sid, c.sub);
     if (rc != PL_OK) {
-        fail_dep(resp, rc);
+        pl_http_fail_dep(resp, rc);
         return;
     }
     pl_metric_inc(ctx->m_logouts);
@@ -517,7 +507,7 @@ static void h_me(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     } else if (rc == PL_ERR_NOTFOUND) {
         pl_http_fail(resp, PL_ERR_UNAUTH, "account no longer exists");
     } else {
-        fail_dep(resp, rc);
+        pl_http_fail_dep(resp, rc);
     }
 }
 
@@ -542,7 +532,7 @@ static void h_user(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     } else if (rc == PL_ERR_NOTFOUND) {
         pl_http_fail(resp, PL_ERR_NOTFOUND, "no such user");
     } else {
-        fail_dep(resp, rc);
+        pl_http_fail_dep(resp, rc);
     }
 }
 
@@ -577,7 +567,7 @@ static void h_internal_user(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     } else if (rc == PL_ERR_NOTFOUND) {
         pl_http_fail(resp, PL_ERR_NOTFOUND, "no such user");
     } else {
-        fail_dep(resp, rc);
+        pl_http_fail_dep(resp, rc);
     }
 }
 

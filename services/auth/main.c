@@ -69,14 +69,8 @@ int main(void)
     memset(&ctx, 0, sizeof(ctx));
 
     pl_log_init("auth", pl_log_level_parse(pl_cfg_str("PARLEY_LOG_LEVEL", "info")));
-    /* Blocked before any thread starts (librdkafka and libmicrohttpd start their own), so
-     * every thread inherits the mask and SIGTERM reaches only the drain logic below. */
     sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    pl_block_signals(&sigs);
     if (sodium_init() < 0) {
         pl_log_error("startup_failed", "libsodium failed to initialise");
         return 1;

@@ -20,15 +20,6 @@
 
 #define CLOSE_GRACE_MS 5000
 
-static size_t hash(const char *s)
-{
-    size_t h = 1469598103934665603ull;
-    while (*s) {
-        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    }
-    return h;
-}
-
 gw_conn_t *gw_conn_find(gw_ctx_t *ctx, uint64_t id)
 {
     for (gw_conn_t *c = ctx->by_id[id % GW_ID_BUCKETS]; c != NULL; c = c->id_next) {
@@ -41,7 +32,7 @@ gw_conn_t *gw_conn_find(gw_ctx_t *ctx, uint64_t id)
 
 gw_user_t *gw_user_find(gw_ctx_t *ctx, const char *name)
 {
-    for (gw_user_t *u = ctx->users[hash(name) % GW_USER_BUCKETS]; u != NULL; u = u->next) {
+    for (gw_user_t *u = ctx->users[pl_hash_str(name) % GW_USER_BUCKETS]; u != NULL; u = u->next) {
         if (strcmp(u->name, name) == 0) {
             return u;
         }
@@ -58,7 +49,7 @@ static void user_link(gw_ctx_t *ctx, gw_conn_t *c)
             return;
         }
         snprintf(u->name, sizeof(u->name), "%s", c->user);
-        size_t h = hash(c->user) % GW_USER_BUCKETS;
+        size_t h = pl_hash_str(c->user) % GW_USER_BUCKETS;
         u->next = ctx->users[h];
         ctx->users[h] = u;
     }
@@ -88,7 +79,7 @@ static void user_unlink(gw_ctx_t *ctx, gw_conn_t *c)
     }
     c->u_prev = c->u_next = NULL;
     if (u->conns == NULL) {
-        gw_user_t **pp = &ctx->users[hash(u->name) % GW_USER_BUCKETS];
+        gw_user_t **pp = &ctx->users[pl_hash_str(u->name) % GW_USER_BUCKETS];
         while (*pp != u) {
             pp = &(*pp)->next;
         }

@@ -27,15 +27,6 @@
 #define KNOWN_MAX       100000
 #define HTTP_TIMEOUT_MS 2000
 
-static size_t hash(const char *s)
-{
-    size_t h = 1469598103934665603ull;
-    while (*s) {
-        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    }
-    return h;
-}
-
 /* Waits for fd to become ready for events, at most ms. 1 when ready. */
 static int wait_fd(int fd, short events, int ms)
 {
@@ -176,7 +167,7 @@ void gw_users_stop(gw_ctx_t *ctx)
 
 static gw_known_t *known_find(gw_ctx_t *ctx, const char *name)
 {
-    for (gw_known_t *k = ctx->known[hash(name) % GW_KNOWN_BUCKETS]; k; k = k->next) {
+    for (gw_known_t *k = ctx->known[pl_hash_str(name) % GW_KNOWN_BUCKETS]; k; k = k->next) {
         if (strcmp(k->name, name) == 0) {
             return k;
         }
@@ -204,7 +195,7 @@ static void known_set(gw_ctx_t *ctx, const char *name, int exists)
             return;
         }
         snprintf(k->name, sizeof(k->name), "%s", name);
-        size_t h = hash(name) % GW_KNOWN_BUCKETS;
+        size_t h = pl_hash_str(name) % GW_KNOWN_BUCKETS;
         k->next = ctx->known[h];
         ctx->known[h] = k;
         ctx->nknown++;

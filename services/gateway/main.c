@@ -151,14 +151,8 @@ int main(void)
     ctx->dr_pipe[0] = ctx->dr_pipe[1] = -1;
 
     pl_log_init("gateway", pl_log_level_parse(pl_cfg_str("PARLEY_LOG_LEVEL", "info")));
-    /* Blocked before any thread starts (librdkafka and libmicrohttpd start their own), so
-     * every thread inherits the mask and SIGTERM reaches only the drain logic below. */
     sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    pl_block_signals(&sigs);
     if (pl_cfg_int("PARLEY_GATEWAY_PORT", 8080, 0, 65535, &port) ||
         pl_cfg_int("PARLEY_REDIS_PORT", 6379, 1, 65535, &redis_port) ||
         pl_cfg_int("PARLEY_JWT_LEEWAY", 30, 0, PL_JWT_MAX_LEEWAY, &leeway) ||

@@ -102,14 +102,8 @@ int main(void)
     g_ctx = &ctx;
 
     pl_log_init("store", pl_log_level_parse(pl_cfg_str("PARLEY_LOG_LEVEL", "info")));
-    /* Blocked before any thread starts (librdkafka and libmicrohttpd start their own), so
-     * every thread inherits the mask and SIGTERM reaches only the drain logic below. */
     sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    pl_block_signals(&sigs);
     if (pl_cfg_int("PARLEY_STORE_PORT", 8082, 0, 65535, &port) ||
         pl_cfg_int("PARLEY_STORE_THREADS", 4, 1, 256, &threads) ||
         pl_cfg_int("PARLEY_REDIS_PORT", 6379, 1, 65535, &redis_port) ||

@@ -34,16 +34,6 @@ static int authenticate(st_ctx_t *ctx, pl_http_req_t *req, pl_http_resp_t *resp,
     return rc;
 }
 
-static void fail_dep(pl_http_resp_t *resp, int rc)
-{
-    pl_http_fail(resp, rc == PL_ERR_UNAVAIL ? PL_ERR_UNAVAIL : PL_ERR_INTERNAL,
-                 rc == PL_ERR_UNAVAIL ? "service temporarily unavailable, retry shortly"
-                                      : "internal error");
-    if (rc == PL_ERR_UNAVAIL) {
-        resp->retry_after_s = 1;
-    }
-}
-
 /* Parses an optional non-negative integer query parameter. 0 when absent; -1 when bad. */
 static long long query_num(pl_http_req_t *req, const char *key, long long def)
 {
@@ -106,6 +96,33 @@ static int on_conv(void *ud, const bson_t *doc)
     return 1;
 }
 
+/*
+ * Runs the find, collects documents through fn into {key: [...]}, reversed when asked, and
+ * replies; filter and opts are destroyed here.
+ */
+static void find_reply(st_ctx_t *ctx, pl_http_resp_t *resp, const char *coll, bson_t *filter,
+                       bson_t *opts, pl_mongo_doc_fn fn, const char *key, int reverse)
+{
+    struct collect col = {json_array()};
+    int rc = pl_mongo_find(ctx->mongo, coll, filter, opts, fn, &col);
+    bson_destroy(filter);
+    bson_destroy(opts);
+    if (rc != PL_OK) {
+        json_decref(col.arr);
+        pl_http_fail_dep(resp, rc);
+        return;
+    }
+    if (reverse) {
+        json_t *rev = json_array();
+        for (size_t i = json_array_size(col.arr); i > 0; i--) {
+            json_array_append(rev, json_array_get(col.arr, i - 1));
+        }
+        json_decref(col.arr);
+        col.arr = rev;
+    }
+    pl_http_reply(resp, 200, json_pack("{s:o}", key, col.arr));
+}
+
 static void h_conversations(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
     st_ctx_t *ctx = ud;
@@ -126,16 +143,7 @@ static void h_conversations(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     BSON_APPEND_INT32(&sort, "last_timestamp", -1);
     bson_append_document_end(&opts, &sort);
     BSON_APPEND_INT64(&opts, "limit", limit);
-    struct collect col = {json_array()};
-    int rc = pl_mongo_find(ctx->mongo, "conversations", &filter, &opts, on_conv, &col);
-    bson_destroy(&filter);
-    bson_destroy(&opts);
-    if (rc != PL_OK) {
-        json_decref(col.arr);
-        fail_dep(resp, rc);
-        return;
-    }
-    pl_http_reply(resp, 200, json_pack("{s:o}", "conversations", col.arr));
+    find_reply(ctx, resp, "conversations", &filter, &opts, on_conv, "conversations", 0);
 }
 
 /* Checks "d:<a>:<b>" with a <= b, both usernames. 1 when well formed; fills a and b. */
@@ -209,24 +217,7 @@ static void h_messages(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     BSON_APPEND_INT32(&sort, "seq", forward ? 1 : -1);
     bson_append_document_end(&opts, &sort);
     BSON_APPEND_INT64(&opts, "limit", limit);
-    struct collect col = {json_array()};
-    int rc = pl_mongo_find(ctx->mongo, "messages", &filter, &opts, on_msg, &col);
-    bson_destroy(&filter);
-    bson_destroy(&opts);
-    if (rc != PL_OK) {
-        json_decref(col.arr);
-        fail_dep(resp, rc);
-        return;
-    }
-    if (!forward) {
-        json_t *rev = json_array();
-        for (size_t i = json_array_size(col.arr); i > 0; i--) {
-            json_array_append(rev, json_array_get(col.arr, i - 1));
-        }
-        json_decref(col.arr);
-        col.arr = rev;
-    }
-    pl_http_reply(resp, 200, json_pack("{s:o}", "messages", col.arr));
+    find_reply(ctx, resp, "messages", &filter, &opts, on_msg, "messages", !forward);
 }
 
 static void h_recent(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
@@ -243,31 +234,22 @@ static void h_recent(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     }
     bson_t filter = BSON_INITIALIZER;
     bson_t opts = BSON_INITIALIZER;
-    bson_t or, one, two, sort;
-    BSON_APPEND_ARRAY_BEGIN(&filter, "$or", & or);
-    BSON_APPEND_DOCUMENT_BEGIN(& or, "0", &one);
+    bson_t any, one, two, sort;
+    BSON_APPEND_ARRAY_BEGIN(&filter, "$or", &any);
+    BSON_APPEND_DOCUMENT_BEGIN(&any, "0", &one);
     BSON_APPEND_UTF8(&one, "sender", c.sub);
-    bson_append_document_end(& or, &one);
-    BSON_APPEND_DOCUMENT_BEGIN(& or, "1", &two);
+    bson_append_document_end(&any, &one);
+    BSON_APPEND_DOCUMENT_BEGIN(&any, "1", &two);
     BSON_APPEND_UTF8(&two, "receiver", c.sub);
-    bson_append_document_end(& or, &two);
-    bson_append_array_end(&filter, & or);
+    bson_append_document_end(&any, &two);
+    bson_append_array_end(&filter, &any);
     BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
     /* Messages accepted in the same millisecond keep their conversation order. */
     BSON_APPEND_INT32(&sort, "timestamp", -1);
     BSON_APPEND_INT32(&sort, "seq", -1);
     bson_append_document_end(&opts, &sort);
     BSON_APPEND_INT64(&opts, "limit", limit);
-    struct collect col = {json_array()};
-    int rc = pl_mongo_find(ctx->mongo, "messages", &filter, &opts, on_msg, &col);
-    bson_destroy(&filter);
-    bson_destroy(&opts);
-    if (rc != PL_OK) {
-        json_decref(col.arr);
-        fail_dep(resp, rc);
-        return;
-    }
-    pl_http_reply(resp, 200, json_pack("{s:o}", "messages", col.arr));
+    find_reply(ctx, resp, "messages", &filter, &opts, on_msg, "messages", 0);
 }
 
 const pl_http_route_t st_routes[] = {

@@ -13,6 +13,7 @@
  * SQLite scans for $in and sort, which made the first version slow as history grew.
  */
 #include "store.h"
+#include "parley/enc.h"
 #include "parley/err.h"
 #include "parley/log.h"
 
@@ -63,13 +64,9 @@ void st_seqcache_free(st_seqcache_t **pc)
     *pc = NULL;
 }
 
-static size_t hash(const char *s)
+static size_t hash(const char *conv)
 {
-    size_t h = 1469598103934665603ull;
-    while (*s) {
-        h = (h ^ (unsigned char)*s++) * 1099511628211ull;
-    }
-    return h % SEQ_BUCKETS;
+    return pl_hash_str(conv) % SEQ_BUCKETS;
 }
 
 static struct seq_entry *seq_find(st_seqcache_t *c, const char *conv)
