@@ -10,7 +10,7 @@ WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 C_SOURCES = $(shell find include libs services tests clients -name '*.[ch]' 2>/dev/null)
 
 .PHONY: all deps build asan run up down status test format format-check unit unit-asan \
-        integration clean
+        integration faults chaos clean
 
 all: build
 
@@ -54,9 +54,20 @@ unit-asan: asan
 # The integration suite runs the sanitizer build of the services, so address and undefined
 # behaviour errors anywhere on the real request paths fail the run.
 integration: asan
-	@PARLEY_BIN=$(CURDIR)/$(ASAN_BUILD)/bin tests/integration/run.sh
+	@PARLEY_BIN=$(CURDIR)/$(ASAN_BUILD)/bin tests/integration/run.sh --ignore=test_faults.py
 
-test: deps format-check unit unit-asan integration
+# The fault scenarios of DESIGN section 5, each printing its ledger line, on a cluster of their
+# own: a fresh database keeps FerretDB's scans short (see README, "About the database").
+faults: asan
+	@PARLEY_BIN=$(CURDIR)/$(ASAN_BUILD)/bin tests/integration/run.sh -s test_faults.py
+
+# The fault soak of DESIGN section 5: ten minutes of traffic while a random service is killed,
+# stopped or restarted every 15 to 45 s; then the ledger is checked. Prints ledger lines.
+chaos: build
+	@PARLEY_CHAOS_SECONDS=$${PARLEY_CHAOS_SECONDS:-600} PARLEY_BIN=$(CURDIR)/$(BUILD)/bin \
+	  tests/integration/run.sh -s -k chaos test_faults.py
+
+test: deps format-check unit unit-asan integration faults
 	@echo "make test: all checks passed"
 
 clean:

@@ -87,6 +87,9 @@ void pl_kafka_release(pl_kafka_rec_t *recs, size_t n);
  */
 int pl_kafka_store_offsets(pl_kafka_t *k, const pl_kafka_rec_t *recs, size_t n);
 
+/* The underlying rd_kafka_t, for tests that drive librdkafka's mock cluster. */
+void *pl_kafka_handle(pl_kafka_t *k);
+
 /* Total lag over the assigned partitions, or -1 when unknown. */
 long long pl_kafka_lag(pl_kafka_t *k);
 

@@ -329,6 +329,11 @@ int pl_kafka_store_offsets(pl_kafka_t *k, const pl_kafka_rec_t *recs, size_t n)
     return PL_OK;
 }
 
+void *pl_kafka_handle(pl_kafka_t *k)
+{
+    return k->rk;
+}
+
 long long pl_kafka_lag(pl_kafka_t *k)
 {
     rd_kafka_topic_partition_list_t *parts = NULL;

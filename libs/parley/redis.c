@@ -54,8 +54,11 @@ void pl_redis_free(pl_redis_t **pr)
     *pr = NULL;
 }
 
-/* Takes an idle connection or opens one. Returns NULL when Redis cannot be reached. */
-static redisContext *take(pl_redis_t *r)
+/*
+ * Takes an idle connection or opens one; *pooled tells which. Returns NULL when Redis cannot
+ * be reached.
+ */
+static redisContext *take_ex(pl_redis_t *r, int *pooled)
 {
     redisContext *c = NULL;
     pthread_mutex_lock(&r->lock);
@@ -63,6 +66,7 @@ static redisContext *take(pl_redis_t *r)
         c = r->idle[--r->nidle];
     }
     pthread_mutex_unlock(&r->lock);
+    *pooled = c != NULL;
     if (c != NULL) {
         return c;
     }
@@ -75,6 +79,12 @@ static redisContext *take(pl_redis_t *r)
     }
     redisSetTimeout(c, r->timeout);
     return c;
+}
+
+static redisContext *take(pl_redis_t *r)
+{
+    int pooled;
+    return take_ex(r, &pooled);
 }
 
 /* Returns c to the pool, or closes it when it has failed or the pool is full. */
@@ -108,15 +118,28 @@ static int check(redisContext *c, redisReply *rep)
     return PL_OK;
 }
 
-/* Runs one command with argv and hands back the reply (freed by the caller). */
+/*
+ * Runs one command with argv and hands back the reply (freed by the caller). A pooled
+ * connection that fails is retried once on a fresh one: after a Redis restart every idle
+ * connection is dead, and that is not an outage.
+ */
 static int run(pl_redis_t *r, redisReply **out, int argc, const char **argv)
 {
+    int pooled;
     *out = NULL;
-    redisContext *c = take(r);
+    redisContext *c = take_ex(r, &pooled);
     if (c == NULL) {
         return PL_ERR_UNAVAIL;
     }
     redisReply *rep = redisCommandArgv(c, argc, argv, NULL);
+    while (rep == NULL && pooled) {
+        redisFree(c);
+        c = take_ex(r, &pooled);
+        if (c == NULL) {
+            return PL_ERR_UNAVAIL;
+        }
+        rep = redisCommandArgv(c, argc, argv, NULL);
+    }
     int rc = check(c, rep);
     give(r, c);
     if (rc != PL_OK) {
@@ -140,14 +163,11 @@ int pl_redis_ping(pl_redis_t *r)
     return rc == PL_OK ? PL_OK : PL_ERR_UNAVAIL;
 }
 
-int pl_redis_incr_window(pl_redis_t *r, const char *key, long window_s, long *count, long *ttl_s)
+/* One attempt of pl_redis_incr_window() on connection c. */
+static int incr_window_on(redisContext *c, const char *key, long window_s, long *count, long *ttl_s)
 {
     int rc = PL_OK;
     redisReply *rep[3] = {NULL, NULL, NULL};
-    redisContext *c = take(r);
-    if (c == NULL) {
-        return PL_ERR_UNAVAIL;
-    }
     /* Pipelined: one round trip. EXPIRE NX (Redis 7) only sets the TTL of a new window. */
     redisAppendCommand(c, "INCR %s", key);
     redisAppendCommand(c, "EXPIRE %s %ld NX", key, window_s);
@@ -170,10 +190,28 @@ int pl_redis_incr_window(pl_redis_t *r, const char *key, long window_s, long *co
         *count = (long)rep[0]->integer;
         *ttl_s = rep[2]->integer > 0 ? (long)rep[2]->integer : window_s;
     }
-    give(r, c);
     for (int i = 0; i < 3; i++) {
         if (rep[i] != NULL) {
             freeReplyObject(rep[i]);
+        }
+    }
+    return rc;
+}
+
+int pl_redis_incr_window(pl_redis_t *r, const char *key, long window_s, long *count, long *ttl_s)
+{
+    int pooled;
+    int rc = PL_ERR_UNAVAIL;
+    /* A dead pooled connection (Redis restarted) is replaced and the pipeline sent again. */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        redisContext *c = take_ex(r, &pooled);
+        if (c == NULL) {
+            return PL_ERR_UNAVAIL;
+        }
+        rc = incr_window_on(c, key, window_s, count, ttl_s);
+        give(r, c);
+        if (rc != PL_ERR_UNAVAIL || !pooled) {
+            break;
         }
     }
     return rc == PL_OK ? PL_OK : PL_ERR_UNAVAIL;

@@ -93,10 +93,30 @@ static void seq_forget(st_seqcache_t *c, const char *conv)
     }
 }
 
+/* 1 when a message of conv with this seq is stored; 0 when not; < 0 on error. */
+static int seq_taken(st_ctx_t *ctx, const char *conv, long long seq)
+{
+    bson_t filter = BSON_INITIALIZER;
+    bson_t opts = BSON_INITIALIZER;
+    bson_t proj;
+    bson_t *doc = NULL;
+    BSON_APPEND_UTF8(&filter, "conv", conv);
+    BSON_APPEND_INT64(&filter, "seq", seq);
+    BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+    BSON_APPEND_INT32(&proj, "_id", 1);
+    bson_append_document_end(&opts, &proj);
+    int rc = pl_mongo_find_one(ctx->mongo, "messages", &filter, &opts, &doc);
+    bson_destroy(&filter);
+    bson_destroy(&opts);
+    bson_destroy(doc);
+    return rc == PL_OK ? 1 : rc == PL_ERR_NOTFOUND ? 0 : rc;
+}
+
 /*
- * The last seq of conv as recorded on its conversation document. It may lag the messages by
- * the last batch before a crash; the unique index catches that and the careful path skips
- * ahead.
+ * The last stored seq of conv. The conversation document says where to look, but it is only
+ * a hint: it lags the messages when a crash fell between the two writes, and it is checked
+ * against the messages themselves (equality lookups on {conv, seq}) in both directions, so
+ * a number is never skipped or reused whatever the hint says.
  */
 static int load_last_seq(st_ctx_t *ctx, const char *conv, long long *last)
 {
@@ -104,18 +124,34 @@ static int load_last_seq(st_ctx_t *ctx, const char *conv, long long *last)
     bson_t *doc = NULL;
     BSON_APPEND_UTF8(&filter, "_id", conv);
     int rc = pl_mongo_find_one(ctx->mongo, "conversations", &filter, NULL, &doc);
-    *last = 0;
+    bson_destroy(&filter);
+    long long hint = 0;
     if (rc == PL_OK) {
         bson_iter_t it;
         if (bson_iter_init_find(&it, doc, "last_seq") && BSON_ITER_HOLDS_NUMBER(&it)) {
-            *last = bson_iter_as_int64(&it);
+            hint = bson_iter_as_int64(&it);
         }
         bson_destroy(doc);
-    } else if (rc == PL_ERR_NOTFOUND) {
-        rc = PL_OK;
+    } else if (rc != PL_ERR_NOTFOUND) {
+        return rc;
     }
-    bson_destroy(&filter);
-    return rc;
+    long long l = hint;
+    int t;
+    while (l > 0 && (t = seq_taken(ctx, conv, l)) == 0) {
+        l--; /* the hint is ahead of the messages */
+    }
+    while ((t = seq_taken(ctx, conv, l + 1)) == 1) {
+        l++; /* the hint lags the messages */
+    }
+    if (t < 0) {
+        return t;
+    }
+    if (l != hint) {
+        pl_log_info("seq_hint_corrected", "%s: conversation said %lld, messages say %lld", conv,
+                    hint, l);
+    }
+    *last = l;
+    return PL_OK;
 }
 
 /* The next seq for conv. seq_commit() advances the cache as numbers are handed out, and
@@ -242,29 +278,39 @@ static int find_stored(st_ctx_t *ctx, pl_msg_t *m)
  */
 static int store_one(st_ctx_t *ctx, pl_msg_t *m, int *replayed)
 {
+    /* A number handed out by a failed bulk is tried first: the bulk may have stored later
+     * messages of the conversation, and only this one can fill the place it left. */
+    long long first_try = m->seq;
     *replayed = 0;
     for (int attempt = 0; attempt < 100000; attempt++) {
         int rc = find_stored(ctx, m);
         if (rc == PL_OK) {
+            pl_log_debug("replay", "%s in %s keeps seq %lld", m->msg_id, m->conv, m->seq);
             *replayed = 1;
             return PL_OK;
         }
         if (rc != PL_ERR_NOTFOUND) {
             return rc;
         }
-        long long next;
-        rc = seq_next(ctx, m->conv, &next);
-        if (rc != PL_OK) {
-            return rc;
+        long long next = first_try;
+        first_try = 0;
+        if (next <= 0) {
+            rc = seq_next(ctx, m->conv, &next);
+            if (rc != PL_OK) {
+                return rc;
+            }
         }
         m->seq = next;
         bson_t *doc = msg_doc(m);
         rc = pl_mongo_insert_one(ctx->mongo, "messages", doc);
         bson_destroy(doc);
         if (rc == PL_OK) {
+            pl_log_debug("stored_one", "%s in %s gets seq %lld", m->msg_id, m->conv, next);
             seq_commit(ctx, m->conv, next);
             return PL_OK;
         }
+        pl_log_debug("store_one_refused", "%s in %s at seq %lld: %s", m->msg_id, m->conv, next,
+                     pl_strerror(rc));
         if (rc != PL_ERR_EXISTS) {
             seq_forget(ctx->seqs, m->conv);
             return rc;
@@ -330,26 +376,104 @@ static int upsert_conversations(st_ctx_t *ctx, const pl_msg_t *msgs, const int *
     return PL_OK;
 }
 
-/* Numbers and writes every valid message; fills replayed[i] for the ones already stored. */
-static int write_batch(st_ctx_t *ctx, pl_msg_t *msgs, const int *valid, int *replayed, size_t n)
+/*
+ * Records a write intent for each partition of the fast-path records: "records up to this
+ * offset may be stored". A restarted or newly assigned store takes the careful path for
+ * them, because a bulk insert cut short is not guaranteed to have stored a prefix (FerretDB
+ * splits large bulks and goes on after a refused document).
+ */
+static int write_intents(st_ctx_t *ctx, const pl_kafka_rec_t *recs, const int *fast, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!fast[i]) {
+            continue;
+        }
+        int32_t p = recs[i].partition;
+        long long end = recs[i].offset;
+        int later = 0;
+        for (size_t j = i + 1; j < n && !later; j++) {
+            later = fast[j] && recs[j].partition == p;
+        }
+        if (later) {
+            continue; /* the partition's last fast record carries it */
+        }
+        char id[64];
+        snprintf(id, sizeof(id), "parley.messages/%d", (int)p);
+        bson_t filter = BSON_INITIALIZER;
+        bson_t upd = BSON_INITIALIZER;
+        bson_t set;
+        BSON_APPEND_UTF8(&filter, "_id", id);
+        BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
+        BSON_APPEND_INT64(&set, "end", end);
+        bson_append_document_end(&upd, &set);
+        int rc = pl_mongo_update_one(ctx->mongo, "store_intents", &filter, &upd, 1, NULL);
+        bson_destroy(&filter);
+        bson_destroy(&upd);
+        if (rc != PL_OK) {
+            return rc;
+        }
+    }
+    return PL_OK;
+}
+
+/* Reads the write intent of partition p: the highest offset a store may have written. */
+static int read_intent(st_ctx_t *ctx, int32_t p, long long *end)
+{
+    char id[64];
+    bson_t *doc = NULL;
+    bson_t filter = BSON_INITIALIZER;
+    snprintf(id, sizeof(id), "parley.messages/%d", (int)p);
+    BSON_APPEND_UTF8(&filter, "_id", id);
+    int rc = pl_mongo_find_one(ctx->mongo, "store_intents", &filter, NULL, &doc);
+    bson_destroy(&filter);
+    *end = -1;
+    if (rc == PL_OK) {
+        bson_iter_t it;
+        if (bson_iter_init_find(&it, doc, "end") && BSON_ITER_HOLDS_NUMBER(&it)) {
+            *end = bson_iter_as_int64(&it);
+        }
+        bson_destroy(doc);
+    }
+    return rc == PL_ERR_NOTFOUND ? PL_OK : rc;
+}
+
+/*
+ * Numbers and writes every valid message; fills replayed[i] for the ones already stored.
+ * careful[i] sends a record down the one-at-a-time path (it may already be stored).
+ */
+static int write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, pl_msg_t *msgs, const int *valid,
+                       const int *careful, int *replayed, size_t n)
 {
     int rc = PL_OK;
     size_t k = 0, stored = 0;
     bson_t **docs = calloc(n, sizeof(*docs));
     size_t *which = calloc(n, sizeof(*which));
-    if (docs == NULL || which == NULL) {
+    int *fast = calloc(n, sizeof(*fast));
+    if (docs == NULL || which == NULL || fast == NULL) {
         rc = PL_ERR_NOMEM;
         goto out;
     }
-    /* Fast path: number from memory, one ordered insert. */
+    /* Records that may already be stored come first in their partition: one at a time. */
     for (size_t i = 0; i < n && rc == PL_OK; i++) {
         replayed[i] = 0;
-        if (!valid[i]) {
+        fast[i] = valid[i] && !careful[i];
+        if (valid[i] && careful[i]) {
+            msgs[i].seq = 0;
+            rc = store_one(ctx, &msgs[i], &replayed[i]);
+        }
+    }
+    if (rc == PL_OK) {
+        rc = write_intents(ctx, recs, fast, n);
+    }
+    /* Fast path: number from memory, one ordered insert. */
+    for (size_t i = 0; i < n && rc == PL_OK; i++) {
+        if (!fast[i]) {
             continue;
         }
         long long next;
         rc = seq_next(ctx, msgs[i].conv, &next);
         if (rc == PL_OK) {
+            pl_log_debug("assign", "%s in %s takes seq %lld", msgs[i].msg_id, msgs[i].conv, next);
             msgs[i].seq = next;
             seq_commit(ctx, msgs[i].conv, next);
             docs[k] = msg_doc(&msgs[i]);
@@ -360,10 +484,13 @@ static int write_batch(st_ctx_t *ctx, pl_msg_t *msgs, const int *valid, int *rep
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         rc = pl_mongo_insert_many(ctx->mongo, "messages", docs, k, &stored);
+        pl_log_debug("bulk", "bulk of %zu: %s, %zu stored", k, pl_strerror(rc), stored);
         clock_gettime(CLOCK_MONOTONIC, &t1);
         pl_metric_observe(ctx->m_write_seconds, seconds_between(&t0, &t1));
     }
     if (rc == PL_ERR_EXISTS) {
+        pl_log_debug("bulk_refused", "bulk of %zu stopped at %zu (%s seq %lld)", k, stored,
+                     msgs[which[stored]].msg_id, msgs[which[stored]].seq);
         /* docs before `stored` are in; the rest were not tried. Their numbers are handed
          * out again from where the stored ones end, so no gap opens. */
         for (size_t j = stored; j < k; j++) {
@@ -388,7 +515,41 @@ out:
     }
     free(docs);
     free(which);
+    free(fast);
     return rc;
+}
+
+/*
+ * Marks the records that may already be stored: those at or below their partition's write
+ * intent, read again whenever the partition's offsets do not follow on from the last batch
+ * (after a start, a rebalance or a retry from an earlier offset).
+ */
+static int mark_careful(st_ctx_t *ctx, const pl_kafka_rec_t *recs, int *careful, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int32_t p = recs[i].partition;
+        if (p < 0 || p >= ST_MAX_PARTITIONS) {
+            careful[i] = 1;
+            continue;
+        }
+        if (!ctx->intent_known[p] || recs[i].offset != ctx->last_offset[p] + 1) {
+            long long end;
+            int rc = read_intent(ctx, p, &end);
+            if (rc != PL_OK) {
+                ctx->intent_known[p] = 0;
+                return rc;
+            }
+            ctx->careful_until[p] = end;
+            ctx->intent_known[p] = 1;
+            if (end >= recs[i].offset) {
+                pl_log_info("careful_replay", "partition %d: offsets %lld..%lld may be stored",
+                            (int)p, (long long)recs[i].offset, end);
+            }
+        }
+        ctx->last_offset[p] = recs[i].offset;
+        careful[i] = recs[i].offset <= ctx->careful_until[p];
+    }
+    return PL_OK;
 }
 
 int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
@@ -437,11 +598,27 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
     for (size_t i = 0; i < n; i++) {
         first[i] = valid[i] == 1;
     }
+    int *careful = calloc(n ? n : 1, sizeof(*careful));
+    if (careful == NULL) {
+        free(first);
+        rc = PL_ERR_NOMEM;
+        goto out;
+    }
     for (int attempt = 0; !atomic_load(&ctx->stopping); attempt++) {
         if (attempt > 0) {
             usleep(attempt < 10 ? 100000 * attempt : 1000000);
+            /* Nothing is known about what a failed attempt stored: go carefully. */
+            for (size_t i = 0; i < n; i++) {
+                careful[i] = 1;
+            }
+        } else {
+            rc = mark_careful(ctx, recs, careful, n);
+            if (rc != PL_OK) {
+                pl_log_warn("store_retry", "cannot read write intents: %s", pl_strerror(rc));
+                continue;
+            }
         }
-        rc = write_batch(ctx, msgs, first, replayed, n);
+        rc = write_batch(ctx, recs, msgs, first, careful, replayed, n);
         for (size_t i = 0; rc == PL_OK && i < n; i++) {
             if (first[i] && replayed[i]) {
                 pl_metric_inc(ctx->m_replayed);
@@ -499,6 +676,7 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
         pl_log_warn("store_retry", "parley.committed did not acknowledge the batch; retrying");
     }
     free(first);
+    free(careful);
 out:
     for (size_t i = 0; msgs != NULL && i < n; i++) {
         pl_msg_clear(&msgs[i]);

@@ -18,6 +18,8 @@
 
 typedef struct st_seqcache_s st_seqcache_t;
 
+#define ST_MAX_PARTITIONS 256
+
 typedef struct st_ctx_s {
     pl_mongo_t *mongo;
     pl_redis_t *redis;
@@ -26,6 +28,11 @@ typedef struct st_ctx_s {
     pl_jwt_verifier_t *verifier;
     pl_metrics_t *metrics;
     st_seqcache_t *seqs; /* conv -> last seq; touched by the consumer thread only */
+    /* Per partition of parley.messages: the last offset seen (a jump means a rebalance or a
+     * restart), and up to which offset records may already be stored (the write intent). */
+    long long last_offset[ST_MAX_PARTITIONS];
+    long long careful_until[ST_MAX_PARTITIONS];
+    unsigned char intent_known[ST_MAX_PARTITIONS];
     atomic_int stopping;
     atomic_int batch_failed; /* a committed record of the current batch was not delivered */
     atomic_int indexes_ready;

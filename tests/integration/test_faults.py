@@ -1,0 +1,183 @@
+"""DESIGN section 5 under faults: each scenario runs traffic through the edge, injects one
+fault, syncs every device and prints one ledger line. Every scenario requires lost=0,
+stored_dups=0, shown_dups=0, seq_gaps_final=0 and order_violations=0.
+
+PARLEY_FAULT_SCALE (default 1) multiplies users and messages: `make test` runs the short
+version, `make chaos` a long one."""
+import asyncio
+import os
+import shutil
+import signal
+import time
+
+import pytest
+
+import re
+
+from conftest import VAR, Api, cluster, gateway_ports, infra, kill9, pid_of
+from ledger import Ledger, run_scenario
+
+SCALE = float(os.environ.get("PARLEY_FAULT_SCALE", "1"))
+
+
+def users(n):
+    return max(2, int(n * SCALE))
+
+
+def msgs(n):
+    return max(10, int(n * SCALE))
+
+
+def assert_clean(r):
+    assert r["acked"] > 0
+    assert (r["lost"], r["stored_dups"], r["shown_dups"], r["seq_gaps"], r["order_violations"]) == \
+        (0, 0, 0, 0, 0), r
+
+
+def scenario(edge, mongo, name, total, rate, fault=None, fault_at=1.5, nusers=10, devices=1,
+             prepare=None, **kw):
+    ledger = Ledger(edge, mongo, users(nusers), devices)
+    ledger.setup()
+    if prepare is not None:
+        prepare(ledger)
+    t0 = time.monotonic()
+    recovery = asyncio.run(run_scenario(ledger, msgs(total), rate, fault, fault_at, **kw))
+    extra = f" recovery_s={recovery:.2f}" if recovery is not None else ""
+    extra += f" duration_s={time.monotonic() - t0:.1f}"
+    r = ledger.check(name, extra)
+    assert_clean(r)
+    return ledger, r
+
+
+async def restart_after(name, seconds=2.0):
+    await asyncio.sleep(seconds)
+    await asyncio.to_thread(cluster, "up")
+
+
+def kill9_then_restart(name, down_s=2.0):
+    async def fault():
+        kill9(name)
+        await restart_after(name, down_s)
+    return fault
+
+
+def wait_gone(pid, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
+def test_1_steady_state(edge, mongo):
+    scenario(edge, mongo, "steady_state", 800, 200, nusers=20, devices=2)
+
+
+def test_2_client_resends(edge, mongo):
+    scenario(edge, mongo, "client_resends", 400, 100, resend_frac=0.10, reconnect_frac=0.05)
+
+
+def test_3_kill_gateway(edge, mongo):
+    scenario(edge, mongo, "kill9_gateway", 400, 100, kill9_then_restart("gateway0"), devices=2)
+
+
+def test_4_kill_router(edge, mongo):
+    scenario(edge, mongo, "kill9_router", 400, 100, kill9_then_restart("router"))
+
+
+def test_5_kill_store(edge, mongo):
+    scenario(edge, mongo, "kill9_store", 400, 100, kill9_then_restart("store"))
+
+
+def test_6_kill_auth(edge, mongo):
+    # Open sockets keep working: tokens are verified by the gateways themselves.
+    scenario(edge, mongo, "kill9_auth", 300, 100, kill9_then_restart("auth", 3.0))
+
+
+def test_7_sigterm_each_service(edge, mongo):
+    async def fault():
+        for name in ("gateway1", "router", "store", "auth"):
+            pid = pid_of(name)
+            os.kill(pid, signal.SIGTERM)
+            await asyncio.to_thread(wait_gone, pid)
+            await asyncio.to_thread(cluster, "up")
+    scenario(edge, mongo, "sigterm_each", 600, 100, fault)
+
+
+def test_8_kafka_restart(edge, mongo):
+    async def fault():
+        await asyncio.to_thread(infra, "stop", "kafka")
+        await asyncio.sleep(2)
+        await asyncio.to_thread(infra, "start", "kafka")
+    scenario(edge, mongo, "kafka_restart", 400, 100, fault)
+
+
+def test_9_redis_restart_without_data(edge, mongo):
+    async def fault():
+        await asyncio.to_thread(infra, "stop", "redis")
+        shutil.rmtree(os.path.join(VAR, "redis"), ignore_errors=True)
+        await asyncio.to_thread(infra, "start", "redis")
+    scenario(edge, mongo, "redis_restart_empty", 400, 100, fault, devices=2)
+
+
+def test_10_mongodb_restart(edge, mongo):
+    async def fault():
+        await asyncio.to_thread(infra, "stop", "ferretdb")
+        await asyncio.sleep(2)
+        await asyncio.to_thread(infra, "start", "ferretdb")
+    scenario(edge, mongo, "mongodb_restart", 400, 100, fault)
+
+
+def test_11_slow_reader(edge, mongo):
+    """One device reads slowly: it is closed with 1013 at its queue cap, reconnects, catches
+    up by sync; everyone else's messages keep flowing."""
+    def slow_first(ledger):
+        ledger.devices[ledger.users[0]][0].slow = True
+
+    ledger, r = scenario(edge, mongo, "slow_reader", 200, 50, nusers=4, prepare=slow_first,
+                         to_first=0.8, size=40000)
+    slow = ledger.devices[ledger.users[0]][0]
+    print(f"slow device closed with {slow.closed_codes}, reconnected {slow.reconnects - 1} times")
+    # It was cut off and caught up by sync. Which limit cut it depends on the race between its
+    # 1 MiB send queue and the heartbeat (1.5 s here): a ping waits behind the backlog it is not
+    # reading, and a close frame (1013) too, so the device mostly sees the drop (1006).
+    # test_chat.py::test_slow_reader_is_closed_with_1013_and_others_unaffected shows the 1013.
+    assert slow.closed_codes and set(slow.closed_codes) <= {1013, 1006}
+
+
+@pytest.mark.skipif(not os.environ.get("PARLEY_CHAOS_SECONDS"), reason="make chaos only")
+def test_chaos_soak(edge, mongo):
+    """For PARLEY_CHAOS_SECONDS, a random service is killed, stopped or restarted every 15 to
+    45 s while traffic flows; then the ledger is checked."""
+    import random
+
+    seconds = float(os.environ["PARLEY_CHAOS_SECONDS"])
+    rnd = random.Random()
+    faults = []
+
+    async def chaos():
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await asyncio.sleep(rnd.uniform(15, 45))
+            kind = rnd.choice(["kill9", "sigterm", "infra"])
+            if kind == "infra":
+                name = rnd.choice(["kafka", "redis", "ferretdb"])
+                faults.append(f"restart:{name}")
+                await asyncio.to_thread(infra, "stop", name)
+                await asyncio.sleep(rnd.uniform(1, 5))
+                await asyncio.to_thread(infra, "start", name)
+            else:
+                name = rnd.choice(["gateway0", "gateway1", "router", "store", "auth"])
+                faults.append(f"{kind}:{name}")
+                pid = pid_of(name)
+                os.kill(pid, signal.SIGKILL if kind == "kill9" else signal.SIGTERM)
+                await asyncio.to_thread(wait_gone, pid)
+                await asyncio.sleep(rnd.uniform(0, 3))
+                await asyncio.to_thread(cluster, "up")
+
+    rate = 50
+    ledger, r = scenario(edge, mongo, "chaos", int(seconds * rate), rate, chaos, fault_at=0.0,
+                         nusers=20, devices=2)
+    print("faults injected:", " ".join(faults))
