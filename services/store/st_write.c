@@ -276,14 +276,15 @@ static int find_stored(st_ctx_t *ctx, pl_msg_t *m)
  * The careful path for one message: already stored (keep its seq), or numbered and inserted
  * alone, skipping numbers the unique index says are taken.
  */
-static int store_one(st_ctx_t *ctx, pl_msg_t *m, int *replayed)
+static int store_one(st_ctx_t *ctx, pl_msg_t *m, int looked_up, int *replayed)
 {
     /* A number handed out by a failed bulk is tried first: the bulk may have stored later
      * messages of the conversation, and only this one can fill the place it left. */
     long long first_try = m->seq;
     *replayed = 0;
     for (int attempt = 0; attempt < 100000; attempt++) {
-        int rc = find_stored(ctx, m);
+        /* The caller may already know the message is not stored (one lookup for many). */
+        int rc = looked_up && attempt == 0 ? PL_ERR_NOTFOUND : find_stored(ctx, m);
         if (rc == PL_OK) {
             pl_log_debug("replay", "%s in %s keeps seq %lld", m->msg_id, m->conv, m->seq);
             *replayed = 1;
@@ -376,6 +377,67 @@ static int upsert_conversations(st_ctx_t *ctx, const pl_msg_t *msgs, const int *
     return PL_OK;
 }
 
+struct found_ctx {
+    pl_msg_t *msgs;
+    const int *want;
+    int *replayed;
+    size_t n;
+};
+
+static int on_found(void *ud, const bson_t *doc)
+{
+    struct found_ctx *f = ud;
+    pl_msg_t stored;
+    if (st_msg_from_bson(doc, &stored) != PL_OK) {
+        return 1;
+    }
+    for (size_t i = 0; i < f->n; i++) {
+        if (f->want[i] && !f->replayed[i] && strcmp(f->msgs[i].msg_id, stored.msg_id) == 0) {
+            /* A replay keeps the seq and timestamp it was stored with. */
+            f->msgs[i].seq = stored.seq;
+            f->msgs[i].ts_ms = stored.ts_ms;
+            f->replayed[i] = 1;
+        }
+    }
+    return 1;
+}
+
+/* Marks replayed[i] for every valid careful record whose msg_id is stored, in one query. */
+static int find_many(st_ctx_t *ctx, pl_msg_t *msgs, const int *valid, const int *careful,
+                     int *replayed, size_t n)
+{
+    int *want = calloc(n ? n : 1, sizeof(*want));
+    if (want == NULL) {
+        return PL_ERR_NOMEM;
+    }
+    bson_t filter = BSON_INITIALIZER;
+    bson_t id, in;
+    size_t k = 0;
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "_id", &id);
+    BSON_APPEND_ARRAY_BEGIN(&id, "$in", &in);
+    for (size_t i = 0; i < n; i++) {
+        want[i] = valid[i] && careful[i];
+        if (want[i]) {
+            char key[24];
+            snprintf(key, sizeof(key), "%zu", k++);
+            BSON_APPEND_UTF8(&in, key, msgs[i].msg_id);
+        }
+    }
+    bson_append_array_end(&id, &in);
+    bson_append_document_end(&filter, &id);
+    struct found_ctx f = {msgs, want, replayed, n};
+    int rc = k ? pl_mongo_find(ctx->mongo, "messages", &filter, NULL, on_found, &f) : PL_OK;
+    for (size_t i = 0; i < n && rc == PL_OK; i++) {
+        if (replayed[i]) {
+            pl_log_debug("replay", "%s in %s keeps seq %lld", msgs[i].msg_id, msgs[i].conv,
+                         msgs[i].seq);
+        }
+    }
+    bson_destroy(&filter);
+    free(want);
+    return rc;
+}
+
 /*
  * Records a write intent for each partition of the fast-path records: "records up to this
  * offset may be stored". A restarted or newly assigned store takes the careful path for
@@ -453,13 +515,17 @@ static int write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, pl_msg_t *msgs
         rc = PL_ERR_NOMEM;
         goto out;
     }
-    /* Records that may already be stored come first in their partition: one at a time. */
-    for (size_t i = 0; i < n && rc == PL_OK; i++) {
+    /* Records that may already be stored come first in their partition: one lookup for all
+     * of them (a server that scans pays one scan, not one per record), then one at a time. */
+    for (size_t i = 0; i < n; i++) {
         replayed[i] = 0;
         fast[i] = valid[i] && !careful[i];
-        if (valid[i] && careful[i]) {
+    }
+    rc = find_many(ctx, msgs, valid, careful, replayed, n);
+    for (size_t i = 0; i < n && rc == PL_OK; i++) {
+        if (valid[i] && careful[i] && !replayed[i]) {
             msgs[i].seq = 0;
-            rc = store_one(ctx, &msgs[i], &replayed[i]);
+            rc = store_one(ctx, &msgs[i], 1, &replayed[i]);
         }
     }
     if (rc == PL_OK) {
@@ -501,7 +567,7 @@ static int write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, pl_msg_t *msgs
         }
         rc = PL_OK;
         for (size_t j = stored; j < k && rc == PL_OK; j++) {
-            rc = store_one(ctx, &msgs[which[j]], &replayed[which[j]]);
+            rc = store_one(ctx, &msgs[which[j]], 0, &replayed[which[j]]);
         }
     } else if (rc != PL_OK) {
         /* Nothing is known about this attempt: forget the numbers handed out. */

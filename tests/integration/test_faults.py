@@ -72,6 +72,17 @@ def wait_gone(pid, timeout=30):
 
 
 def test_1_steady_state(edge, mongo):
+    # The full-size run of the issue: PARLEY_FAULT_SCALE=5 PARLEY_STEADY_TOTAL=20000 (100
+    # clients, 20,000 messages); `make test` runs 800 from 20 users with two devices each.
+    total = os.environ.get("PARLEY_STEADY_TOTAL")
+    if total:
+        ledger = Ledger(edge, mongo, users(20), 1)
+        ledger.setup()
+        t0 = time.monotonic()
+        asyncio.run(run_scenario(ledger, int(total), 200))
+        r = ledger.check("steady_state", f" duration_s={time.monotonic() - t0:.1f}")
+        assert_clean(r)
+        return
     scenario(edge, mongo, "steady_state", 800, 200, nusers=20, devices=2)
 
 
