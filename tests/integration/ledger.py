@@ -33,6 +33,7 @@ class Device:
         self.closed_codes = []
         self.slow = False
         self.gaps_pulled = 0
+        self.redelivered = 0  # pushes of a message already shown, dropped by seq
 
     # -- showing messages, as the client library does --
     def _show(self, m):
@@ -63,6 +64,7 @@ class Device:
         conv, seq = m["conv"], m["seq"]
         last = self.last.get(conv, 0)
         if seq <= last:
+            self.redelivered += 1
             return  # a duplicate push: dropped, never shown
         if seq > last + 1:
             self.gaps_pulled += 1
@@ -323,7 +325,8 @@ class Ledger:
         line = (f"scenario={scenario} attempted={len(self.attempted)} acked={len(self.acked)} "
                 f"stored={len(stored_ids & acked_ids)} delivered_after_sync={delivered} lost={lost} "
                 f"stored_dups={stored_dups} shown_dups={shown_dups} seq_gaps_final={seq_gaps} "
-                f"order_violations={order_violations}{extra}")
+                f"order_violations={order_violations} "
+                f"redelivered={sum(d.redelivered for devs in self.devices.values() for d in devs)}{extra}")
         print("\n" + line)
         with open(os.path.join(os.environ["PARLEY_VAR"], "..", "ledger.log"), "a") as f:
             f.write(line + "\n")
