@@ -22,7 +22,6 @@ struct pl_http_s {
     struct MHD_Daemon *d;
     pl_http_cfg_t cfg;
     int port;
-    pl_metric_t *requests;
     pl_metric_t *latency;
 };
 

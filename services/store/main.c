@@ -19,8 +19,6 @@
 
 #define BATCH_MAX 500
 
-static st_ctx_t *g_ctx;
-
 /* Revoked sessions are flagged in Redis by parley-auth. When Redis does not answer, the token
  * is accepted (fail open): access tokens live 15 minutes, and refusing every reader during a
  * Redis outage would turn a presence hiccup into a history outage. */
@@ -99,7 +97,6 @@ int main(void)
     long port, threads, redis_port, leeway;
     int trust;
     memset(&ctx, 0, sizeof(ctx));
-    g_ctx = &ctx;
 
     pl_log_init("store", pl_log_level_parse(pl_cfg_str("PARLEY_LOG_LEVEL", "info")));
     sigset_t sigs;

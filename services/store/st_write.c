@@ -557,13 +557,11 @@ static int write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, pl_msg_t *msgs
     if (rc == PL_ERR_EXISTS) {
         pl_log_debug("bulk_refused", "bulk of %zu stopped at %zu (%s seq %lld)", k, stored,
                      msgs[which[stored]].msg_id, msgs[which[stored]].seq);
-        /* docs before `stored` are in; the rest were not tried. Their numbers are handed
-         * out again from where the stored ones end, so no gap opens. */
+        /* docs before `stored` are in (the fast loop already advanced their sequences); the
+         * rest may or may not be (FerretDB goes on after a refusal). They go one at a time,
+         * each trying its own number first, so no gap opens. */
         for (size_t j = stored; j < k; j++) {
             seq_forget(ctx->seqs, msgs[which[j]].conv);
-        }
-        for (size_t j = 0; j < stored; j++) {
-            seq_commit(ctx, msgs[which[j]].conv, msgs[which[j]].seq);
         }
         rc = PL_OK;
         for (size_t j = stored; j < k && rc == PL_OK; j++) {
