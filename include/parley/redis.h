@@ -53,8 +53,9 @@ int pl_redis_hgetall_multi(pl_redis_t *r, const char *const *keys, size_t n, pl_
 /* EXISTS of n keys in one round trip; out[i] is 1 when keys[i] exists. */
 int pl_redis_exists_multi(pl_redis_t *r, const char *const *keys, size_t n, int *out);
 
-/* PUBLISH of n messages in one round trip. Returns PL_OK or PL_ERR_UNAVAIL. */
+/* PUBLISH of n messages in one round trip; receivers[i] (when not NULL) gets how many
+ * subscribers heard message i. Returns PL_OK or PL_ERR_UNAVAIL. */
 int pl_redis_publish_multi(pl_redis_t *r, const char *const *channels, const char *const *msgs,
-                           size_t n);
+                           size_t n, long *receivers);
 
 #endif

@@ -81,12 +81,6 @@ static redisContext *take_ex(pl_redis_t *r, int *pooled)
     return c;
 }
 
-static redisContext *take(pl_redis_t *r)
-{
-    int pooled;
-    return take_ex(r, &pooled);
-}
-
 /* Returns c to the pool, or closes it when it has failed or the pool is full. */
 static void give(pl_redis_t *r, redisContext *c)
 {
@@ -275,37 +269,62 @@ int pl_redis_publish(pl_redis_t *r, const char *channel, const char *msg, long *
  */
 typedef void (*reply_fn)(void *ud, size_t idx, redisReply *rep);
 
+/* A pooled connection that Redis closed (a restart): nothing it was sent was run. A timeout
+ * is not that case: the commands may have run, and are not sent again. */
+static int closed_by_peer(const redisContext *c)
+{
+    return c->err == REDIS_ERR_EOF ||
+           (c->err == REDIS_ERR_IO && strstr(c->errstr, "temporarily unavailable") == NULL);
+}
+
 static int pipeline(pl_redis_t *r, size_t n, int argc, const char *verb, const char *const *a1,
                     const char *const *a2, reply_fn fn, void *ud)
 {
     if (n == 0) {
         return PL_OK;
     }
-    redisContext *c = take(r);
+    int pooled;
+    redisContext *c = take_ex(r, &pooled);
     if (c == NULL) {
         return PL_ERR_UNAVAIL;
     }
-    for (size_t i = 0; i < n; i++) {
-        const char *argv[3] = {verb, a1[i], a2 ? a2[i] : NULL};
-        redisAppendCommandArgv(c, argc, argv, NULL);
-    }
     int rc = PL_OK;
-    for (size_t i = 0; i < n; i++) {
-        void *p = NULL;
-        if (redisGetReply(c, &p) != REDIS_OK) {
-            p = NULL;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        for (size_t i = 0; i < n; i++) {
+            const char *argv[3] = {verb, a1[i], a2 ? a2[i] : NULL};
+            redisAppendCommandArgv(c, argc, argv, NULL);
         }
-        int one = check(c, p);
-        if (one == PL_OK) {
-            fn(ud, i, p);
-        } else if (rc == PL_OK) {
-            rc = PL_ERR_UNAVAIL;
+        rc = PL_OK;
+        int again = 0;
+        for (size_t i = 0; i < n; i++) {
+            void *p = NULL;
+            if (redisGetReply(c, &p) != REDIS_OK) {
+                p = NULL;
+            }
+            if (p == NULL && i == 0 && pooled && attempt == 0 && closed_by_peer(c)) {
+                again = 1; /* a dead idle connection: once more on a fresh one */
+                break;
+            }
+            int one = check(c, p);
+            if (one == PL_OK) {
+                fn(ud, i, p);
+            } else if (rc == PL_OK) {
+                rc = PL_ERR_UNAVAIL;
+            }
+            if (p != NULL) {
+                freeReplyObject(p);
+            }
+            if (c->err) {
+                break;
+            }
         }
-        if (p != NULL) {
-            freeReplyObject(p);
-        }
-        if (c->err) {
+        if (!again) {
             break;
+        }
+        redisFree(c);
+        c = take_ex(r, &pooled);
+        if (c == NULL) {
+            return PL_ERR_UNAVAIL;
         }
     }
     give(r, c);
@@ -350,15 +369,16 @@ int pl_redis_exists_multi(pl_redis_t *r, const char *const *keys, size_t n, int 
     return pipeline(r, n, 2, "EXISTS", keys, NULL, on_exists, out);
 }
 
-static void on_ignore(void *ud, size_t idx, redisReply *rep)
+static void on_receivers(void *ud, size_t idx, redisReply *rep)
 {
-    (void)ud;
-    (void)idx;
-    (void)rep;
+    long *out = ud;
+    if (out != NULL) {
+        out[idx] = rep->type == REDIS_REPLY_INTEGER ? (long)rep->integer : 0;
+    }
 }
 
 int pl_redis_publish_multi(pl_redis_t *r, const char *const *channels, const char *const *msgs,
-                           size_t n)
+                           size_t n, long *receivers)
 {
-    return pipeline(r, n, 3, "PUBLISH", channels, msgs, on_ignore, NULL);
+    return pipeline(r, n, 3, "PUBLISH", channels, msgs, on_receivers, receivers);
 }

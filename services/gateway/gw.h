@@ -170,7 +170,8 @@ struct gw_ctx_s {
     gw_conn_t *dead;
     atomic_int stopping;
     atomic_int draining;
-    atomic_int redis_ok;
+    atomic_int redis_ok;     /* the command connection is up */
+    atomic_int redis_sub_ok; /* the delivery channel is subscribed */
     /* metrics */
     pl_metric_t *m_conns, *m_opened, *m_frames_in, *m_acks, *m_pushes, *m_produce_seconds;
     pl_metric_t *m_slow_closed;

@@ -108,10 +108,27 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *priv)
 {
     rconn_t *r = priv;
     redisReply *rep = reply;
-    (void)ac;
+    if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
+        /* SUBSCRIBE refused (Redis still loading its data, say): the connection would stay up
+         * and hear nothing, so it is dropped and made again. */
+        pl_log_warn("redis_subscribe_failed", "SUBSCRIBE refused: %.200s", rep->str);
+        redisAsyncDisconnect(ac);
+        return;
+    }
     if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 3 ||
-        rep->element[0]->type != REDIS_REPLY_STRING ||
-        strcmp(rep->element[0]->str, "message") != 0) {
+        rep->element[0]->type != REDIS_REPLY_STRING) {
+        return;
+    }
+    if (strcmp(rep->element[0]->str, "subscribe") == 0 &&
+        rep->element[1]->type == REDIS_REPLY_STRING &&
+        strncmp(rep->element[1]->str, "parley:deliver:", 15) == 0) {
+        /* Now pushes reach this gateway: it may say it is alive (see gw_redis_refresh). */
+        pl_log_info("redis_subscribed", "listening on %s", rep->element[1]->str);
+        atomic_store(&r->ctx->redis_sub_ok, 1);
+        gw_redis_refresh(r->ctx);
+        return;
+    }
+    if (strcmp(rep->element[0]->str, "message") != 0) {
         return;
     }
     const char *channel = rep->element[1]->str;
@@ -167,6 +184,11 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     r->retry_at = pl_now_ms() + RETRY_MS;
     if (!r->is_sub) {
         atomic_store(&r->ctx->redis_ok, 0);
+    } else {
+        /* Deaf until subscribed again: stop saying this gateway is alive, so the router
+         * neither publishes to nobody nor waits for it. */
+        atomic_store(&r->ctx->redis_sub_ok, 0);
+        gw_redis_goodbye(r->ctx);
     }
 }
 
@@ -282,8 +304,12 @@ void gw_redis_refresh(gw_ctx_t *ctx)
     if (ac == NULL || atomic_load(&ctx->draining)) {
         return;
     }
-    redisAsyncCommand(ac, NULL, NULL, "SET parley:gw:%s %lld EX %d", ctx->gw_id, pl_now_ms(),
-                      GW_TTL_S);
+    /* Alive means reachable: the liveness key is set only while the delivery channel is
+     * subscribed, and the router skips a gateway without it. */
+    if (atomic_load(&ctx->redis_sub_ok)) {
+        redisAsyncCommand(ac, NULL, NULL, "SET parley:gw:%s %lld EX %d", ctx->gw_id, pl_now_ms(),
+                          GW_TTL_S);
+    }
     for (gw_conn_t *c = ctx->all; c != NULL; c = c->next) {
         if (c->state == GW_OPEN) {
             gw_presence_add(ctx, c);

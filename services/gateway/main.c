@@ -103,7 +103,10 @@ static int ready(void *ud, json_t *detail)
 {
     gw_ctx_t *ctx = ud;
     int kafka = pl_kafka_ping(ctx->producer, 1000);
-    int redis = atomic_load(&ctx->redis_ok) ? PL_OK : PL_ERR_UNAVAIL;
+    /* Both Redis connections: without the subscription, pushes for this gateway's clients
+     * would be published to nobody. */
+    int redis =
+        atomic_load(&ctx->redis_ok) && atomic_load(&ctx->redis_sub_ok) ? PL_OK : PL_ERR_UNAVAIL;
     int draining = atomic_load(&ctx->draining);
     json_object_set_new(detail, "kafka", json_string(kafka == PL_OK ? "ok" : "unavailable"));
     json_object_set_new(detail, "redis", json_string(redis == PL_OK ? "ok" : "unavailable"));
@@ -262,10 +265,12 @@ int main(void)
                 break;
             }
         }
+        /* Every turn (at most 100 ms): a lost Redis connection is made again RETRY_MS after
+         * it went, which keeps short the window in which this gateway hears no pushes. */
+        gw_redis_tick(ctx);
         if (now >= next_tick) {
             next_tick = now + 1000;
             gw_tick(ctx);
-            gw_redis_tick(ctx);
         }
         if (now >= next_refresh) {
             next_refresh = now + 5000;

@@ -51,6 +51,11 @@ int main(void)
     ctx.m_routed = pl_metrics_counter(m, "parley_router_routed_total", "Messages routed", NULL);
     ctx.m_offline = pl_metrics_counter(m, "parley_router_offline_total",
                                        "Messages whose receiver had no live connection", NULL);
+    ctx.m_unheard =
+        pl_metrics_counter(m, "parley_router_unheard_total",
+                           "Messages published to a live gateway that no subscriber heard "
+                           "(its clients sync them)",
+                           NULL);
     ctx.m_published = pl_metrics_counter(m, "parley_router_publishes_total",
                                          "Publishes to gateway channels", NULL);
     ctx.m_invalid = pl_metrics_counter(m, "parley_router_invalid_records_total",

@@ -11,15 +11,23 @@
 
 #include <stdatomic.h>
 
-#define RT_PUBLISH_MAX (512 * 1024) /* a gateway's share of a batch is split above this */
+#define RT_PUBLISH_MAX    (512 * 1024) /* a gateway's share of a batch is split above this */
+#define RT_DEAF_WAIT_MS   3000  /* how long a live gateway that hears nothing is waited for */
+#define RT_DEAF_FORGET_MS 10000 /* and how long it is then not waited for again */
+#define RT_DEAF_SLOTS     16
 
 typedef struct rt_ctx_s {
     pl_redis_t *redis;
     pl_kafka_t *consumer;
     pl_metrics_t *metrics;
     atomic_int stopping;
+    struct {
+        char id[64];
+        long long until_ms;
+    } deaf[RT_DEAF_SLOTS]; /* gateways that stayed deaf lately; router thread only */
     pl_metric_t *m_routed;
     pl_metric_t *m_offline;
+    pl_metric_t *m_unheard;
     pl_metric_t *m_published;
     pl_metric_t *m_latency;
     pl_metric_t *m_lag;

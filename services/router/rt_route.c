@@ -104,6 +104,77 @@ static void add_targets(struct batch *b, const char *name, json_t *rec, int *see
     }
 }
 
+/* True while gateway g is remembered as deaf (see publish()). */
+static int deaf(rt_ctx_t *ctx, const char *id, long long now)
+{
+    for (int i = 0; i < RT_DEAF_SLOTS; i++) {
+        if (ctx->deaf[i].until_ms > now && strcmp(ctx->deaf[i].id, id) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void remember_deaf(rt_ctx_t *ctx, const char *id, long long now)
+{
+    int slot = 0;
+    for (int i = 1; i < RT_DEAF_SLOTS; i++) {
+        if (ctx->deaf[i].until_ms < ctx->deaf[slot].until_ms) {
+            slot = i;
+        }
+    }
+    snprintf(ctx->deaf[slot].id, sizeof(ctx->deaf[slot].id), "%s", id);
+    ctx->deaf[slot].until_ms = now + RT_DEAF_FORGET_MS;
+}
+
+/*
+ * Publishes one chunk to a gateway's channel. Pub/sub keeps nothing for a subscriber that is
+ * away, so a live gateway that heard nothing (its subscriber reconnecting after a Redis
+ * restart) is given the chunk again for up to RT_DEAF_WAIT_MS, while its liveness key says it
+ * is alive. One that stays deaf is remembered, so it does not hold up every batch.
+ */
+static int publish_chunk(rt_ctx_t *ctx, struct gateway *g, const char *channel, const char *text,
+                         size_t nmsgs)
+{
+    const char *ch[] = {channel};
+    const char *msg[] = {text};
+    long long start = pl_now_ms();
+    for (;;) {
+        long heard = 0;
+        int rc = pl_redis_publish_multi(ctx->redis, ch, msg, 1, &heard);
+        pl_metric_inc(ctx->m_published);
+        if (rc != PL_OK || heard > 0) {
+            return rc;
+        }
+        long long now = pl_now_ms();
+        if (deaf(ctx, g->id, now) || now - start >= RT_DEAF_WAIT_MS ||
+            atomic_load(&ctx->stopping)) {
+            if (!deaf(ctx, g->id, now)) {
+                remember_deaf(ctx, g->id, now);
+                pl_log_warn("gateway_deaf",
+                            "gateway %s heard no push for %lld ms; not waited for "
+                            "during %d s",
+                            g->id, now - start, RT_DEAF_FORGET_MS / 1000);
+            }
+            pl_metric_add(ctx->m_unheard, (uint64_t)nmsgs);
+            return PL_OK;
+        }
+        char key[96];
+        int alive = 0;
+        snprintf(key, sizeof(key), "parley:gw:%s", g->id);
+        const char *keys[] = {key};
+        rc = pl_redis_exists_multi(ctx->redis, keys, 1, &alive);
+        if (rc != PL_OK) {
+            return rc;
+        }
+        if (!alive) {
+            pl_metric_add(ctx->m_offline, (uint64_t)nmsgs);
+            return PL_OK; /* gone: its clients reconnect elsewhere and sync */
+        }
+        usleep(50000);
+    }
+}
+
 /* Publishes one gateway's messages, in chunks of at most RT_PUBLISH_MAX bytes. */
 static int publish(rt_ctx_t *ctx, struct gateway *g)
 {
@@ -128,11 +199,8 @@ static int publish(rt_ctx_t *ctx, struct gateway *g)
         json_t *payload = json_pack("{s:o}", "msgs", chunk);
         char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
         json_decref(payload);
-        const char *ch[] = {channel};
-        const char *msg[] = {text};
-        rc = text ? pl_redis_publish_multi(ctx->redis, ch, msg, 1) : PL_ERR_NOMEM;
+        rc = text ? publish_chunk(ctx, g, channel, text, i - start) : PL_ERR_NOMEM;
         free(text);
-        pl_metric_inc(ctx->m_published);
         start = i;
     }
     return rc;

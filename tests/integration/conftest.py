@@ -16,6 +16,27 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 VAR = os.environ["PARLEY_VAR"]
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report carries the services' recent warnings and errors, so a failure
+    in CI, where the logs are not kept, can still be read."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed:
+        return
+    logdir = os.path.join(VAR, "log")
+    lines = []
+    for name in sorted(os.listdir(logdir)) if os.path.isdir(logdir) else []:
+        if not name.endswith(".log") or not name.startswith(("auth", "gateway", "store", "router")):
+            continue
+        with open(os.path.join(logdir, name), errors="replace") as f:
+            lines += [(name, ln.rstrip()[:300]) for ln in f
+                      if '"level":"warn"' in ln or '"level":"error"' in ln]
+    lines.sort(key=lambda nl: nl[1])  # each line starts with its timestamp
+    rep.sections.append(("service warnings and errors (last 40)",
+                         "\n".join(f"{n}: {ln}" for n, ln in lines[-40:]) or "(none)"))
+
+
 class Response:
     def __init__(self, status, headers, body):
         self.status = status
@@ -210,6 +231,21 @@ def gateway_ports():
     router = int(os.environ["PARLEY_ROUTER_PORT"])
     n = int(os.environ.get("PARLEY_GATEWAYS", "2"))
     return [base] + [router + i for i in range(1, n)]
+
+
+def service_ports():
+    return [int(os.environ[f"PARLEY_{s}_PORT"]) for s in ("AUTH", "STORE", "ROUTER")] + \
+        gateway_ports()
+
+
+def wait_cluster_ready(timeout=30):
+    """Every service answers /readyz with 200: after a dependency was restarted, the next
+    test starts on a cluster that has reconnected everywhere (gateways re-subscribed too)."""
+    def all_ready():
+        bad = [p for p in service_ports()
+               if Api(f"http://127.0.0.1:{p}").call("GET", "/readyz").status != 200]
+        return not bad or None
+    wait_until(all_ready, timeout=timeout)
 
 
 def user_with_token(api, prefix="u"):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import Api, cluster, infra, kill9, unique_name, wait_until
+from conftest import Api, cluster, infra, kill9, unique_name, wait_cluster_ready, wait_until
 
 PW = "correct horse battery"
 
@@ -293,6 +293,7 @@ def test_mongodb_outage_is_503_then_recovers(auth):
     finally:
         infra("start", "ferretdb")
     wait_until(lambda: auth.call("GET", "/readyz").status == 200, timeout=30)
+    wait_cluster_ready()
     assert auth.login(name).status == 200
     assert auth.call("GET", "/v1/users/me", token=token).status == 200
 
@@ -309,6 +310,7 @@ def test_redis_outage_is_503_then_recovers(auth):
     finally:
         infra("start", "redis")
     wait_until(lambda: auth.call("GET", "/readyz").status == 200, timeout=30)
+    wait_cluster_ready()
     assert auth.login(name).status == 200
 
 

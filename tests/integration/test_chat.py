@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from conftest import Api, gateway_ports, pid_of, sign_token, unique_name, user_with_token
+from conftest import (Api, gateway_ports, infra, pid_of, sign_token, unique_name, user_with_token,
+                      wait_cluster_ready)
 from wsclient import Chat, RawWS
 
 
@@ -77,6 +78,43 @@ def test_two_users_on_two_gateways_exchange_1000_each_way(edge, mongo):
     assert d["timestamp"].year >= 2026  # a BSON date, not a string
     conv_doc = mongo.conversations.find_one({"_id": conv})
     assert conv_doc["last_seq"] == 2000 and sorted(conv_doc["members"]) == sorted([alice, bob])
+
+
+def test_redis_restart_loses_no_live_push(edge):
+    """Redis restarts while two users talk on two gateways. What is sent before, during and
+    right after the outage is pushed live to both, once and in order: the router holds the
+    pushes while Redis is away, and when a gateway's subscriber has not yet come back it waits
+    for it rather than publishing to nobody (pub/sub keeps nothing for an absent listener)."""
+    alice, ta = user_with_token(edge, "rra")
+    bob, tb = user_with_token(edge, "rrb")
+
+    async def go():
+        a = await Chat.connect(ta)
+        b = await Chat.connect(tb, header_auth=False)
+        assert a.gateway != b.gateway
+        sent = await a.send_many(bob, [f"before {i}" for i in range(20)])
+        await b.wait(lambda: len(b.msgs) >= 20)
+        infra("stop", "redis")
+        try:
+            sent += await a.send_many(bob, [f"during {i}" for i in range(20)])
+        finally:
+            infra("start", "redis")
+        # No waiting for the gateways to reconnect: a client cannot know when they have.
+        sent += await a.send_many(bob, [f"after {i}" for i in range(20)])
+        for c in (a, b):
+            await c.wait(lambda: len(c.msgs) >= 60, timeout=30)
+        await asyncio.sleep(0.5)  # anything extra would be a duplicate
+        for c in (a, b):
+            assert [m["seq"] for m in c.msgs] == list(range(1, 61))
+            assert [m["client_id"] for m in c.msgs] == sent
+            assert c.closed is None and not c.errors, (c.closed, c.errors[:3])
+        await a.close()
+        await b.close()
+
+    try:
+        run(go())
+    finally:
+        wait_cluster_ready()
 
 
 def test_offline_recipient_catches_up_by_sync(edge):
