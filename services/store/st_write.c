@@ -112,11 +112,35 @@ static int seq_taken(st_ctx_t *ctx, const char *conv, long long seq)
     return rc == PL_OK ? 1 : rc == PL_ERR_NOTFOUND ? 0 : rc;
 }
 
+/* The seq of the message whose _id is msg_id: > 0, 0 when it is not stored, < 0 on error. */
+static long long seq_of(st_ctx_t *ctx, const char *msg_id)
+{
+    bson_t filter = BSON_INITIALIZER;
+    bson_t *doc = NULL;
+    BSON_APPEND_UTF8(&filter, "_id", msg_id);
+    int rc = pl_mongo_find_one(ctx->mongo, "messages", &filter, NULL, &doc);
+    bson_destroy(&filter);
+    long long seq = rc == PL_OK ? 0 : rc == PL_ERR_NOTFOUND ? 0 : rc;
+    bson_iter_t it;
+    if (rc == PL_OK && bson_iter_init_find(&it, doc, "seq") && BSON_ITER_HOLDS_NUMBER(&it)) {
+        seq = bson_iter_as_int64(&it);
+    }
+    bson_destroy(doc);
+    return seq;
+}
+
 /*
- * The last stored seq of conv. The conversation document says where to look, but it is only
- * a hint: it lags the messages when a crash fell between the two writes, and it is checked
- * against the messages themselves (equality lookups on {conv, seq}) in both directions, so
- * a number is never skipped or reused whatever the hint says.
+ * The last stored seq of conv. The conversation document says where to look, and names the
+ * message at last_seq, so confirming it is one lookup by _id (the query shape every
+ * MongoDB-compatible server answers from an index; FerretDB scans for anything else).
+ *
+ * The document is written after the messages, so it can only lag them, and only for
+ * messages of a batch cut short by a crash: those lie inside their partition's write intent,
+ * are replayed through the careful path first, and advance the sequence as they are found
+ * (see note_stored). Any other lag is caught by the {conv, seq} unique index, which refuses
+ * a taken number (store_one then moves on). A document ahead of the messages (only after the
+ * database itself lost writes) fails the confirmation, and the sequence is then found by
+ * probing the messages, in both directions, so a number is never skipped or reused.
  */
 static int load_last_seq(st_ctx_t *ctx, const char *conv, long long *last)
 {
@@ -126,14 +150,32 @@ static int load_last_seq(st_ctx_t *ctx, const char *conv, long long *last)
     int rc = pl_mongo_find_one(ctx->mongo, "conversations", &filter, NULL, &doc);
     bson_destroy(&filter);
     long long hint = 0;
+    char last_id[64] = "";
     if (rc == PL_OK) {
         bson_iter_t it;
         if (bson_iter_init_find(&it, doc, "last_seq") && BSON_ITER_HOLDS_NUMBER(&it)) {
             hint = bson_iter_as_int64(&it);
         }
+        if (bson_iter_init_find(&it, doc, "last_msg_id") && BSON_ITER_HOLDS_UTF8(&it)) {
+            snprintf(last_id, sizeof(last_id), "%s", bson_iter_utf8(&it, NULL));
+        }
         bson_destroy(doc);
     } else if (rc != PL_ERR_NOTFOUND) {
         return rc;
+    }
+    if (hint == 0) {
+        *last = 0; /* a new conversation: see above for why nothing is probed */
+        return PL_OK;
+    }
+    if (last_id[0] != '\0') {
+        long long at = seq_of(ctx, last_id);
+        if (at < 0) {
+            return (int)at;
+        }
+        if (at == hint) {
+            *last = hint;
+            return PL_OK;
+        }
     }
     long long l = hint;
     int t;
@@ -146,10 +188,7 @@ static int load_last_seq(st_ctx_t *ctx, const char *conv, long long *last)
     if (t < 0) {
         return t;
     }
-    if (l != hint) {
-        pl_log_info("seq_hint_corrected", "%s: conversation said %lld, messages say %lld", conv,
-                    hint, l);
-    }
+    pl_log_info("seq_hint_probed", "%s: conversation said %lld, messages say %lld", conv, hint, l);
     *last = l;
     return PL_OK;
 }
@@ -164,9 +203,6 @@ static int seq_next(st_ctx_t *ctx, const char *conv, long long *next)
         int rc = load_last_seq(ctx, conv, &last);
         if (rc != PL_OK) {
             return rc;
-        }
-        if (ctx->seqs->n >= SEQCACHE_MAX) {
-            seqcache_clear(ctx->seqs); /* Bounded: reloading costs one query per conversation. */
         }
         e = calloc(1, sizeof(*e));
         if (e == NULL) {
@@ -189,6 +225,18 @@ static void seq_commit(st_ctx_t *ctx, const char *conv, long long seq)
     if (e != NULL && seq > e->last) {
         e->last = seq;
     }
+}
+
+/* A message found already stored (a replay): the sequence moves past it, so the numbers
+ * handed out next do not collide with what a batch cut short by a crash had stored. */
+static int note_stored(st_ctx_t *ctx, const pl_msg_t *m)
+{
+    long long next;
+    int rc = seq_next(ctx, m->conv, &next);
+    if (rc == PL_OK) {
+        seq_commit(ctx, m->conv, m->seq);
+    }
+    return rc;
 }
 
 int st_msg_from_bson(const bson_t *doc, pl_msg_t *m)
@@ -288,7 +336,7 @@ static int store_one(st_ctx_t *ctx, pl_msg_t *m, int looked_up, int *replayed)
         if (rc == PL_OK) {
             pl_log_debug("replay", "%s in %s keeps seq %lld", m->msg_id, m->conv, m->seq);
             *replayed = 1;
-            return PL_OK;
+            return note_stored(ctx, m);
         }
         if (rc != PL_ERR_NOTFOUND) {
             return rc;
@@ -336,6 +384,9 @@ static int upsert_conversation(st_ctx_t *ctx, const pl_msg_t *m)
     BSON_APPEND_UTF8(&members, "0", a);
     BSON_APPEND_UTF8(&members, "1", b);
     bson_append_array_end(&set, &members);
+    /* The message at last_seq, for load_last_seq()'s check by _id. Replays can leave it
+     * behind last_seq; the check then fails and falls back to probing. */
+    BSON_APPEND_UTF8(&set, "last_msg_id", m->msg_id);
     bson_append_document_end(&upd, &set);
     /* $max: a replayed or reordered batch never moves last_seq backwards. */
     BSON_APPEND_DOCUMENT_BEGIN(&upd, "$max", &max);
@@ -365,7 +416,10 @@ static int upsert_conversations(st_ctx_t *ctx, const pl_msg_t *msgs, const int *
         pl_msg_t top = msgs[i];
         for (size_t j = 0; j < i; j++) {
             if (valid[j] && strcmp(msgs[j].conv, msgs[i].conv) == 0) {
-                top.seq = msgs[j].seq > top.seq ? msgs[j].seq : top.seq;
+                if (msgs[j].seq > top.seq) {
+                    top.seq = msgs[j].seq;
+                    memcpy(top.msg_id, msgs[j].msg_id, sizeof(top.msg_id));
+                }
                 top.ts_ms = msgs[j].ts_ms > top.ts_ms ? msgs[j].ts_ms : top.ts_ms;
             }
         }
@@ -431,6 +485,7 @@ static int find_many(st_ctx_t *ctx, pl_msg_t *msgs, const int *valid, const int 
         if (replayed[i]) {
             pl_log_debug("replay", "%s in %s keeps seq %lld", msgs[i].msg_id, msgs[i].conv,
                          msgs[i].seq);
+            rc = note_stored(ctx, &msgs[i]);
         }
     }
     bson_destroy(&filter);
@@ -619,6 +674,11 @@ static int mark_careful(st_ctx_t *ctx, const pl_kafka_rec_t *recs, int *careful,
 int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
 {
     int rc = PL_OK;
+    if (ctx->seqs->n >= SEQCACHE_MAX) {
+        /* Bounded, and only between batches (every number handed out is then in the
+         * conversation documents): reloading costs two lookups by _id per conversation. */
+        seqcache_clear(ctx->seqs);
+    }
     pl_msg_t *msgs = calloc(n ? n : 1, sizeof(*msgs));
     int *valid = calloc(n ? n : 1, sizeof(*valid));
     int *replayed = calloc(n ? n : 1, sizeof(*replayed));

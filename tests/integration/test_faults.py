@@ -73,13 +73,15 @@ def wait_gone(pid, timeout=30):
 
 def test_1_steady_state(edge, mongo):
     # The full-size run of the issue: PARLEY_FAULT_SCALE=5 PARLEY_STEADY_TOTAL=20000 (100
-    # clients, 20,000 messages); `make test` runs 800 from 20 users with two devices each.
+    # clients, 20,000 messages) at PARLEY_STEADY_RATE per second (README, "About the
+    # database", on what FerretDB sustains); `make test` runs 800 from 20 users with two
+    # devices each.
     total = os.environ.get("PARLEY_STEADY_TOTAL")
     if total:
         ledger = Ledger(edge, mongo, users(20), 1)
         ledger.setup()
         t0 = time.monotonic()
-        asyncio.run(run_scenario(ledger, int(total), 200))
+        asyncio.run(run_scenario(ledger, int(total), float(os.environ.get("PARLEY_STEADY_RATE", "200"))))
         r = ledger.check("steady_state", f" duration_s={time.monotonic() - t0:.1f}")
         assert_clean(r)
         return
