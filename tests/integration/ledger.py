@@ -365,12 +365,15 @@ async def run_scenario(ledger, total, rate, fault=None, fault_at=None, **traffic
     if fault_task is not None:
         await fault_task
     await ledger.settle()
+    # The devices stay connected until the store has caught up, as users would: what they
+    # miss live is then what the faults cost, not what a queue held when they hung up.
+    await ledger.wait_stored()
+    await asyncio.sleep(1)
     ledger.stop = True
     for d in devices:
         if d.ws is not None:
             await d.ws.close()
     await asyncio.gather(*ledger.tasks, return_exceptions=True)
     wd.cancel()
-    await ledger.wait_stored()
     await ledger.final_sync()
     return recovery
