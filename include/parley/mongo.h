@@ -29,6 +29,10 @@ int pl_mongo_ping(pl_mongo_t *m);
 /* Inserts doc. Returns PL_OK, PL_ERR_EXISTS on a duplicate key, PL_ERR_UNAVAIL, PL_ERR_INTERNAL. */
 int pl_mongo_insert_one(pl_mongo_t *m, const char *coll, const bson_t *doc);
 
+/* Deletes the first document matching filter (none is not an error). Errors as
+ * pl_mongo_insert_one(). */
+int pl_mongo_delete_one(pl_mongo_t *m, const char *coll, const bson_t *filter);
+
 /*
  * Finds the first document matching filter (opts may be NULL, as in mongoc's find options).
  * On PL_OK, *doc is a new document the caller destroys with bson_destroy(). Returns

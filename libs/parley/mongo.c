@@ -132,6 +132,17 @@ int pl_mongo_insert_one(pl_mongo_t *m, const char *coll, const bson_t *doc)
     return ok ? PL_OK : map_error("insert", &err);
 }
 
+int pl_mongo_delete_one(pl_mongo_t *m, const char *coll, const bson_t *filter)
+{
+    bson_error_t err;
+    mongoc_client_t *c = mongoc_client_pool_pop(m->pool);
+    mongoc_collection_t *col = mongoc_client_get_collection(c, m->db, coll);
+    bool ok = mongoc_collection_delete_one(col, filter, NULL, NULL, &err);
+    mongoc_collection_destroy(col);
+    mongoc_client_pool_push(m->pool, c);
+    return ok ? PL_OK : map_error("delete", &err);
+}
+
 int pl_mongo_find_one(pl_mongo_t *m, const char *coll, const bson_t *filter, const bson_t *opts,
                       bson_t **doc)
 {

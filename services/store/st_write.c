@@ -485,7 +485,6 @@ static int find_many(st_ctx_t *ctx, pl_msg_t *msgs, const int *valid, const int 
         if (replayed[i]) {
             pl_log_debug("replay", "%s in %s keeps seq %lld", msgs[i].msg_id, msgs[i].conv,
                          msgs[i].seq);
-            rc = note_stored(ctx, &msgs[i]);
         }
     }
     bson_destroy(&filter);
@@ -555,6 +554,66 @@ static int read_intent(st_ctx_t *ctx, int32_t p, long long *end)
 }
 
 /*
+ * After a bulk insert was refused at docs[stored]. The docs before it are in, numbered
+ * contiguously. The rest may or may not be: FerretDB goes on after a refusal, and a refused
+ * one may be a client's resend of a message stored by an earlier batch, whose number in this
+ * bulk then stays unused. So each conversation's sequence is rewound to its last number known
+ * stored, and the rest go one at a time, in order: a resend keeps its earlier seq; one this
+ * bulk stored keeps its number when it is the next one, or else is taken out and numbered
+ * again (nothing of this batch has been announced yet); one not stored takes the next free
+ * number. No gap opens, and the order of the partition is kept.
+ */
+static int settle_refused(st_ctx_t *ctx, pl_msg_t *msgs, const size_t *which, size_t stored,
+                          size_t k, int *replayed)
+{
+    for (size_t j = k; j-- > stored;) {
+        /* Walking back, the last write per conversation is its first refused-or-later seq. */
+        struct seq_entry *e = seq_find(ctx->seqs, msgs[which[j]].conv);
+        if (e != NULL) {
+            e->last = msgs[which[j]].seq - 1;
+        }
+    }
+    for (size_t j = stored; j < k; j++) {
+        pl_msg_t *m = &msgs[which[j]];
+        long long assigned = m->seq;
+        pl_msg_t probe = *m;
+        int rc = find_stored(ctx, &probe);
+        if (rc == PL_OK && probe.seq != assigned) {
+            pl_log_debug("replay", "%s in %s keeps seq %lld", m->msg_id, m->conv, probe.seq);
+            m->seq = probe.seq;
+            m->ts_ms = probe.ts_ms;
+            replayed[which[j]] = 1;
+            continue;
+        }
+        struct seq_entry *e = seq_find(ctx->seqs, m->conv);
+        if (rc == PL_OK) {
+            if (e != NULL && assigned == e->last + 1) {
+                e->last = assigned; /* stored by this bulk, in its place */
+                continue;
+            }
+            /* Stored by this bulk past a number that stayed unused: numbered again. */
+            bson_t filter = BSON_INITIALIZER;
+            BSON_APPEND_UTF8(&filter, "_id", m->msg_id);
+            rc = pl_mongo_delete_one(ctx->mongo, "messages", &filter);
+            bson_destroy(&filter);
+            pl_log_info("renumbered", "%s in %s: seq %lld left a gap; numbered again", m->msg_id,
+                        m->conv, assigned);
+            if (rc != PL_OK) {
+                return rc;
+            }
+        } else if (rc != PL_ERR_NOTFOUND) {
+            return rc;
+        }
+        m->seq = 0;
+        rc = store_one(ctx, m, 1, &replayed[which[j]]);
+        if (rc != PL_OK) {
+            return rc;
+        }
+    }
+    return PL_OK;
+}
+
+/*
  * Numbers and writes every valid message; fills replayed[i] for the ones already stored.
  * careful[i] sends a record down the one-at-a-time path (it may already be stored).
  */
@@ -581,6 +640,13 @@ static int write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, pl_msg_t *msgs
         if (valid[i] && careful[i] && !replayed[i]) {
             msgs[i].seq = 0;
             rc = store_one(ctx, &msgs[i], 1, &replayed[i]);
+        }
+    }
+    /* Only now do the replays found above move the sequences past themselves: a message
+     * missing among them first takes the lowest free number (the place a crash left). */
+    for (size_t i = 0; i < n && rc == PL_OK; i++) {
+        if (valid[i] && careful[i] && replayed[i]) {
+            rc = note_stored(ctx, &msgs[i]);
         }
     }
     if (rc == PL_OK) {
@@ -612,16 +678,7 @@ static int write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, pl_msg_t *msgs
     if (rc == PL_ERR_EXISTS) {
         pl_log_debug("bulk_refused", "bulk of %zu stopped at %zu (%s seq %lld)", k, stored,
                      msgs[which[stored]].msg_id, msgs[which[stored]].seq);
-        /* docs before `stored` are in (the fast loop already advanced their sequences); the
-         * rest may or may not be (FerretDB goes on after a refusal). They go one at a time,
-         * each trying its own number first, so no gap opens. */
-        for (size_t j = stored; j < k; j++) {
-            seq_forget(ctx->seqs, msgs[which[j]].conv);
-        }
-        rc = PL_OK;
-        for (size_t j = stored; j < k && rc == PL_OK; j++) {
-            rc = store_one(ctx, &msgs[which[j]], 0, &replayed[which[j]]);
-        }
+        rc = settle_refused(ctx, msgs, which, stored, k, replayed);
     } else if (rc != PL_OK) {
         /* Nothing is known about this attempt: forget the numbers handed out. */
         for (size_t j = 0; j < k; j++) {
