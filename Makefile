@@ -10,7 +10,7 @@ WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 C_SOURCES = $(shell find include libs services tests clients -name '*.[ch]' 2>/dev/null)
 
 .PHONY: all deps build asan run up down status test format format-check unit unit-asan \
-        integration faults chaos clean
+        integration faults chaos deploy-check clean
 
 all: build
 
@@ -51,6 +51,10 @@ unit-asan: asan
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --test-dir $(ASAN_BUILD) --output-on-failure
 
+# The Dockerfile, docker-compose.yml and the Kubernetes manifests, validated offline.
+deploy-check: build
+	@deploy/check.sh
+
 # The integration suite runs the sanitizer build of the services, so address and undefined
 # behaviour errors anywhere on the real request paths fail the run.
 integration: asan
@@ -67,7 +71,7 @@ chaos: build
 	@PARLEY_CHAOS_SECONDS=$${PARLEY_CHAOS_SECONDS:-600} PARLEY_BIN=$(CURDIR)/$(BUILD)/bin \
 	  tests/integration/run.sh -s -k chaos test_faults.py
 
-test: deps format-check unit unit-asan integration faults
+test: deps format-check deploy-check unit unit-asan integration faults
 	@echo "make test: all checks passed"
 
 clean:

@@ -3,7 +3,7 @@
 # the services from build/bin, and the nginx edge in front, with the same variables the
 # containers use. `up` returns once every part is ready; `run` stays in the foreground and
 # stops everything on Ctrl-C; `down` stops what `up` started.
-#   deploy/cluster.sh up|down|run|status
+#   deploy/cluster.sh up|down|run|status|scale N
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -61,9 +61,7 @@ start_services() {
   done
 }
 
-start_edge() {
-  running nginx && return 0
-  port_free "$EDGE_PORT" "the nginx edge"
+edge_config() {
   mkdir -p "$PARLEY_VAR/nginx"/{body,proxy,fastcgi,uwsgi,scgi}
   local gws="" i
   for ((i = 0; i < GATEWAYS; i++)); do gws+="server 127.0.0.1:$(gateway_port "$i"); "; done
@@ -72,8 +70,34 @@ start_edge() {
       -e "s|@STORE_UPSTREAMS@|server 127.0.0.1:$PARLEY_STORE_PORT;|g" \
       -e "s|@GATEWAY_UPSTREAMS@|$gws|g" \
       "$here/local/nginx.conf.in" > "$PARLEY_VAR/nginx/nginx.conf"
+}
+
+start_edge() {
+  running nginx && return 0
+  port_free "$EDGE_PORT" "the nginx edge"
+  edge_config
   spawn nginx nginx -p "$PARLEY_VAR/nginx" -c "$PARLEY_VAR/nginx/nginx.conf" -g 'daemon off;'
   wait_port 127.0.0.1 "$EDGE_PORT" 10 nginx
+}
+
+# scale N: runs gateways 0..N-1 (starting the missing ones, draining the extra ones with
+# SIGTERM) and reloads the edge's upstream list, as `docker compose up --scale gateway=N` or
+# the Kubernetes autoscaler would. Open sockets on the remaining gateways are not touched.
+scale() {
+  local n=$1 f i
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "scale: N must be a positive number"
+  GATEWAYS=$n
+  start_services
+  edge_config
+  if running nginx; then
+    nginx -p "$PARLEY_VAR/nginx" -c "$PARLEY_VAR/nginx/nginx.conf" -s reload
+  fi
+  for f in "$PARLEY_VAR"/run/gateway*.pid; do
+    [ -e "$f" ] || continue
+    i=$(basename "$f" .pid); i=${i#gateway}
+    if [ "$i" -ge "$n" ]; then stop "gateway$i" 20; fi
+  done
+  say "$n gateways behind the edge"
 }
 
 up() {
@@ -121,5 +145,6 @@ MSG
       if running "$n"; then echo "$n: running"; else echo "$n: stopped"; fi
     done
     ;;
-  *) echo "usage: $0 up|down|run|status" >&2; exit 2 ;;
+  scale) scale "${2:-}" ;;
+  *) echo "usage: $0 up|down|run|status|scale N" >&2; exit 2 ;;
 esac

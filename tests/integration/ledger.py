@@ -34,6 +34,7 @@ class Device:
         self.slow = False
         self.gaps_pulled = 0
         self.redelivered = 0  # pushes of a message already shown, dropped by seq
+        self.gateway = None   # the gateway of the current (or last) connection
 
     # -- showing messages, as the client library does --
     def _show(self, m):
@@ -182,6 +183,7 @@ class Ledger:
                                               max_queue=4 if dev.slow else None)
                 ready = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert ready["type"] == "ready"
+                dev.gateway = ready.get("gateway")
             except Exception:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -206,6 +208,9 @@ class Ledger:
                 dev.closed_codes.append(e.rcvd.code if e.rcvd else 1006)
             except Exception:
                 pass
+            else:
+                # A clean close (1000, 1001) ends the iteration without an exception.
+                dev.closed_codes.append(ws.close_code or 1006)
             dev.ws = None
 
     async def traffic(self, total, rate, resend_frac=0.0, reconnect_frac=0.0, to_first=0.0,
