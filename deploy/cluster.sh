@@ -90,7 +90,8 @@ scale() {
   start_services
   edge_config
   if running nginx; then
-    nginx -p "$PARLEY_VAR/nginx" -c "$PARLEY_VAR/nginx/nginx.conf" -s reload
+    nginx -p "$PARLEY_VAR/nginx" -c "$PARLEY_VAR/nginx/nginx.conf" -s reload 2>&1 \
+      | { grep -v 'signal process started' || true; } >&2
   fi
   for f in "$PARLEY_VAR"/run/gateway*.pid; do
     [ -e "$f" ] || continue
