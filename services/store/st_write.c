@@ -32,14 +32,60 @@ struct seq_entry {
 
 #define SEQ_BUCKETS 4096
 
+/*
+ * Messages this store wrote lately, by msg_id: a client's resend that reaches the store in a
+ * later batch than its first copy is recognised here without a query, so it never takes a
+ * number in a bulk (a refused resend in mid-bulk costs renumbering what FerretDB stored after
+ * it). Direct-mapped and bounded: a collision forgets the older entry, and a resend missed
+ * here (after a restart, say) is still caught by the unique _id, only more slowly.
+ */
+#define RECENT_SLOTS 131072
+
+struct recent {
+    char id[33];
+    long long seq;
+    long long ts_ms;
+};
+
 struct st_seqcache_s {
     struct seq_entry *b[SEQ_BUCKETS];
     size_t n;
+    struct recent *recent; /* RECENT_SLOTS entries */
 };
 
 st_seqcache_t *st_seqcache_new(void)
 {
-    return calloc(1, sizeof(st_seqcache_t));
+    st_seqcache_t *c = calloc(1, sizeof(st_seqcache_t));
+    if (c != NULL && (c->recent = calloc(RECENT_SLOTS, sizeof(*c->recent))) == NULL) {
+        free(c);
+        c = NULL;
+    }
+    return c;
+}
+
+static struct recent *recent_slot(st_seqcache_t *c, const char *msg_id)
+{
+    return &c->recent[pl_hash_str(msg_id) % RECENT_SLOTS];
+}
+
+static void recent_put(st_seqcache_t *c, const pl_msg_t *m)
+{
+    struct recent *r = recent_slot(c, m->msg_id);
+    snprintf(r->id, sizeof(r->id), "%s", m->msg_id);
+    r->seq = m->seq;
+    r->ts_ms = m->ts_ms;
+}
+
+/* 1 with the stored seq and time when msg_id was written lately, else 0. */
+static int recent_get(st_seqcache_t *c, pl_msg_t *m)
+{
+    struct recent *r = recent_slot(c, m->msg_id);
+    if (r->seq <= 0 || strcmp(r->id, m->msg_id) != 0) {
+        return 0;
+    }
+    m->seq = r->seq;
+    m->ts_ms = r->ts_ms;
+    return 1;
 }
 
 static void seqcache_clear(st_seqcache_t *c)
@@ -60,6 +106,7 @@ void st_seqcache_free(st_seqcache_t **pc)
         return;
     }
     seqcache_clear(*pc);
+    free((*pc)->recent);
     free(*pc);
     *pc = NULL;
 }
@@ -634,6 +681,12 @@ static int write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, pl_msg_t *msgs
     for (size_t i = 0; i < n; i++) {
         replayed[i] = 0;
         fast[i] = valid[i] && !careful[i];
+        if (fast[i] && recent_get(ctx->seqs, &msgs[i])) {
+            pl_log_debug("replay", "%s in %s keeps seq %lld (recent)", msgs[i].msg_id, msgs[i].conv,
+                         msgs[i].seq);
+            replayed[i] = 1;
+            fast[i] = 0;
+        }
     }
     rc = find_many(ctx, msgs, valid, careful, replayed, n);
     for (size_t i = 0; i < n && rc == PL_OK; i++) {
@@ -801,6 +854,9 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
         }
         rc = write_batch(ctx, recs, msgs, first, careful, replayed, n);
         for (size_t i = 0; rc == PL_OK && i < n; i++) {
+            if (first[i]) {
+                recent_put(ctx->seqs, &msgs[i]);
+            }
             if (first[i] && replayed[i]) {
                 pl_metric_inc(ctx->m_replayed);
             }
