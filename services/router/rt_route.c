@@ -147,9 +147,9 @@ static int publish_chunk(rt_ctx_t *ctx, struct gateway *g, const char *channel, 
             return rc;
         }
         long long now = pl_now_ms();
-        if (deaf(ctx, g->id, now) || now - start >= RT_DEAF_WAIT_MS ||
-            atomic_load(&ctx->stopping)) {
-            if (!deaf(ctx, g->id, now)) {
+        int known_deaf = deaf(ctx, g->id, now);
+        if (known_deaf || now - start >= RT_DEAF_WAIT_MS || atomic_load(&ctx->stopping)) {
+            if (!known_deaf) {
                 remember_deaf(ctx, g->id, now);
                 pl_log_warn("gateway_deaf",
                             "gateway %s heard no push for %lld ms; not waited for "
@@ -162,8 +162,7 @@ static int publish_chunk(rt_ctx_t *ctx, struct gateway *g, const char *channel, 
         char key[96];
         int alive = 0;
         snprintf(key, sizeof(key), "parley:gw:%s", g->id);
-        const char *keys[] = {key};
-        rc = pl_redis_exists_multi(ctx->redis, keys, 1, &alive);
+        rc = pl_redis_exists(ctx->redis, key, &alive);
         if (rc != PL_OK) {
             return rc;
         }

@@ -159,21 +159,26 @@ static int seq_taken(st_ctx_t *ctx, const char *conv, long long seq)
     return rc == PL_OK ? 1 : rc == PL_ERR_NOTFOUND ? 0 : rc;
 }
 
-/* The seq of the message whose _id is msg_id: > 0, 0 when it is not stored, < 0 on error. */
-static long long seq_of(st_ctx_t *ctx, const char *msg_id)
+/* Looks up a stored message by msg_id. PL_OK with its seq and time, PL_ERR_NOTFOUND, or else. */
+static int find_stored(st_ctx_t *ctx, pl_msg_t *m)
 {
     bson_t filter = BSON_INITIALIZER;
     bson_t *doc = NULL;
-    BSON_APPEND_UTF8(&filter, "_id", msg_id);
+    BSON_APPEND_UTF8(&filter, "_id", m->msg_id);
     int rc = pl_mongo_find_one(ctx->mongo, "messages", &filter, NULL, &doc);
     bson_destroy(&filter);
-    long long seq = rc == PL_OK ? 0 : rc == PL_ERR_NOTFOUND ? 0 : rc;
-    bson_iter_t it;
-    if (rc == PL_OK && bson_iter_init_find(&it, doc, "seq") && BSON_ITER_HOLDS_NUMBER(&it)) {
-        seq = bson_iter_as_int64(&it);
+    if (rc == PL_OK) {
+        pl_msg_t found;
+        if (st_msg_from_bson(doc, &found) == PL_OK) {
+            /* A replay keeps the seq and timestamp it was stored with. */
+            m->seq = found.seq;
+            m->ts_ms = found.ts_ms;
+        } else {
+            rc = PL_ERR_INTERNAL;
+        }
+        bson_destroy(doc);
     }
-    bson_destroy(doc);
-    return seq;
+    return rc;
 }
 
 /*
@@ -197,14 +202,15 @@ static int load_last_seq(st_ctx_t *ctx, const char *conv, long long *last)
     int rc = pl_mongo_find_one(ctx->mongo, "conversations", &filter, NULL, &doc);
     bson_destroy(&filter);
     long long hint = 0;
-    char last_id[64] = "";
+    pl_msg_t at; /* the message the document names at last_seq */
+    memset(&at, 0, sizeof(at));
     if (rc == PL_OK) {
         bson_iter_t it;
         if (bson_iter_init_find(&it, doc, "last_seq") && BSON_ITER_HOLDS_NUMBER(&it)) {
             hint = bson_iter_as_int64(&it);
         }
         if (bson_iter_init_find(&it, doc, "last_msg_id") && BSON_ITER_HOLDS_UTF8(&it)) {
-            snprintf(last_id, sizeof(last_id), "%s", bson_iter_utf8(&it, NULL));
+            snprintf(at.msg_id, sizeof(at.msg_id), "%s", bson_iter_utf8(&it, NULL));
         }
         bson_destroy(doc);
     } else if (rc != PL_ERR_NOTFOUND) {
@@ -214,12 +220,12 @@ static int load_last_seq(st_ctx_t *ctx, const char *conv, long long *last)
         *last = 0; /* a new conversation: see above for why nothing is probed */
         return PL_OK;
     }
-    if (last_id[0] != '\0') {
-        long long at = seq_of(ctx, last_id);
-        if (at < 0) {
-            return (int)at;
+    if (at.msg_id[0] != '\0') {
+        rc = find_stored(ctx, &at);
+        if (rc != PL_OK && rc != PL_ERR_NOTFOUND) {
+            return rc;
         }
-        if (at == hint) {
+        if (rc == PL_OK && at.seq == hint) {
             *last = hint;
             return PL_OK;
         }
@@ -343,28 +349,6 @@ static bson_t *msg_doc(const pl_msg_t *m)
 static double seconds_between(const struct timespec *a, const struct timespec *b)
 {
     return (double)(b->tv_sec - a->tv_sec) + (double)(b->tv_nsec - a->tv_nsec) / 1e9;
-}
-
-/* Looks up a stored message by msg_id. PL_OK with its seq and time, PL_ERR_NOTFOUND, or else. */
-static int find_stored(st_ctx_t *ctx, pl_msg_t *m)
-{
-    bson_t filter = BSON_INITIALIZER;
-    bson_t *doc = NULL;
-    BSON_APPEND_UTF8(&filter, "_id", m->msg_id);
-    int rc = pl_mongo_find_one(ctx->mongo, "messages", &filter, NULL, &doc);
-    bson_destroy(&filter);
-    if (rc == PL_OK) {
-        pl_msg_t found;
-        if (st_msg_from_bson(doc, &found) == PL_OK) {
-            /* A replay keeps the seq and timestamp it was stored with. */
-            m->seq = found.seq;
-            m->ts_ms = found.ts_ms;
-        } else {
-            rc = PL_ERR_INTERNAL;
-        }
-        bson_destroy(doc);
-    }
-    return rc;
 }
 
 /*
