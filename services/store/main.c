@@ -68,6 +68,11 @@ static void init_metrics(st_ctx_t *ctx)
                                         "Records skipped as malformed", NULL);
     ctx->m_retries = pl_metrics_counter(m, "parley_store_seq_conflicts_total",
                                         "Sequence numbers fenced by the unique index", NULL);
+    ctx->m_cold_checks =
+        pl_metrics_counter(m, "parley_store_cold_checks_total",
+                           "Records looked up by msg_id before numbering (after a start or a "
+                           "rebalance)",
+                           NULL);
     static const double sizes[] = {1, 2, 5, 10, 20, 50, 100, 200, 500};
     ctx->m_batch = pl_metrics_histogram(m, "parley_store_batch_size", "Records per batch", NULL,
                                         sizes, sizeof(sizes) / sizeof(sizes[0]));
@@ -94,7 +99,7 @@ int main(void)
     pl_http_t *http = NULL;
     char *pub = NULL;
     size_t pub_len = 0;
-    long port, threads, redis_port, leeway;
+    long port, threads, redis_port, leeway, cold;
     int trust;
     memset(&ctx, 0, sizeof(ctx));
 
@@ -105,9 +110,11 @@ int main(void)
         pl_cfg_int("PARLEY_STORE_THREADS", 4, 1, 256, &threads) ||
         pl_cfg_int("PARLEY_REDIS_PORT", 6379, 1, 65535, &redis_port) ||
         pl_cfg_int("PARLEY_JWT_LEEWAY", 30, 0, PL_JWT_MAX_LEEWAY, &leeway) ||
+        pl_cfg_int("PARLEY_STORE_COLD_CHECK_S", 120, 0, 86400, &cold) ||
         pl_cfg_bool("PARLEY_TRUST_FORWARDED", 0, &trust)) {
         goto out;
     }
+    ctx.cold_check_s = (int)cold;
     const char *keyfile = pl_cfg_str("PARLEY_JWT_PUBLIC_KEY", "var/keys/jwt-public.pem");
     if (pl_read_file(keyfile, 64 * 1024, &pub, &pub_len) != PL_OK ||
         pl_jwt_verifier_new(pub, pub_len, pl_cfg_str("PARLEY_JWT_ISSUER", "parley"),

@@ -34,10 +34,8 @@ static int authenticate(st_ctx_t *ctx, pl_http_req_t *req, pl_http_resp_t *resp,
     return rc;
 }
 
-/* Parses an optional non-negative integer query parameter. 0 when absent; -1 when bad. */
-static long long query_num(pl_http_req_t *req, const char *key, long long def)
+long long st_query_num(const char *v, long long def)
 {
-    const char *v = pl_http_query(req, key);
     if (v == NULL || *v == '\0') {
         return def;
     }
@@ -45,6 +43,11 @@ static long long query_num(pl_http_req_t *req, const char *key, long long def)
     errno = 0;
     long long n = strtoll(v, &end, 10);
     return (errno || *end || n < 0) ? -1 : n;
+}
+
+static long long query_num(pl_http_req_t *req, const char *key, long long def)
+{
+    return st_query_num(pl_http_query(req, key), def);
 }
 
 struct collect {
@@ -146,8 +149,7 @@ static void h_conversations(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     find_reply(ctx, resp, "conversations", &filter, &opts, on_conv, "conversations", 0);
 }
 
-/* Checks "d:<a>:<b>" with a <= b, both usernames. 1 when well formed; fills a and b. */
-static int parse_conv(const char *conv, char *a, char *b)
+int st_conv_parse(const char *conv, char *a, char *b)
 {
     char tmp[72];
     if (strncmp(conv, "d:", 2) != 0 || strlen(conv) >= sizeof(tmp)) {
@@ -184,7 +186,7 @@ static void h_messages(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     }
     memcpy(conv, p, (size_t)(slash - p));
     conv[slash - p] = '\0';
-    if (!parse_conv(conv, a, b)) {
+    if (!st_conv_parse(conv, a, b)) {
         pl_http_fail(resp, PL_ERR_NOTFOUND, "no such conversation");
         return;
     }

@@ -454,6 +454,13 @@ static int upsert_conversations(st_ctx_t *ctx, const pl_msg_t *msgs, const int *
                 top.ts_ms = msgs[j].ts_ms > top.ts_ms ? msgs[j].ts_ms : top.ts_ms;
             }
         }
+        struct seq_entry *e = seq_find(ctx->seqs, top.conv);
+        if (e != NULL && top.seq < e->last) {
+            /* Only resends of older messages: a batch that completed already wrote a higher
+             * last_seq, and naming an older message as last_msg_id would send the next
+             * load_last_seq() of this conversation down its probing path. */
+            continue;
+        }
         int rc = upsert_conversation(ctx, &top);
         if (rc != PL_OK) {
             return rc;
@@ -644,6 +651,19 @@ static int settle_refused(st_ctx_t *ctx, pl_msg_t *msgs, const size_t *which, si
     return PL_OK;
 }
 
+static double monotonic_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* 1 while partition p is in its cold window (see cold_until in store.h). */
+static int is_cold(const st_ctx_t *ctx, int32_t p, double now)
+{
+    return p < 0 || p >= ST_MAX_PARTITIONS || now < ctx->cold_until[p];
+}
+
 /*
  * Numbers and writes every valid message; fills replayed[i] for the ones already stored.
  * careful[i] sends a record down the one-at-a-time path (it may already be stored).
@@ -656,13 +676,15 @@ static int write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, pl_msg_t *msgs
     bson_t **docs = calloc(n, sizeof(*docs));
     size_t *which = calloc(n, sizeof(*which));
     int *fast = calloc(n, sizeof(*fast));
-    if (docs == NULL || which == NULL || fast == NULL) {
+    int *looked_up = calloc(n, sizeof(*looked_up));
+    if (docs == NULL || which == NULL || fast == NULL || looked_up == NULL) {
         rc = PL_ERR_NOMEM;
         goto out;
     }
     /* Records that may already be stored come first in their partition: one lookup for all
      * of them (a server that scans pays one scan, not one per record), then one at a time. */
-    for (size_t i = 0; i < n; i++) {
+    double now = monotonic_s();
+    for (size_t i = 0; i < n && rc == PL_OK; i++) {
         replayed[i] = 0;
         fast[i] = valid[i] && !careful[i];
         if (fast[i] && recent_get(ctx->seqs, &msgs[i])) {
@@ -670,9 +692,29 @@ static int write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, pl_msg_t *msgs
                          msgs[i].seq);
             replayed[i] = 1;
             fast[i] = 0;
+        } else if (fast[i] && is_cold(ctx, recs[i].partition, now)) {
+            /* A resend of a message written before this store knew the partition would be
+             * refused in mid-bulk, and settling that costs renumbering (see settle_refused).
+             * One lookup by _id now is far cheaper. */
+            pl_metric_inc(ctx->m_cold_checks);
+            pl_msg_t probe = msgs[i];
+            rc = find_stored(ctx, &probe);
+            if (rc == PL_OK) {
+                pl_log_debug("replay", "%s in %s keeps seq %lld (looked up)", msgs[i].msg_id,
+                             msgs[i].conv, probe.seq);
+                msgs[i].seq = probe.seq;
+                msgs[i].ts_ms = probe.ts_ms;
+                replayed[i] = 1;
+                fast[i] = 0;
+                looked_up[i] = 1;
+            } else if (rc == PL_ERR_NOTFOUND) {
+                rc = PL_OK;
+            }
         }
     }
-    rc = find_many(ctx, msgs, valid, careful, replayed, n);
+    if (rc == PL_OK) {
+        rc = find_many(ctx, msgs, valid, careful, replayed, n);
+    }
     for (size_t i = 0; i < n && rc == PL_OK; i++) {
         if (valid[i] && careful[i] && !replayed[i]) {
             msgs[i].seq = 0;
@@ -682,7 +724,7 @@ static int write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, pl_msg_t *msgs
     /* Only now do the replays found above move the sequences past themselves: a message
      * missing among them first takes the lowest free number (the place a crash left). */
     for (size_t i = 0; i < n && rc == PL_OK; i++) {
-        if (valid[i] && careful[i] && replayed[i]) {
+        if (valid[i] && (careful[i] || looked_up[i]) && replayed[i]) {
             rc = note_stored(ctx, &msgs[i]);
         }
     }
@@ -729,6 +771,7 @@ out:
     free(docs);
     free(which);
     free(fast);
+    free(looked_up);
     return rc;
 }
 
@@ -754,6 +797,9 @@ static int mark_careful(st_ctx_t *ctx, const pl_kafka_rec_t *recs, int *careful,
             }
             ctx->careful_until[p] = end;
             ctx->intent_known[p] = 1;
+            /* Offsets that do not follow on mean a start, a rebalance or a retry: whatever
+             * this store remembers of the partition's recent writes may be incomplete. */
+            ctx->cold_until[p] = monotonic_s() + ctx->cold_check_s;
             if (end >= recs[i].offset) {
                 pl_log_info("careful_replay", "partition %d: offsets %lld..%lld may be stored",
                             (int)p, (long long)recs[i].offset, end);

@@ -33,6 +33,11 @@ typedef struct st_ctx_s {
     long long last_offset[ST_MAX_PARTITIONS];
     long long careful_until[ST_MAX_PARTITIONS];
     unsigned char intent_known[ST_MAX_PARTITIONS];
+    /* Until this time (CLOCK_MONOTONIC seconds), a record of the partition that the table of
+     * recent msg_ids does not know is looked up by _id before it takes a number: the table is
+     * empty after a start and knows nothing of what another store wrote before a rebalance. */
+    double cold_until[ST_MAX_PARTITIONS];
+    int cold_check_s; /* PARLEY_STORE_COLD_CHECK_S */
     atomic_int stopping;
     atomic_int batch_failed; /* a committed record of the current batch was not delivered */
     atomic_int indexes_ready;
@@ -46,6 +51,7 @@ typedef struct st_ctx_s {
     pl_metric_t *m_announce_seconds;
     pl_metric_t *m_lag;
     pl_metric_t *m_retries;
+    pl_metric_t *m_cold_checks;
 } st_ctx_t;
 
 st_seqcache_t *st_seqcache_new(void);
@@ -64,6 +70,14 @@ int st_ensure_indexes(st_ctx_t *ctx);
 
 /* Fills m from a stored message document; strings are borrowed from doc. */
 int st_msg_from_bson(const bson_t *doc, pl_msg_t *m);
+
+/* A query parameter's value as a non-negative integer: def when v is NULL or empty, -1 when it
+ * is not a number in range. Pure. */
+long long st_query_num(const char *v, long long def);
+
+/* Checks a conversation id "d:<a>:<b>" with a <= b, both lowercase usernames; fills a and b
+ * (PL_USERNAME_MAX + 1 bytes each). 1 when well formed, else 0. Pure. */
+int st_conv_parse(const char *conv, char *a, char *b);
 
 extern const pl_http_route_t st_routes[];
 extern const size_t st_nroutes;
