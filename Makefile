@@ -10,7 +10,7 @@ WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 C_SOURCES = $(shell find include libs services tests clients -name '*.[ch]' 2>/dev/null)
 
 .PHONY: all deps build asan run up down status test format format-check unit unit-asan \
-        integration faults chaos deploy-check clean
+        integration faults chaos deploy-check fuzz fuzz-smoke clean
 
 all: build
 
@@ -71,7 +71,16 @@ chaos: build
 	@PARLEY_CHAOS_SECONDS=$${PARLEY_CHAOS_SECONDS:-600} PARLEY_BIN=$(CURDIR)/$(BUILD)/bin \
 	  tests/integration/run.sh -s -k chaos test_faults.py
 
-test: deps format-check deploy-check unit unit-asan integration faults
+# libFuzzer drivers (tests/fuzz) with address and undefined sanitizers: five minutes each by
+# default (PARLEY_FUZZ_SECONDS); make test replays every corpus and past crasher and fuzzes
+# each driver briefly.
+fuzz: deps
+	@tests/fuzz/run.sh
+
+fuzz-smoke: deps
+	@tests/fuzz/run.sh smoke
+
+test: deps format-check deploy-check unit unit-asan fuzz-smoke integration faults
 	@echo "make test: all checks passed"
 
 clean:

@@ -31,7 +31,7 @@ int pl_buf_append_str(pl_buf_t *b, const char *s);
 
 /* Appends formatted text; errors as pl_buf_append(), plus PL_ERR_INVAL for a bad format. */
 int pl_buf_printf(pl_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int pl_buf_vprintf(pl_buf_t *b, const char *fmt, va_list ap);
+int pl_buf_vprintf(pl_buf_t *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 /* Forgets the contents but keeps the allocation for reuse. */
 void pl_buf_reset(pl_buf_t *b);

@@ -81,6 +81,41 @@ void auth_refresh_hash(const char *token, char out[65]);
  */
 int auth_refresh_parse(const char *token, char sid[33]);
 
+/* Reads an optional string member of body without embedded NULs into *out (borrowed) and
+ * *len. 1 when present and valid, else 0. */
+int auth_json_str(json_t *body, const char *key, const char **out, size_t *len);
+
+/* A register request's fields; strings are borrowed from the JSON body. */
+typedef struct auth_register_s {
+    char user[AUTH_USERNAME_MAX + 1]; /* normalized */
+    const char *pw;
+    size_t pw_len;
+    const char *display, *locale, *time_zone;
+} auth_register_t;
+
+/* A login request's fields; strings are borrowed from the JSON body. */
+typedef struct auth_login_s {
+    char user[AUTH_USERNAME_MAX + 1]; /* normalized, or "-invalid-" when no account can match */
+    int shape_ok;                     /* 0: the name or password cannot belong to an account */
+    const char *pw;
+    size_t pw_len;
+    const char *device;
+} auth_login_t;
+
+/*
+ * Validates a register body (DESIGN section 4). Pure: no I/O, any JSON value accepted.
+ * Returns PL_OK with r filled, or PL_ERR_INVAL with a message for the client in *why.
+ * r's strings are borrowed from body and valid while it lives.
+ */
+int auth_register_parse(json_t *body, auth_register_t *r, const char **why);
+
+/*
+ * Validates a login body. A malformed name or password is not an error (it gets the same
+ * answer as a wrong one, after the same work): shape_ok says so. Returns PL_OK, or
+ * PL_ERR_INVAL with *why when the body itself is malformed. Strings are borrowed from body.
+ */
+int auth_login_parse(json_t *body, auth_login_t *l, const char **why);
+
 /* The verifier's revocation callback: the session must exist in MongoDB and not be revoked. */
 int auth_session_live(void *ud, const pl_jwt_claims_t *c);
 

@@ -7,6 +7,7 @@
 #include "parley/proto.h"
 
 #include <sodium.h>
+#include <stdio.h>
 #include <string.h>
 
 int auth_username_normalize(const char *in, char *out)
@@ -96,5 +97,86 @@ int auth_refresh_parse(const char *token, char sid[33])
     }
     memcpy(sid, token, 32);
     sid[32] = '\0';
+    return PL_OK;
+}
+
+int auth_json_str(json_t *body, const char *key, const char **out, size_t *len)
+{
+    json_t *v = json_object_get(body, key);
+    if (!json_is_string(v) || json_string_length(v) != strlen(json_string_value(v))) {
+        return 0;
+    }
+    *out = json_string_value(v);
+    *len = json_string_length(v);
+    return 1;
+}
+
+int auth_register_parse(json_t *body, auth_register_t *r, const char **why)
+{
+    const char *name;
+    size_t name_len, n;
+    memset(r, 0, sizeof(*r));
+    r->locale = "en";
+    r->time_zone = "UTC";
+    if (!json_is_object(body)) {
+        *why = "body must be a JSON object";
+        return PL_ERR_INVAL;
+    }
+    if (!auth_json_str(body, "username", &name, &name_len) ||
+        auth_username_normalize(name, r->user) != PL_OK) {
+        *why = "username must be 3 to 32 characters of a-z, 0-9, '_', '.' or '-'";
+        return PL_ERR_INVAL;
+    }
+    json_t *pw = json_object_get(body, "password"); /* bytes: NULs are the client's business */
+    r->pw = json_string_value(pw);
+    r->pw_len = json_string_length(pw);
+    if (r->pw == NULL || auth_password_check(r->pw_len) != PL_OK) {
+        *why = "password must be a string of 8 to 1024 bytes";
+        return PL_ERR_INVAL;
+    }
+    if (json_object_get(body, "display_name") == NULL) {
+        r->display = r->user;
+    } else if (!auth_json_str(body, "display_name", &r->display, &n) || n == 0 || n > 64) {
+        *why = "display_name must be a string of 1 to 64 bytes";
+        return PL_ERR_INVAL;
+    }
+    if (json_object_get(body, "locale") != NULL &&
+        (!auth_json_str(body, "locale", &r->locale, &n) || auth_locale_check(r->locale) != PL_OK)) {
+        *why = "locale must look like \"en\" or \"pt-BR\"";
+        return PL_ERR_INVAL;
+    }
+    if (json_object_get(body, "time_zone") != NULL &&
+        (!auth_json_str(body, "time_zone", &r->time_zone, &n) ||
+         auth_time_zone_check(r->time_zone) != PL_OK)) {
+        *why = "time_zone must be an IANA name such as Europe/Paris";
+        return PL_ERR_INVAL;
+    }
+    return PL_OK;
+}
+
+int auth_login_parse(json_t *body, auth_login_t *l, const char **why)
+{
+    const char *name;
+    size_t name_len, n;
+    memset(l, 0, sizeof(*l));
+    l->device = "unknown";
+    json_t *pw = json_object_get(body, "password");
+    if (!json_is_object(body) || !auth_json_str(body, "username", &name, &name_len) ||
+        !json_is_string(pw)) {
+        *why = "body must be {\"username\":…,\"password\":…}";
+        return PL_ERR_INVAL;
+    }
+    l->pw = json_string_value(pw);
+    l->pw_len = json_string_length(pw);
+    if (json_object_get(body, "device") != NULL &&
+        (!auth_json_str(body, "device", &l->device, &n) || n == 0 || n > 64)) {
+        *why = "device must be a string of 1 to 64 bytes";
+        return PL_ERR_INVAL;
+    }
+    l->shape_ok =
+        auth_username_normalize(name, l->user) == PL_OK && auth_password_check(l->pw_len) == PL_OK;
+    if (!l->shape_ok) {
+        snprintf(l->user, sizeof(l->user), "-invalid-");
+    }
     return PL_OK;
 }
