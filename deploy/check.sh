@@ -23,11 +23,15 @@ done
 deploy/docker/check-packages.sh "${PARLEY_BIN:-$root/build/bin}"
 
 # The edge's config names Docker service hosts and uses `resolve` (nginx >= 1.27.3); for the
-# syntax check here they become loopback addresses and plain servers.
+# syntax check here they become loopback addresses and plain servers, and the certificate
+# the compose `keys` job generates is a throwaway one.
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj "/CN=check" -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
 sed -E 's/ resolve;/;/; s/(auth|store|gateway):(80[0-9]+)/127.0.0.1:\2/; s/listen 8000;/listen 127.0.0.1:8000;/' \
-  deploy/docker/nginx.conf > "$tmp/nginx.conf"
+  deploy/docker/nginx.conf | sed "s|/etc/nginx/tls/|$tmp/|; s|listen 8443 ssl;|listen 127.0.0.1:8443 ssl;|" \
+  > "$tmp/nginx.conf"
 nginx -q -t -c "$tmp/nginx.conf" -g "pid $tmp/nginx.pid; error_log $tmp/error.log;" \
   && echo "nginx: deploy/docker/nginx.conf syntax ok"
 

@@ -10,6 +10,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 BIN=${PARLEY_BIN:-$PARLEY_ROOT/build/bin}
 EDGE_PORT=${PARLEY_EDGE_PORT:-8000}
+EDGE_TLS_PORT=${PARLEY_EDGE_TLS_PORT:-8443}
 export PARLEY_AUTH_PORT=${PARLEY_AUTH_PORT:-8081}
 export PARLEY_STORE_PORT=${PARLEY_STORE_PORT:-8082}
 export PARLEY_ROUTER_PORT=${PARLEY_ROUTER_PORT:-8083}
@@ -17,7 +18,7 @@ GATEWAY_PORT=${PARLEY_GATEWAY_PORT:-8080}
 GATEWAYS=${PARLEY_GATEWAYS:-2}
 export PARLEY_KAFKA_PORT=${PARLEY_KAFKA_PORT:-9092}
 export PARLEY_KAFKA_BROKERS=${PARLEY_KAFKA_BROKERS:-127.0.0.1:$PARLEY_KAFKA_PORT}
-export PARLEY_GATEWAY_ORIGINS=${PARLEY_GATEWAY_ORIGINS:-http://localhost:$EDGE_PORT,http://127.0.0.1:$EDGE_PORT}
+export PARLEY_GATEWAY_ORIGINS=${PARLEY_GATEWAY_ORIGINS:-http://localhost:$EDGE_PORT,http://127.0.0.1:$EDGE_PORT,https://localhost:$EDGE_TLS_PORT,https://127.0.0.1:$EDGE_TLS_PORT}
 export PARLEY_REDIS_PORT=${PARLEY_REDIS_PORT:-6379}
 export PARLEY_MONGO_PORT=${PARLEY_MONGO_PORT:-27017}
 export PARLEY_MONGO_URI=${PARLEY_MONGO_URI:-mongodb://127.0.0.1:$PARLEY_MONGO_PORT}
@@ -65,7 +66,13 @@ edge_config() {
   mkdir -p "$PARLEY_VAR/nginx"/{body,proxy,fastcgi,uwsgi,scgi}
   local gws="" i
   for ((i = 0; i < GATEWAYS; i++)); do gws+="server 127.0.0.1:$(gateway_port "$i"); "; done
+  "$here/keys.sh" "$PARLEY_KEYS_DIR"
   sed -e "s|@VAR@|$PARLEY_VAR|g" -e "s|@EDGE_PORT@|$EDGE_PORT|g" \
+      -e "s|@EDGE_TLS_PORT@|$EDGE_TLS_PORT|g" -e "s|@KEYS@|$PARLEY_KEYS_DIR|g" \
+      -e "s|@CONN_PER_ADDR@|${PARLEY_EDGE_CONN_PER_ADDR:-1000}|g" \
+      -e "s|@REST_RATE@|${PARLEY_EDGE_REST_RATE:-50}|g" \
+      -e "s|@REST_BURST@|${PARLEY_EDGE_REST_BURST:-100}|g" \
+      -e "s|@HEADER_TIMEOUT@|${PARLEY_EDGE_HEADER_TIMEOUT:-10}|g" \
       -e "s|@AUTH_UPSTREAMS@|server 127.0.0.1:$PARLEY_AUTH_PORT;|g" \
       -e "s|@STORE_UPSTREAMS@|server 127.0.0.1:$PARLEY_STORE_PORT;|g" \
       -e "s|@GATEWAY_UPSTREAMS@|$gws|g" \
@@ -75,6 +82,7 @@ edge_config() {
 start_edge() {
   running nginx && return 0
   port_free "$EDGE_PORT" "the nginx edge"
+  port_free "$EDGE_TLS_PORT" "the nginx edge (TLS)"
   edge_config
   spawn nginx nginx -p "$PARLEY_VAR/nginx" -c "$PARLEY_VAR/nginx/nginx.conf" -g 'daemon off;'
   wait_port 127.0.0.1 "$EDGE_PORT" 10 nginx
@@ -105,7 +113,7 @@ up() {
   "$here/infra.sh" start
   start_services
   start_edge
-  say "Parley is up. Edge: http://127.0.0.1:$EDGE_PORT  (logs: $PARLEY_VAR/log)"
+  say "Parley is up. Edge: http://127.0.0.1:$EDGE_PORT and https://localhost:$EDGE_TLS_PORT  (logs: $PARLEY_VAR/log)"
 }
 
 down() {
@@ -147,5 +155,8 @@ MSG
     done
     ;;
   scale) scale "${2:-}" ;;
-  *) echo "usage: $0 up|down|run|status|scale N" >&2; exit 2 ;;
+  # Writes the edge's nginx.conf under $PARLEY_VAR/nginx without starting anything (tests
+  # start an edge of their own with other limits).
+  edge-config) edge_config ;;
+  *) echo "usage: $0 up|down|run|status|scale N|edge-config" >&2; exit 2 ;;
 esac

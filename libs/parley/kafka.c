@@ -89,6 +89,35 @@ static int set_all(rd_kafka_conf_t *conf, const char *const *kv)
     return PL_OK;
 }
 
+/* Applies "k=v;k=v" (at most 4 KiB). A malformed entry is a configuration error. */
+static int set_list(rd_kafka_conf_t *conf, const char *list)
+{
+    char buf[4096];
+    if (strlen(list) >= sizeof(buf)) {
+        pl_log_error("config_invalid", "PARLEY_KAFKA_CONFIG is longer than 4 KiB");
+        return PL_ERR_CONFIG;
+    }
+    memcpy(buf, list, strlen(list) + 1);
+    for (char *item = buf, *next; item != NULL && *item; item = next) {
+        next = strchr(item, ';');
+        if (next != NULL) {
+            *next++ = '\0';
+        }
+        char *eq = strchr(item, '=');
+        if (eq == NULL || eq == item) {
+            pl_log_error("config_invalid", "PARLEY_KAFKA_CONFIG: expected key=value");
+            return PL_ERR_CONFIG;
+        }
+        *eq = '\0';
+        const char *kv[] = {item, eq + 1, NULL};
+        int rc = set_all(conf, kv);
+        if (rc != PL_OK) {
+            return rc;
+        }
+    }
+    return PL_OK;
+}
+
 static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     (void)rk;
@@ -137,6 +166,12 @@ static int create(const char *brokers, pl_kafka_props_t props, const char *const
     }
     if (rc == PL_OK) {
         rc = set_all(conf, props);
+    }
+    /* Operator settings for every client, applied last: TLS or SASL to the brokers
+     * ("security.protocol=ssl;ssl.ca.location=/etc/parley/ca.pem"), or any other property. */
+    const char *extra = getenv("PARLEY_KAFKA_CONFIG");
+    if (rc == PL_OK && extra != NULL && *extra) {
+        rc = set_list(conf, extra);
     }
     /* librdkafka's own debug contexts ("fetch,protocol", …) for diagnosing a live cluster. */
     const char *debug = getenv("PARLEY_KAFKA_DEBUG");

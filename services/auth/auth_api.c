@@ -16,18 +16,6 @@
 
 #define REVOKE_CHANNEL "parley:revoke"
 
-/* Reads an optional string member without embedded NULs. 1 when present and valid. */
-static int get_str(json_t *body, const char *key, const char **out, size_t *len)
-{
-    json_t *v = json_object_get(body, key);
-    if (!json_is_string(v)) {
-        return 0;
-    }
-    *out = json_string_value(v);
-    *len = json_string_length(v);
-    return 1;
-}
-
 /*
  * Counts one attempt in a rate-limit window. Returns PL_OK to go on; otherwise the response is
  * already filled (429 with Retry-After, or 503 when Redis does not answer).
@@ -109,40 +97,10 @@ static int find_user(auth_ctx_t *ctx, const char *name, bson_t **doc)
 static void h_register(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
     auth_ctx_t *ctx = ud;
-    json_t *body = pl_http_body(req);
-    char user[AUTH_USERNAME_MAX + 1];
-    const char *name, *pw, *display, *locale = "en", *tz = "UTC";
-    size_t name_len, pw_len, display_len, n;
-
-    if (!json_is_object(body)) {
-        pl_http_fail(resp, PL_ERR_INVAL, "body must be a JSON object");
-        return;
-    }
-    if (!get_str(body, "username", &name, &name_len) || name_len != strlen(name) ||
-        auth_username_normalize(name, user) != PL_OK) {
-        pl_http_fail(resp, PL_ERR_INVAL,
-                     "username must be 3 to 32 characters of a-z, 0-9, '_', '.' or '-'");
-        return;
-    }
-    if (!get_str(body, "password", &pw, &pw_len) || auth_password_check(pw_len) != PL_OK) {
-        pl_http_fail(resp, PL_ERR_INVAL, "password must be a string of 8 to 1024 bytes");
-        return;
-    }
-    if (json_object_get(body, "display_name") == NULL) {
-        display = user;
-    } else if (!get_str(body, "display_name", &display, &display_len) || display_len == 0 ||
-               display_len > 64 || display_len != strlen(display)) {
-        pl_http_fail(resp, PL_ERR_INVAL, "display_name must be a string of 1 to 64 bytes");
-        return;
-    }
-    if (json_object_get(body, "locale") != NULL &&
-        (!get_str(body, "locale", &locale, &n) || auth_locale_check(locale) != PL_OK)) {
-        pl_http_fail(resp, PL_ERR_INVAL, "locale must look like \"en\" or \"pt-BR\"");
-        return;
-    }
-    if (json_object_get(body, "time_zone") != NULL &&
-        (!get_str(body, "time_zone", &tz, &n) || auth_time_zone_check(tz) != PL_OK)) {
-        pl_http_fail(resp, PL_ERR_INVAL, "time_zone must be an IANA name such as Europe/Paris");
+    auth_register_t r;
+    const char *why = NULL;
+    if (auth_register_parse(pl_http_body(req), &r, &why) != PL_OK) {
+        pl_http_fail(resp, PL_ERR_INVAL, why);
         return;
     }
     if (rate_check(ctx, resp, "register:a", pl_http_client_addr(req),
@@ -150,22 +108,22 @@ static void h_register(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
         return;
     }
     char hash[256];
-    if (auth_pw_hash(pw, pw_len, hash, sizeof(hash)) != PL_OK) {
+    if (auth_pw_hash(r.pw, r.pw_len, hash, sizeof(hash)) != PL_OK) {
         pl_http_fail_dep(resp, PL_ERR_INTERNAL);
         return;
     }
     long long now = pl_now_ms();
     bson_t doc = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&doc, "_id", user);
+    BSON_APPEND_UTF8(&doc, "_id", r.user);
     BSON_APPEND_UTF8(&doc, "password_hash", hash);
-    BSON_APPEND_UTF8(&doc, "display_name", display);
-    BSON_APPEND_UTF8(&doc, "locale", locale);
-    BSON_APPEND_UTF8(&doc, "time_zone", tz);
+    BSON_APPEND_UTF8(&doc, "display_name", r.display);
+    BSON_APPEND_UTF8(&doc, "locale", r.locale);
+    BSON_APPEND_UTF8(&doc, "time_zone", r.time_zone);
     BSON_APPEND_DATE_TIME(&doc, "created_at", now);
     int rc = pl_mongo_insert_one(ctx->mongo, "users", &doc);
     if (rc == PL_OK) {
         pl_metric_inc(ctx->m_registered);
-        pl_log_info("user_registered", "user %s registered", user);
+        pl_log_info("user_registered", "user %s registered", r.user);
         pl_http_reply(resp, 201, profile_json(&doc, 1));
     } else if (rc == PL_ERR_EXISTS) {
         pl_http_fail(resp, PL_ERR_EXISTS, "username is taken");
@@ -207,41 +165,33 @@ static void reply_tokens(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *user
 static void h_login(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
     auth_ctx_t *ctx = ud;
-    json_t *body = pl_http_body(req);
-    char user[AUTH_USERNAME_MAX + 1];
-    const char *name, *pw, *device = "unknown";
-    size_t name_len, pw_len, n;
+    auth_login_t l;
+    const char *why = NULL;
     bson_t *doc = NULL;
-
-    if (!json_is_object(body) || !get_str(body, "username", &name, &name_len) ||
-        !get_str(body, "password", &pw, &pw_len)) {
-        pl_http_fail(resp, PL_ERR_INVAL, "body must be {\"username\":…,\"password\":…}");
-        return;
-    }
-    if (json_object_get(body, "device") != NULL &&
-        (!get_str(body, "device", &device, &n) || n == 0 || n > 64 || n != strlen(device))) {
-        pl_http_fail(resp, PL_ERR_INVAL, "device must be a string of 1 to 64 bytes");
+    if (auth_login_parse(pl_http_body(req), &l, &why) != PL_OK) {
+        pl_http_fail(resp, PL_ERR_INVAL, why);
         return;
     }
     /* A malformed name or password cannot belong to an account: same answer as a wrong one. */
-    int shape_ok = name_len == strlen(name) && auth_username_normalize(name, user) == PL_OK &&
-                   auth_password_check(pw_len) == PL_OK;
-    if (!shape_ok) {
-        snprintf(user, sizeof(user), "-invalid-");
-    }
+    const char *user = l.user;
     if (rate_check(ctx, resp, "login:a", pl_http_client_addr(req), ctx->limits.login_per_addr) !=
             PL_OK ||
         rate_check(ctx, resp, "login:u", user, ctx->limits.login_per_user) != PL_OK) {
         return;
     }
-    int rc = shape_ok ? find_user(ctx, user, &doc) : PL_ERR_NOTFOUND;
+    int rc = l.shape_ok ? find_user(ctx, user, &doc) : PL_ERR_NOTFOUND;
     if (rc != PL_OK && rc != PL_ERR_NOTFOUND) {
         pl_http_fail_dep(resp, rc);
         return;
     }
     /* An unknown user costs one argon2id verification too, so timing does not tell. */
     const char *hash = doc ? bson_str(doc, "password_hash") : NULL;
-    int ok = auth_pw_verify(hash ? hash : ctx->dummy_hash, pw, pw_len) == PL_OK && hash != NULL;
+    int ok = auth_pw_verify(hash ? hash : ctx->dummy_hash, l.pw, l.pw_len) == PL_OK && hash != NULL;
+    if (ok && bson_flag(doc, "disabled")) {
+        pl_metric_inc(ctx->m_logins_failed);
+        pl_http_fail(resp, PL_ERR_FORBIDDEN, "account is disabled");
+        goto out;
+    }
     if (!ok) {
         pl_metric_inc(ctx->m_logins_failed);
         pl_log_info("login_failed", "failed login");
@@ -261,7 +211,7 @@ static void h_login(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     bson_t prev;
     BSON_APPEND_UTF8(&s, "_id", sid);
     BSON_APPEND_UTF8(&s, "user", user);
-    BSON_APPEND_UTF8(&s, "device", device);
+    BSON_APPEND_UTF8(&s, "device", l.device);
     BSON_APPEND_UTF8(&s, "refresh_hash", rhash);
     BSON_APPEND_ARRAY_BEGIN(&s, "refresh_prev", &prev);
     bson_append_array_end(&s, &prev);
@@ -333,7 +283,7 @@ static void h_refresh(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     char hash[65];
     bson_t *doc = NULL;
 
-    if (!json_is_object(body) || !get_str(body, "refresh_token", &token, &len)) {
+    if (!json_is_object(body) || !auth_json_str(body, "refresh_token", &token, &len)) {
         pl_http_fail(resp, PL_ERR_INVAL, "body must be {\"refresh_token\":…}");
         return;
     }
@@ -492,6 +442,218 @@ static void h_logout(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     pl_http_reply(resp, 204, NULL);
 }
 
+/* Appends a found document's _id (a string) to the JSON array ud. */
+static int collect_id(void *ud, const bson_t *doc)
+{
+    const char *id = bson_str(doc, "_id");
+    if (id != NULL) {
+        json_array_append_new(ud, json_string(id));
+    }
+    return json_array_size(ud) < 100000; /* a bound: sessions expire long before this */
+}
+
+/*
+ * Revokes every live session of user (after a password change or when the account is
+ * disabled): each goes through revoke_session(), so refresh stops, the Redis flag is set and
+ * gateways close its sockets. PL_OK when all are revoked; retrying is safe.
+ */
+static int revoke_all(auth_ctx_t *ctx, const char *user)
+{
+    bson_t filter = BSON_INITIALIZER;
+    bson_t opts = BSON_INITIALIZER;
+    bson_t proj;
+    BSON_APPEND_UTF8(&filter, "user", user);
+    BSON_APPEND_BOOL(&filter, "revoked", false);
+    BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
+    BSON_APPEND_INT32(&proj, "_id", 1);
+    bson_append_document_end(&opts, &proj);
+    json_t *sids = json_array();
+    int rc = sids ? pl_mongo_find(ctx->mongo, "sessions", &filter, &opts, collect_id, sids)
+                  : PL_ERR_NOMEM;
+    bson_destroy(&filter);
+    bson_destroy(&opts);
+    size_t i;
+    json_t *v;
+    json_array_foreach(sids, i, v)
+    {
+        if (rc == PL_OK) {
+            rc = revoke_session(ctx, json_string_value(v), user);
+        }
+    }
+    json_decref(sids);
+    return rc;
+}
+
+/* Reads the account of the token's user and checks password. PL_OK with *doc (the caller
+ * destroys it), or the response is already filled. */
+static int check_password(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *user, const char *pw,
+                          size_t pw_len, bson_t **doc)
+{
+    int rc = rate_check(ctx, resp, "login:u", user, ctx->limits.login_per_user);
+    if (rc != PL_OK) {
+        return rc;
+    }
+    rc = find_user(ctx, user, doc);
+    if (rc == PL_ERR_NOTFOUND) {
+        pl_http_fail(resp, PL_ERR_UNAUTH, "account no longer exists");
+        return rc;
+    }
+    if (rc != PL_OK) {
+        pl_http_fail_dep(resp, rc);
+        return rc;
+    }
+    const char *hash = bson_str(*doc, "password_hash");
+    if (hash == NULL || auth_pw_verify(hash, pw, pw_len) != PL_OK) {
+        pl_metric_inc(ctx->m_logins_failed);
+        pl_http_fail(resp, PL_ERR_FORBIDDEN, "current password is wrong");
+        bson_destroy(*doc);
+        *doc = NULL;
+        return PL_ERR_FORBIDDEN;
+    }
+    return PL_OK;
+}
+
+/* POST /v1/auth/password {current_password, new_password}: every session ends. */
+static void h_password(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    auth_ctx_t *ctx = ud;
+    pl_jwt_claims_t c;
+    bson_t *doc = NULL;
+    json_t *body = pl_http_body(req);
+    json_t *cur = json_object_get(body, "current_password");
+    json_t *next = json_object_get(body, "new_password");
+    if (authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
+        return;
+    }
+    if (!json_is_string(cur) || !json_is_string(next) ||
+        auth_password_check(json_string_length(next)) != PL_OK) {
+        pl_http_fail(resp, PL_ERR_INVAL,
+                     "body must be {\"current_password\":…,\"new_password\": 8 to 1024 bytes}");
+        return;
+    }
+    if (check_password(ctx, resp, c.sub, json_string_value(cur), json_string_length(cur), &doc) !=
+        PL_OK) {
+        return;
+    }
+    bson_destroy(doc);
+    char hash[256];
+    if (auth_pw_hash(json_string_value(next), json_string_length(next), hash, sizeof(hash)) !=
+        PL_OK) {
+        pl_http_fail_dep(resp, PL_ERR_INTERNAL);
+        return;
+    }
+    bson_t filter = BSON_INITIALIZER;
+    bson_t upd = BSON_INITIALIZER;
+    bson_t set;
+    BSON_APPEND_UTF8(&filter, "_id", c.sub);
+    BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
+    BSON_APPEND_UTF8(&set, "password_hash", hash);
+    BSON_APPEND_DATE_TIME(&set, "password_changed_at", pl_now_ms());
+    bson_append_document_end(&upd, &set);
+    int rc = pl_mongo_update_one(ctx->mongo, "users", &filter, &upd, 0, NULL);
+    bson_destroy(&filter);
+    bson_destroy(&upd);
+    /* The hash is changed first: a retry after a failed revocation uses the new password. */
+    rc = rc == PL_OK ? revoke_all(ctx, c.sub) : rc;
+    if (rc != PL_OK) {
+        pl_http_fail_dep(resp, rc);
+        return;
+    }
+    pl_log_fields(PL_LOG_INFO, "password_changed", json_pack("{s:s}", "user", c.sub),
+                  "password changed; every session revoked");
+    pl_http_reply(resp, 204, NULL);
+}
+
+/* Marks user disabled (login refused, not a recipient) and revokes every session. */
+static int disable_account(auth_ctx_t *ctx, const char *user)
+{
+    bson_t filter = BSON_INITIALIZER;
+    bson_t upd = BSON_INITIALIZER;
+    bson_t set;
+    BSON_APPEND_UTF8(&filter, "_id", user);
+    BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
+    BSON_APPEND_BOOL(&set, "disabled", true);
+    BSON_APPEND_DATE_TIME(&set, "disabled_at", pl_now_ms());
+    bson_append_document_end(&upd, &set);
+    long matched = 0;
+    int rc = pl_mongo_update_one(ctx->mongo, "users", &filter, &upd, 0, &matched);
+    bson_destroy(&filter);
+    bson_destroy(&upd);
+    if (rc == PL_OK && matched == 0) {
+        return PL_ERR_NOTFOUND;
+    }
+    rc = rc == PL_OK ? revoke_all(ctx, user) : rc;
+    if (rc == PL_OK) {
+        /* Gateways cache that a recipient exists for minutes: tell them it no longer does. */
+        json_t *note = json_pack("{s:s,s:b}", "user", user, "disabled", 1);
+        char *text = note ? json_dumps(note, JSON_COMPACT) : NULL;
+        json_decref(note);
+        rc = text ? pl_redis_publish(ctx->redis, REVOKE_CHANNEL, text, NULL) : PL_ERR_NOMEM;
+        free(text);
+    }
+    if (rc == PL_OK) {
+        pl_log_fields(PL_LOG_INFO, "account_disabled", json_pack("{s:s}", "user", user),
+                      "account disabled; every session revoked");
+    }
+    return rc;
+}
+
+/* POST /v1/auth/disable {password}: the user closes their own account. */
+static void h_disable(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    auth_ctx_t *ctx = ud;
+    pl_jwt_claims_t c;
+    bson_t *doc = NULL;
+    json_t *pw = json_object_get(pl_http_body(req), "password");
+    if (authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
+        return;
+    }
+    if (!json_is_string(pw)) {
+        pl_http_fail(resp, PL_ERR_INVAL, "body must be {\"password\":…}");
+        return;
+    }
+    if (check_password(ctx, resp, c.sub, json_string_value(pw), json_string_length(pw), &doc) !=
+        PL_OK) {
+        return;
+    }
+    bson_destroy(doc);
+    int rc = disable_account(ctx, c.sub);
+    if (rc != PL_OK) {
+        pl_http_fail_dep(resp, rc);
+        return;
+    }
+    pl_http_reply(resp, 204, NULL);
+}
+
+/* POST /internal/users/<name>/disable: the operator's switch (the edge never routes it). */
+static void h_internal_disable(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    auth_ctx_t *ctx = ud;
+    char name[AUTH_USERNAME_MAX + 1];
+    char in[AUTH_USERNAME_MAX + 2];
+    const char *p = pl_http_path(req) + strlen("/internal/users/");
+    const char *slash = strchr(p, '/');
+    size_t n = slash ? (size_t)(slash - p) : 0;
+    if (slash == NULL || strcmp(slash, "/disable") != 0 || n == 0 || n >= sizeof(in)) {
+        pl_http_fail(resp, PL_ERR_NOTFOUND, "no such endpoint");
+        return;
+    }
+    memcpy(in, p, n);
+    in[n] = '\0';
+    if (auth_username_normalize(in, name) != PL_OK || strcmp(in, name) != 0) {
+        pl_http_fail(resp, PL_ERR_NOTFOUND, "no such user");
+        return;
+    }
+    int rc = disable_account(ctx, name);
+    if (rc == PL_ERR_NOTFOUND) {
+        pl_http_fail(resp, PL_ERR_NOTFOUND, "no such user");
+    } else if (rc != PL_OK) {
+        pl_http_fail_dep(resp, rc);
+    } else {
+        pl_http_reply(resp, 204, NULL);
+    }
+}
+
 static void h_me(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
     auth_ctx_t *ctx = ud;
@@ -557,12 +719,17 @@ static void h_internal_user(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     BSON_APPEND_UTF8(&filter, "_id", name);
     BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
     BSON_APPEND_INT32(&proj, "_id", 1);
+    BSON_APPEND_INT32(&proj, "disabled", 1);
     bson_append_document_end(&opts, &proj);
     int rc = pl_mongo_find_one(ctx->mongo, "users", &filter, &opts, &doc);
     bson_destroy(&filter);
     bson_destroy(&opts);
     if (rc == PL_OK) {
+        int disabled = bson_flag(doc, "disabled");
         bson_destroy(doc);
+        rc = disabled ? PL_ERR_NOTFOUND : PL_OK; /* a disabled account receives nothing */
+    }
+    if (rc == PL_OK) {
         pl_http_reply(resp, 200, json_pack("{s:s}", "username", name));
     } else if (rc == PL_ERR_NOTFOUND) {
         pl_http_fail(resp, PL_ERR_NOTFOUND, "no such user");
@@ -612,8 +779,11 @@ const pl_http_route_t auth_routes[] = {
     {"POST", "/v1/auth/login", h_login},
     {"POST", "/v1/auth/refresh", h_refresh},
     {"POST", "/v1/auth/logout", h_logout},
+    {"POST", "/v1/auth/password", h_password},
+    {"POST", "/v1/auth/disable", h_disable},
     {"GET", "/v1/users/me", h_me},
     {"GET", "/v1/users/", h_user},
     {"GET", "/internal/users/", h_internal_user},
+    {"POST", "/internal/users/", h_internal_disable},
 };
 const size_t auth_nroutes = sizeof(auth_routes) / sizeof(auth_routes[0]);

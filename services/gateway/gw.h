@@ -63,10 +63,17 @@ struct gw_conn_s {
     unsigned char *pre; /* bytes the client sent right after its handshake */
     size_t pre_len, pre_off;
     long long opened_ms, last_rx_ms, ping_ms;
-    unsigned inflight; /* sends awaiting a lookup or a delivery report */
+    unsigned char rx_failed;  /* the socket itself failed or reached EOF (not a protocol error) */
+    unsigned char tx_partial; /* the wire is inside a frame we are writing */
+    unsigned inflight;        /* sends awaiting a lookup or a delivery report */
     size_t inflight_bytes;
     int dirty; /* queued frames to flush this turn */
     int read_paused;
+    /* Over its user's send budget: nothing more is read from the socket until this time, so
+     * a flood is held back by TCP instead of costing a parse and an error frame each. */
+    long long throttled_until_ms;
+    size_t rx_turn;             /* bytes read in this loop turn (fairness cap) */
+    gw_conn_t *throttle_next;   /* on the throttled list */
     gw_conn_t *id_next;         /* in the id table */
     gw_conn_t *u_prev, *u_next; /* among the user's connections */
     gw_conn_t *prev, *next;     /* among all connections */
@@ -109,6 +116,10 @@ typedef struct gw_lookup_s {
 typedef struct gw_user_s {
     char name[PL_USERNAME_MAX + 1];
     gw_conn_t *conns;
+    /* The user's send budget on this gateway: a token bucket of PARLEY_GATEWAY_USER_BURST
+     * refilled at PARLEY_GATEWAY_USER_RATE per second, shared by the user's sockets here. */
+    double tokens;
+    long long refilled_ms;
     struct gw_user_s *next;
 } gw_user_t;
 
@@ -136,6 +147,9 @@ struct gw_ctx_s {
     /* limits */
     size_t sendq_max;
     unsigned inflight_max;
+    double user_rate;     /* sends per second per user (token bucket refill) */
+    double user_burst;    /* bucket size */
+    gw_conn_t *throttled; /* connections not read until their throttled_until_ms */
     long auth_timeout_ms;
     long ping_interval_ms;
     long dead_after_ms;
@@ -188,6 +202,9 @@ int gw_conn_send_text(gw_conn_t *c, const char *text, size_t len);
 void gw_conn_close(gw_conn_t *c, uint16_t code, const char *reason);
 /* Writes every connection with queued frames; frees those closed this turn. */
 void gw_end_turn(gw_ctx_t *ctx);
+/* Lets throttled connections whose time has come be read again; returns the milliseconds
+ * until the next one is due (at most max_ms), for the loop's wait. */
+int gw_unthrottle(gw_ctx_t *ctx, int max_ms);
 /* Once a second: auth timeouts, pings, dead peers, expired tokens. */
 void gw_tick(gw_ctx_t *ctx);
 gw_conn_t *gw_conn_find(gw_ctx_t *ctx, uint64_t id);
@@ -211,6 +228,8 @@ void gw_users_stop(gw_ctx_t *ctx);
 /* Continues s once its recipient is known to exist; takes ownership of s. */
 void gw_users_check(gw_ctx_t *ctx, gw_send_t *s);
 void gw_users_on_done(gw_watch_t *w, uint32_t events);
+/* Drops what the cache knows of name (its account was disabled): the next send asks auth. */
+void gw_users_forget(gw_ctx_t *ctx, const char *name);
 /* Produces a send whose recipient exists (gw_conn.c). Takes ownership of s. */
 void gw_produce(gw_ctx_t *ctx, gw_send_t *s);
 /* Refuses a send with an error frame (gw_conn.c). Takes ownership of s. */

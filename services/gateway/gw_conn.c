@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #define CLOSE_GRACE_MS 5000
+#define RX_TURN_MAX    (64 * 1024) /* bytes read from one socket per loop turn */
 
 gw_conn_t *gw_conn_find(gw_ctx_t *ctx, uint64_t id)
 {
@@ -49,6 +50,8 @@ static void user_link(gw_ctx_t *ctx, gw_conn_t *c)
             return;
         }
         snprintf(u->name, sizeof(u->name), "%s", c->user);
+        u->tokens = ctx->user_burst;
+        u->refilled_ms = pl_now_ms();
         size_t h = pl_hash_str(c->user) % GW_USER_BUCKETS;
         u->next = ctx->users[h];
         ctx->users[h] = u;
@@ -124,6 +127,16 @@ static void release(gw_conn_t *c)
     if (c->next != NULL) {
         c->next->prev = c->prev;
     }
+    if (c->throttled_until_ms != 0) {
+        gw_conn_t **tp = &ctx->throttled;
+        while (*tp != NULL && *tp != c) {
+            tp = &(*tp)->throttle_next;
+        }
+        if (*tp == c) {
+            *tp = c->throttle_next;
+        }
+        c->throttled_until_ms = 0;
+    }
     ctx->nconns--;
     pl_metric_gauge_add(ctx->m_conns, -1);
     pl_http_upgraded_close(c->urh);
@@ -137,7 +150,7 @@ static void update_interest(gw_conn_t *c)
     if (c->w.cb == NULL) {
         return;
     }
-    int r = wslay_event_want_read(c->ws) && !c->read_paused;
+    int r = wslay_event_want_read(c->ws) && !c->read_paused && c->throttled_until_ms == 0;
     int w = wslay_event_want_write(c->ws);
     if (!wslay_event_want_read(c->ws) && !w) {
         release(c);
@@ -211,17 +224,27 @@ static ssize_t on_recv(wslay_event_context_ptr ws, uint8_t *buf, size_t len, int
         }
         return (ssize_t)n;
     }
+    if (c->rx_turn >= RX_TURN_MAX || c->throttled_until_ms != 0) {
+        /* Enough from this socket for one turn (the rest waits in the kernel and the loop
+         * comes back to it, level-triggered), or it is throttled: others get their turn. */
+        wslay_event_set_error(ws, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
     ssize_t r;
     do {
         r = recv(c->w.fd, buf, len, 0);
     } while (r < 0 && errno == EINTR);
+    if (r > 0) {
+        c->rx_turn += (size_t)r;
+    }
     if (r < 0) {
-        wslay_event_set_error(ws, (errno == EAGAIN || errno == EWOULDBLOCK)
-                                      ? WSLAY_ERR_WOULDBLOCK
-                                      : WSLAY_ERR_CALLBACK_FAILURE);
+        int again = errno == EAGAIN || errno == EWOULDBLOCK;
+        c->rx_failed = !again;
+        wslay_event_set_error(ws, again ? WSLAY_ERR_WOULDBLOCK : WSLAY_ERR_CALLBACK_FAILURE);
         return -1;
     }
     if (r == 0) {
+        c->rx_failed = 1;
         wslay_event_set_error(ws, WSLAY_ERR_CALLBACK_FAILURE);
         return -1;
     }
@@ -245,7 +268,28 @@ static ssize_t on_send(wslay_event_context_ptr ws, const uint8_t *data, size_t l
                                       : WSLAY_ERR_CALLBACK_FAILURE);
         return -1;
     }
+    c->tx_partial = (size_t)r < len || (flags & WSLAY_MSG_MORE);
     return r;
+}
+
+/*
+ * Feeds c's socket to wslay. 0 to go on; otherwise c must be released. When wslay fails on a
+ * frame-level violation (a control frame over 125 bytes or fragmented, ...) it only queues a
+ * close without a status code, and the connection is dropped unsent: the peer is first told
+ * 1002 with a best-effort write of the close frame itself (only between two frames, so the
+ * stream it ends stays well-formed).
+ */
+static int recv_frames(gw_conn_t *c)
+{
+    if (wslay_event_recv(c->ws) == 0) {
+        return 0;
+    }
+    if (!c->rx_failed && !c->tx_partial && c->w.fd >= 0) {
+        static const unsigned char close_1002[] = {0x88, 0x02, 0x03, 0xea};
+        ssize_t w = send(c->w.fd, close_1002, sizeof(close_1002), MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+    }
+    return -1;
 }
 
 static void start_auth(gw_conn_t *c, const pl_jwt_claims_t *claims)
@@ -289,7 +333,7 @@ void gw_conn_auth_result(gw_ctx_t *ctx, uint64_t conn_id, int rc)
     }
     update_interest(c);
     /* Frames that arrived during the check are still in the socket: read them now. */
-    if (wslay_event_recv(c->ws) != 0) {
+    if (recv_frames(c) != 0) {
         release(c);
     }
 }
@@ -305,6 +349,36 @@ static void on_auth_frame(gw_conn_t *c, const pl_frame_t *f)
     start_auth(c, &claims);
 }
 
+/* Takes one send from u's bucket. 0 when allowed, else the milliseconds until one is. */
+static long take_token(gw_ctx_t *ctx, gw_user_t *u)
+{
+    if (u == NULL) {
+        return 0; /* not linked (out of memory at open): the in-flight cap still holds */
+    }
+    long long now = pl_now_ms();
+    u->tokens += (double)(now - u->refilled_ms) * ctx->user_rate / 1000.0;
+    u->refilled_ms = now;
+    if (u->tokens > ctx->user_burst) {
+        u->tokens = ctx->user_burst;
+    }
+    if (u->tokens < 1.0) {
+        return 1 + (long)((1.0 - u->tokens) * 1000.0 / ctx->user_rate);
+    }
+    u->tokens -= 1.0;
+    return 0;
+}
+
+/* Stops reading c for retry_ms (see throttled_until_ms). */
+static void throttle(gw_conn_t *c, long retry_ms)
+{
+    if (c->throttled_until_ms == 0) {
+        c->throttled_until_ms = pl_now_ms() + retry_ms;
+        c->throttle_next = c->ctx->throttled;
+        c->ctx->throttled = c;
+        mark_dirty(c); /* the end of the turn drops EPOLLIN */
+    }
+}
+
 static void on_send_frame(gw_conn_t *c, const pl_frame_t *f)
 {
     gw_ctx_t *ctx = c->ctx;
@@ -314,6 +388,12 @@ static void on_send_frame(gw_conn_t *c, const pl_frame_t *f)
     }
     if (c->inflight >= ctx->inflight_max) {
         send_error(c, "rate_limited", "too many unacknowledged sends", f->client_id, 100);
+        return;
+    }
+    long retry_ms = take_token(ctx, gw_user_find(ctx, c->user));
+    if (retry_ms > 0) {
+        send_error(c, "rate_limited", "too many messages; slow down", f->client_id, retry_ms);
+        throttle(c, retry_ms);
         return;
     }
     gw_send_t *s = calloc(1, sizeof(*s));
@@ -342,6 +422,12 @@ static void on_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_r
     (void)ws;
     if (arg->opcode == WSLAY_PONG || arg->opcode == WSLAY_PING) {
         c->ping_ms = 0;
+        return;
+    }
+    if (arg->opcode == WSLAY_CONNECTION_CLOSE && c->state != GW_CLOSING && arg->msg_length > 2 &&
+        !pl_utf8_valid(arg->msg + 2, arg->msg_length - 2)) {
+        /* wslay checks the close code; the reason must be UTF-8 too (RFC 6455 5.5.1). */
+        gw_conn_close(c, PL_WS_INVALID_DATA, "close reason is not valid UTF-8");
         return;
     }
     if (arg->opcode == WSLAY_CONNECTION_CLOSE || c->state == GW_CLOSING) {
@@ -377,6 +463,12 @@ static void on_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_r
         }
         send_error(c, rc == PL_ERR_TOOBIG ? "too_large" : "invalid", why, cid, 0);
         json_decref(j);
+        /* A refused frame costs its sender a send from the budget too, so a stream of
+         * garbage is held back like a flood of sends (each one costs a parse and an answer). */
+        long retry_ms = take_token(c->ctx, gw_user_find(c->ctx, c->user));
+        if (retry_ms > 0) {
+            throttle(c, retry_ms);
+        }
         return;
     }
     if (f.type == PL_FRAME_SEND) {
@@ -390,12 +482,14 @@ static void on_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_r
 static void on_io(gw_watch_t *w, uint32_t events)
 {
     gw_conn_t *c = w->ud;
-    if (c->read_paused && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+    c->rx_turn = 0;
+    if ((c->read_paused || c->throttled_until_ms != 0) &&
+        (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
         release(c); /* the peer left while its token was being checked */
         return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-        if (!c->read_paused && wslay_event_recv(c->ws) != 0) {
+        if (!c->read_paused && recv_frames(c) != 0) {
             release(c);
             return;
         }
@@ -469,7 +563,7 @@ static void adopt_one(gw_ctx_t *ctx, gw_handoff_t *h)
     }
     if (h->authed) {
         start_auth(c, &h->claims);
-    } else if (c->pre_len > 0 && wslay_event_recv(c->ws) != 0) {
+    } else if (c->pre_len > 0 && recv_frames(c) != 0) {
         release(c);
     }
 }
@@ -519,6 +613,24 @@ void gw_end_turn(gw_ctx_t *ctx)
         free(c->pre);
         free(c);
     }
+}
+
+int gw_unthrottle(gw_ctx_t *ctx, int max_ms)
+{
+    long long now = pl_now_ms();
+    long long next = now + max_ms;
+    for (gw_conn_t **pp = &ctx->throttled; *pp != NULL;) {
+        gw_conn_t *c = *pp;
+        if (c->throttled_until_ms <= now) {
+            *pp = c->throttle_next;
+            c->throttled_until_ms = 0;
+            mark_dirty(c); /* the end of the turn asks for EPOLLIN again */
+            continue;
+        }
+        next = c->throttled_until_ms < next ? c->throttled_until_ms : next;
+        pp = &c->throttle_next;
+    }
+    return (int)(next - now);
 }
 
 void gw_tick(gw_ctx_t *ctx)

@@ -143,6 +143,9 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *priv)
         if (user != NULL && sid != NULL) {
             gw_revoke(r->ctx, user, sid);
         }
+        if (user != NULL && json_is_true(json_object_get(j, "disabled"))) {
+            gw_users_forget(r->ctx, user);
+        }
     } else {
         json_t *msgs = json_object_get(j, "msgs");
         size_t i;

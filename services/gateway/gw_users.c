@@ -204,6 +204,14 @@ static void known_set(gw_ctx_t *ctx, const char *name, int exists)
     k->until_ms = pl_now_ms() + (exists ? KNOWN_TTL_MS : UNKNOWN_TTL_MS);
 }
 
+void gw_users_forget(gw_ctx_t *ctx, const char *name)
+{
+    gw_known_t *k = known_find(ctx, name);
+    if (k != NULL) {
+        k->until_ms = 0;
+    }
+}
+
 static void settle(gw_ctx_t *ctx, gw_send_t *s, int result)
 {
     if (result == PL_OK) {

@@ -145,7 +145,8 @@ int main(void)
     pl_http_t *http = NULL;
     char *pub = NULL;
     size_t pub_len = 0;
-    long port, redis_port, leeway, sendq, inflight, auth_port, auth_timeout, ping, dead;
+    long port, redis_port, leeway, sendq, inflight, auth_port, auth_timeout, ping, dead, rate,
+        burst;
     int trust;
     if (ctx == NULL) {
         return 1;
@@ -161,6 +162,8 @@ int main(void)
         pl_cfg_int("PARLEY_JWT_LEEWAY", 30, 0, PL_JWT_MAX_LEEWAY, &leeway) ||
         pl_cfg_int("PARLEY_GATEWAY_SENDQ_MAX", 1 << 20, 65536, 1L << 30, &sendq) ||
         pl_cfg_int("PARLEY_GATEWAY_INFLIGHT_MAX", 64, 1, 100000, &inflight) ||
+        pl_cfg_int("PARLEY_GATEWAY_USER_RATE", 20, 1, 10000000, &rate) ||
+        pl_cfg_int("PARLEY_GATEWAY_USER_BURST", 60, 1, 10000000, &burst) ||
         pl_cfg_int("PARLEY_GATEWAY_AUTH_TIMEOUT_MS", 10000, 100, 600000, &auth_timeout) ||
         pl_cfg_int("PARLEY_GATEWAY_PING_MS", 30000, 100, 600000, &ping) ||
         pl_cfg_int("PARLEY_GATEWAY_DEAD_MS", 30000, 100, 600000, &dead) ||
@@ -170,6 +173,8 @@ int main(void)
     }
     ctx->sendq_max = (size_t)sendq;
     ctx->inflight_max = (unsigned)inflight;
+    ctx->user_rate = (double)rate;
+    ctx->user_burst = (double)burst;
     ctx->auth_timeout_ms = auth_timeout;
     ctx->ping_interval_ms = ping;
     ctx->dead_after_ms = dead;
@@ -243,7 +248,8 @@ int main(void)
     long long next_refresh = pl_now_ms() + 5000;
     long long drain_deadline = 0;
     for (;;) {
-        gw_loop_turn(ctx->loop, 100);
+        gw_loop_turn(ctx->loop, gw_unthrottle(ctx, 100));
+        gw_unthrottle(ctx, 100);
         gw_end_turn(ctx);
         long long now = pl_now_ms();
         struct signalfd_siginfo si;

@@ -107,10 +107,9 @@ def auth():
     return Api(f"http://127.0.0.1:{os.environ['PARLEY_AUTH_PORT']}")
 
 
-@pytest.fixture
-def own_auth():
-    """Starts a separate parley-auth with extra settings on a free port, against the same
-    Redis and MongoDB, for tests that need other limits."""
+def _own_service(binary, port_var, name):
+    """A fixture that starts extra copies of a service with other settings, on free ports,
+    against the suite's Redis, Kafka and MongoDB; stopped with SIGTERM afterwards."""
     procs = []
 
     def start(extra):
@@ -120,15 +119,19 @@ def own_auth():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()
-        env = dict(os.environ, PARLEY_AUTH_PORT=str(port), PARLEY_TRUST_FORWARDED="1",
+        env = dict(os.environ, PARLEY_TRUST_FORWARDED="1",
                    PARLEY_JWT_PRIVATE_KEY=os.path.join(VAR, "keys", "jwt-private.pem"),
                    PARLEY_JWT_PUBLIC_KEY=os.path.join(VAR, "keys", "jwt-public.pem"),
-                   PARLEY_MONGO_URI=f"mongodb://127.0.0.1:{os.environ['PARLEY_MONGO_PORT']}", **extra)
-        log = open(os.path.join(VAR, "log", f"auth-extra-{port}.log"), "w")
-        p = subprocess.Popen([os.path.join(os.environ["PARLEY_BIN"], "parley-auth")], env=env,
+                   PARLEY_KAFKA_BROKERS=f"127.0.0.1:{os.environ['PARLEY_KAFKA_PORT']}",
+                   PARLEY_MONGO_URI=f"mongodb://127.0.0.1:{os.environ['PARLEY_MONGO_PORT']}",
+                   **{port_var: str(port)})
+        env.update(extra)
+        log = open(os.path.join(VAR, "log", f"{name}-extra-{port}.log"), "w")
+        p = subprocess.Popen([os.path.join(os.environ["PARLEY_BIN"], binary)], env=env,
                              stdout=log, stderr=log)
         procs.append(p)
         api = Api(f"http://127.0.0.1:{port}")
+        api.port = port
         wait_until(lambda: _ready(api), timeout=30)
         return api
 
@@ -136,6 +139,18 @@ def own_auth():
     for p in procs:
         p.terminate()
         p.wait(timeout=20)
+
+
+@pytest.fixture
+def own_auth():
+    """A separate parley-auth with extra settings (own_auth({...}) returns its Api)."""
+    yield from _own_service("parley-auth", "PARLEY_AUTH_PORT", "auth")
+
+
+@pytest.fixture
+def own_gateway():
+    """A separate parley-gateway with extra settings (its Api has .port)."""
+    yield from _own_service("parley-gateway", "PARLEY_GATEWAY_PORT", "gateway")
 
 
 def _ready(api):

@@ -532,3 +532,75 @@ def test_sigterm_drains_with_1001(edge):
         except (ProcessLookupError, FileNotFoundError):
             break
     cluster("up")
+
+
+def test_password_change_and_disable_end_every_session_and_socket(edge):
+    """Changing the password, and disabling the account, revoke every session of the user:
+    open sockets on any gateway close with 1008 within a second, tokens and refresh tokens
+    stop working, and a disabled account can neither log in nor receive messages."""
+    name, t1 = user_with_token(edge, "pwc")
+    r2 = edge.login(name, device="phone")
+    t2, refresh2 = r2.json["access_token"], r2.json["refresh_token"]
+    peer, tp = user_with_token(edge, "pwp")
+
+    async def sockets_close(action):
+        a = await Chat.connect(t1, url=f"ws://127.0.0.1:{gateway_ports()[0]}/ws")
+        b = await Chat.connect(t2, url=f"ws://127.0.0.1:{gateway_ports()[1]}/ws")
+        t0 = time.time()
+        action()
+        await a.wait(lambda: a.closed is not None, timeout=5)
+        await b.wait(lambda: b.closed is not None, timeout=5)
+        assert (a.closed, b.closed) == (1008, 1008)
+        return time.time() - t0
+
+    def change():
+        r = edge.call("POST", "/v1/auth/password", {"current_password": "wrong one!",
+                                                     "new_password": "a new long secret"},
+                      token=t1)
+        assert r.status == 403, r
+        r = edge.call("POST", "/v1/auth/password", {"current_password": "correct horse battery",
+                                                     "new_password": "a new long secret"},
+                      token=t1)
+        assert r.status == 204, r
+    took = run(sockets_close(change))
+    assert took < 1.5, took
+    assert edge.call("GET", "/v1/users/me", token=t2).status == 401
+    assert edge.call("POST", "/v1/auth/refresh", {"refresh_token": refresh2}).status == 401
+    assert edge.login(name).status == 401
+    r = edge.login(name, password="a new long secret")
+    assert r.status == 200
+    t3 = r.json["access_token"]
+    r4 = edge.login(name, password="a new long secret", device="tablet")
+    t1, t2 = t3, r4.json["access_token"]
+
+    def disable():
+        r = edge.call("POST", "/v1/auth/disable", {"password": "a new long secret"}, token=t1)
+        assert r.status == 204, r
+    took = run(sockets_close(disable))
+    assert took < 1.5, took
+    r = edge.login(name, password="a new long secret")
+    assert r.status == 403 and r.json["error"]["message"] == "account is disabled"
+    assert edge.register(name).status == 409  # the name stays taken
+
+    async def nobody_home():
+        c = await Chat.connect(tp)
+        await c.send(name, "are you there?", client_id="x1")
+        await c.wait(lambda: c.errors, timeout=10)
+        assert c.errors[0]["code"] == "not_found"
+        await c.close()
+    run(nobody_home())
+
+
+def test_operator_disables_an_account_on_the_internal_port(edge, auth):
+    name, token = user_with_token(edge, "opd")
+    # Not reachable through the edge.
+    assert edge.call("POST", f"/internal/users/{name}/disable").status == 404
+    assert auth.call("POST", "/internal/users/nosuchuser99/disable").status == 404
+
+    async def go():
+        c = await Chat.connect(token)
+        assert auth.call("POST", f"/internal/users/{name}/disable").status == 204
+        await c.wait(lambda: c.closed is not None, timeout=5)
+        assert c.closed == 1008
+    run(go())
+    assert edge.login(name).status == 403

@@ -45,8 +45,8 @@ class Chat:
         try:
             async for raw in self.ws:
                 f = json.loads(raw)
+                f["_rx"] = time.perf_counter()  # arrival, for latency measurements
                 if f["type"] == "msg":
-                    f["_rx"] = time.perf_counter()
                     self.msgs.append(f)
                 elif f["type"] == "ack":
                     self.acks[f["client_id"]] = f
@@ -138,6 +138,7 @@ class RawWS:
                 break
             resp += chunk
         head, _, self.buf = resp.partition(b"\r\n\r\n")
+        self.head = head.decode("latin-1")
         self.status = int(head.split(b" ")[1]) if head else 0
 
     def send_frame(self, opcode, payload, fin=True, mask=True, rsv=0):
