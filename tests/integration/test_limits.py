@@ -25,7 +25,7 @@ from wsclient import Chat, RawWS
 
 
 def run(coro):
-    return asyncio.get_event_loop().run_until_complete(coro)
+    return asyncio.run(coro)
 
 
 def free_port():
