@@ -10,7 +10,7 @@ WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 C_SOURCES = $(shell find include libs services tests clients -name '*.[ch]' 2>/dev/null)
 
 .PHONY: all deps build asan run up down status test format format-check unit unit-asan \
-        integration faults chaos deploy-check fuzz fuzz-smoke clean
+        integration faults chaos deploy-check fuzz fuzz-smoke bench clean
 
 all: build
 
@@ -79,6 +79,12 @@ fuzz: deps
 
 fuzz-smoke: deps
 	@tests/fuzz/run.sh smoke
+
+# Parley against the seed design (Node.js + Socket.IO + mongoose) on this machine: idle
+# memory per connection, stepped 1:1 rates until p99 > 50 ms, handshakes per second. Results
+# and a plot under var/bench/; see docs/performance.md.
+bench: build
+	@python3 bench/run.py
 
 test: deps format-check deploy-check unit unit-asan fuzz-smoke integration faults
 	@echo "make test: all checks passed"

@@ -12,7 +12,8 @@ APT_PACKAGES=(build-essential cmake ninja-build pkg-config
   libjwt-dev libcunit1-dev libsodium-dev libssl-dev libwslay-dev
   redis-server nginx-light clang-format clang-14 libclang-rt-14-dev openssl curl maven golang-go
   default-jre-headless
-  python3 python3-pip)
+  python3 python3-pip
+  gnuplot-nox nodejs npm)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -26,6 +27,7 @@ for p in "${missing[@]}"; do
     default-jre-headless) command -v java >/dev/null || filtered+=("$p") ;;
     maven) command -v mvn >/dev/null || filtered+=("$p") ;;
     python3|python3-pip) command -v python3 >/dev/null || filtered+=("$p") ;;
+    nodejs|npm) command -v node >/dev/null && command -v npm >/dev/null || filtered+=("$p") ;;
     *) filtered+=("$p") ;;
   esac
 done
