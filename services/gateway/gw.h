@@ -72,6 +72,7 @@ struct gw_conn_s {
     /* Over its user's send budget: nothing more is read from the socket until this time, so
      * a flood is held back by TCP instead of costing a parse and an error frame each. */
     long long throttled_until_ms;
+    long long throttled_at_ms;  /* when it last went over budget */
     size_t rx_turn;             /* bytes read in this loop turn (fairness cap) */
     gw_conn_t *throttle_next;   /* on the throttled list */
     gw_conn_t *id_next;         /* in the id table */

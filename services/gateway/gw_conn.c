@@ -20,6 +20,7 @@
 
 #define CLOSE_GRACE_MS 5000
 #define RX_TURN_MAX    (64 * 1024) /* bytes read from one socket per loop turn */
+#define RX_TURN_SMALL  4096        /* the same, for a socket lately over its budget */
 
 gw_conn_t *gw_conn_find(gw_ctx_t *ctx, uint64_t id)
 {
@@ -224,7 +225,11 @@ static ssize_t on_recv(wslay_event_context_ptr ws, uint8_t *buf, size_t len, int
         }
         return (ssize_t)n;
     }
-    if (c->rx_turn >= RX_TURN_MAX || c->throttled_until_ms != 0) {
+    /* A socket throttled in the last second reads one small chunk a turn: what it sent past
+     * its budget is parsed and refused a little at a time, not 64 KiB at each release. */
+    size_t cap = c->throttled_at_ms != 0 && pl_now_ms() - c->throttled_at_ms < 1000 ? RX_TURN_SMALL
+                                                                                    : RX_TURN_MAX;
+    if (c->rx_turn >= cap || c->throttled_until_ms != 0) {
         /* Enough from this socket for one turn (the rest waits in the kernel and the loop
          * comes back to it, level-triggered), or it is throttled: others get their turn. */
         wslay_event_set_error(ws, WSLAY_ERR_WOULDBLOCK);
@@ -372,7 +377,8 @@ static long take_token(gw_ctx_t *ctx, gw_user_t *u)
 static void throttle(gw_conn_t *c, long retry_ms)
 {
     if (c->throttled_until_ms == 0) {
-        c->throttled_until_ms = pl_now_ms() + retry_ms;
+        c->throttled_at_ms = pl_now_ms();
+        c->throttled_until_ms = c->throttled_at_ms + retry_ms;
         c->throttle_next = c->ctx->throttled;
         c->ctx->throttled = c;
         mark_dirty(c); /* the end of the turn drops EPOLLIN */
