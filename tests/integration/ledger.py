@@ -43,12 +43,21 @@ class Device:
         self.shown.setdefault(conv, []).append(m["msg_id"])
         self.shown_seqs.setdefault(conv, []).append(m["seq"])
 
+    async def renew(self):
+        """Logs in again for a fresh access token, as a client does when its token expired
+        (they live 15 minutes; the ten-minute soak and its final sync outlast that)."""
+        r = await asyncio.to_thread(self.api.login, self.user)
+        if r.status == 200:
+            self.token = r.json["access_token"]
+
     async def pull(self, conv, before=None):
         while True:
             after = self.last.get(conv, 0)
             r = await asyncio.to_thread(self.api.call, "GET",
                                         f"/v1/conversations/{conv}/messages?after_seq={after}&limit=200",
                                         token=self.token)
+            if r.status == 401:
+                await self.renew()
             if r.status != 200:
                 await asyncio.sleep(0.3)
                 continue
@@ -79,6 +88,8 @@ class Device:
                                         token=self.token)
             if r.status == 200:
                 break
+            if r.status == 401:
+                await self.renew()
             await asyncio.sleep(0.3)
         for c in r.json["conversations"]:
             if c["last_seq"] > self.last.get(c["conv"], 0):
@@ -184,7 +195,9 @@ class Ledger:
                 ready = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert ready["type"] == "ready"
                 dev.gateway = ready.get("gateway")
-            except Exception:
+            except Exception as e:
+                if getattr(getattr(e, "response", None), "status_code", None) == 401:
+                    await dev.renew()  # the token expired: log in again
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
