@@ -26,6 +26,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -550,6 +551,24 @@ static int worker(int w, int first, int n, int out)
     return 0;
 }
 
+/* Reads fd until buf holds want bytes (have already there), waiting while the writer is
+ * mid-record. 0 when complete, -1 at end of file or on an error. */
+static int read_rest(int fd, char *buf, size_t have, size_t want)
+{
+    while (have < want) {
+        ssize_t m = read(fd, buf + have, want - have);
+        if (m > 0) {
+            have += (size_t)m;
+        } else if (m == 0 || (errno != EAGAIN && errno != EINTR)) {
+            return -1;
+        } else {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            poll(&p, 1, 100);
+        }
+    }
+    return 0;
+}
+
 static void usage(void)
 {
     fprintf(stderr,
@@ -650,7 +669,6 @@ int main(int argc, char **argv)
     }
     /* Progress: the workers' latest counters, summed, once a second. */
     report_t *last = calloc((size_t)opt.procs, sizeof(report_t));
-    size_t *got = calloc((size_t)opt.procs, sizeof(size_t));
     int done = 0;
     time_t t0 = time(NULL);
     while (done < opt.procs) {
@@ -661,30 +679,14 @@ int main(int argc, char **argv)
                 size_t want = offsetof(report_t, ack);
                 char *dst = (char *)&r;
                 ssize_t n = read(fds[w], dst, want);
-                if (n <= 0) {
+                /* A report is written in one piece: once it has started, finish it. */
+                if (n <= 0 || read_rest(fds[w], dst, (size_t)n, want) != 0) {
                     break;
                 }
-                while ((size_t)n < want) { /* a report is written in one piece; finish it */
-                    ssize_t m = read(fds[w], dst + n, want - (size_t)n);
-                    if (m > 0) {
-                        n += m;
-                    } else if (m == 0) {
-                        break;
-                    }
-                }
                 if (r.final) {
-                    size_t rest = sizeof(r) - want;
-                    size_t off = 0;
-                    while (off < rest) {
-                        ssize_t m = read(fds[w], (char *)&r + want + off, rest - off);
-                        if (m > 0) {
-                            off += (size_t)m;
-                        } else if (m == 0) {
-                            break;
-                        }
+                    if (read_rest(fds[w], dst, want, sizeof(r)) == 0) {
+                        last[w] = r;
                     }
-                    last[w] = r;
-                    got[w] = 1;
                     done++;
                     break;
                 }
@@ -750,7 +752,6 @@ int main(int argc, char **argv)
            h_pct(&s.deliver, .5), h_pct(&s.deliver, .9), h_pct(&s.deliver, .99),
            h_pct(&s.deliver, .999), (double)s.deliver.max / 1000.0);
     free(last);
-    free(got);
     free(fds);
     free(pids);
     return 0;

@@ -235,23 +235,44 @@ out:
 }
 
 /*
+ * Sets flag to true and at_field to now on the document coll/_id. *matched (may be NULL) gets
+ * how many documents matched. PL_OK or the MongoDB wrapper's error.
+ */
+static int flag_by_id(auth_ctx_t *ctx, const char *coll, const char *id, const char *flag,
+                      const char *at_field, long *matched)
+{
+    bson_t filter = BSON_INITIALIZER;
+    bson_t upd = BSON_INITIALIZER;
+    bson_t set;
+    BSON_APPEND_UTF8(&filter, "_id", id);
+    BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
+    BSON_APPEND_BOOL(&set, flag, true);
+    BSON_APPEND_DATE_TIME(&set, at_field, pl_now_ms());
+    bson_append_document_end(&upd, &set);
+    int rc = pl_mongo_update_one(ctx->mongo, coll, &filter, &upd, 0, matched);
+    bson_destroy(&filter);
+    bson_destroy(&upd);
+    return rc;
+}
+
+/* Publishes note (stolen; NULL counts as out of memory) on the channel gateways listen to. */
+static int announce(auth_ctx_t *ctx, json_t *note)
+{
+    char *text = note ? json_dumps(note, JSON_COMPACT) : NULL;
+    json_decref(note);
+    int rc = text ? pl_redis_publish(ctx->redis, REVOKE_CHANNEL, text, NULL) : PL_ERR_NOMEM;
+    free(text);
+    return rc;
+}
+
+/*
  * Revokes a session everywhere: MongoDB first (refresh stops, auth refuses its tokens), then
  * the Redis flag other services check until the last access token expires, then the live
  * notice gateways use to close sockets. Idempotent, so a client retries after a 503.
  */
 static int revoke_session(auth_ctx_t *ctx, const char *sid, const char *user)
 {
-    bson_t filter = BSON_INITIALIZER;
-    bson_t upd = BSON_INITIALIZER;
-    bson_t set;
-    BSON_APPEND_UTF8(&filter, "_id", sid);
-    BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
-    BSON_APPEND_BOOL(&set, "revoked", true);
-    BSON_APPEND_DATE_TIME(&set, "revoked_at", pl_now_ms());
-    bson_append_document_end(&upd, &set);
-    int rc = pl_mongo_update_one(ctx->mongo, "sessions", &filter, &upd, 0, NULL);
-    bson_destroy(&filter);
-    bson_destroy(&upd);
+    int rc = flag_by_id(ctx, "sessions", sid, "revoked", "revoked_at", NULL);
     if (rc != PL_OK) {
         return rc;
     }
@@ -261,11 +282,7 @@ static int revoke_session(auth_ctx_t *ctx, const char *sid, const char *user)
     if (rc != PL_OK) {
         return rc;
     }
-    json_t *note = json_pack("{s:s,s:s}", "sid", sid, "user", user);
-    char *text = note ? json_dumps(note, JSON_COMPACT) : NULL;
-    json_decref(note);
-    rc = text ? pl_redis_publish(ctx->redis, REVOKE_CHANNEL, text, NULL) : PL_ERR_NOMEM;
-    free(text);
+    rc = announce(ctx, json_pack("{s:s,s:s}", "sid", sid, "user", user));
     if (rc == PL_OK) {
         pl_log_fields(PL_LOG_INFO, "session_revoked",
                       json_pack("{s:s,s:s}", "user", user, "session", sid), "session revoked");
@@ -567,29 +584,15 @@ static void h_password(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 /* Marks user disabled (login refused, not a recipient) and revokes every session. */
 static int disable_account(auth_ctx_t *ctx, const char *user)
 {
-    bson_t filter = BSON_INITIALIZER;
-    bson_t upd = BSON_INITIALIZER;
-    bson_t set;
-    BSON_APPEND_UTF8(&filter, "_id", user);
-    BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
-    BSON_APPEND_BOOL(&set, "disabled", true);
-    BSON_APPEND_DATE_TIME(&set, "disabled_at", pl_now_ms());
-    bson_append_document_end(&upd, &set);
     long matched = 0;
-    int rc = pl_mongo_update_one(ctx->mongo, "users", &filter, &upd, 0, &matched);
-    bson_destroy(&filter);
-    bson_destroy(&upd);
+    int rc = flag_by_id(ctx, "users", user, "disabled", "disabled_at", &matched);
     if (rc == PL_OK && matched == 0) {
         return PL_ERR_NOTFOUND;
     }
     rc = rc == PL_OK ? revoke_all(ctx, user) : rc;
     if (rc == PL_OK) {
         /* Gateways cache that a recipient exists for minutes: tell them it no longer does. */
-        json_t *note = json_pack("{s:s,s:b}", "user", user, "disabled", 1);
-        char *text = note ? json_dumps(note, JSON_COMPACT) : NULL;
-        json_decref(note);
-        rc = text ? pl_redis_publish(ctx->redis, REVOKE_CHANNEL, text, NULL) : PL_ERR_NOMEM;
-        free(text);
+        rc = announce(ctx, json_pack("{s:s,s:b}", "user", user, "disabled", 1));
     }
     if (rc == PL_OK) {
         pl_log_fields(PL_LOG_INFO, "account_disabled", json_pack("{s:s}", "user", user),

@@ -247,9 +247,10 @@ int main(void)
     long long next_tick = pl_now_ms() + 1000;
     long long next_refresh = pl_now_ms() + 5000;
     long long drain_deadline = 0;
+    int wait_ms = 100; /* shorter while a throttled socket is due sooner */
     for (;;) {
-        gw_loop_turn(ctx->loop, gw_unthrottle(ctx, 100));
-        gw_unthrottle(ctx, 100);
+        gw_loop_turn(ctx->loop, wait_ms);
+        wait_ms = gw_unthrottle(ctx, 100);
         gw_end_turn(ctx);
         long long now = pl_now_ms();
         struct signalfd_siginfo si;

@@ -107,18 +107,24 @@ def auth():
     return Api(f"http://127.0.0.1:{os.environ['PARLEY_AUTH_PORT']}")
 
 
+def free_port():
+    """A loopback port the kernel just handed out (free until someone else takes it)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def _own_service(binary, port_var, name):
     """A fixture that starts extra copies of a service with other settings, on free ports,
     against the suite's Redis, Kafka and MongoDB; stopped with SIGTERM afterwards."""
     procs = []
 
     def start(extra):
-        import socket
-
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = free_port()
         env = dict(os.environ, PARLEY_TRUST_FORWARDED="1",
                    PARLEY_JWT_PRIVATE_KEY=os.path.join(VAR, "keys", "jwt-private.pem"),
                    PARLEY_JWT_PUBLIC_KEY=os.path.join(VAR, "keys", "jwt-public.pem"),

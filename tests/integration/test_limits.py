@@ -20,20 +20,12 @@ import urllib.request
 import pytest
 import websockets
 
-from conftest import ROOT, VAR, Api, user_with_token, wait_until
+from conftest import ROOT, VAR, Api, free_port, user_with_token, wait_until
 from wsclient import Chat, RawWS
 
 
 def run(coro):
     return asyncio.run(coro)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_user_send_budget_is_refused_with_retry_after(edge, own_gateway):
