@@ -353,6 +353,31 @@ static void test_other_key(void)
     pl_jwt_signer_free(&s);
 }
 
+/* The verifier takes only a P-256 public key: ES256 means that curve and nothing else. */
+static void test_key_types(void)
+{
+    pl_jwt_verifier_t *v = NULL;
+    EVP_PKEY *p384 = EVP_EC_gen("secp384r1");
+    EVP_PKEY *rsa = EVP_RSA_gen(2048);
+    size_t n = 0;
+    char *pem = pem_of(p384, 0, &n);
+    CU_ASSERT_EQUAL(pl_jwt_verifier_new(pem, n, ISS, AUD, 0, NULL, NULL, &v), PL_ERR_CONFIG);
+    free(pem);
+    pem = pem_of(rsa, 0, &n);
+    CU_ASSERT_EQUAL(pl_jwt_verifier_new(pem, n, ISS, AUD, 0, NULL, NULL, &v), PL_ERR_CONFIG);
+    free(pem);
+    const char *bad = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
+    CU_ASSERT_EQUAL(pl_jwt_verifier_new(bad, strlen(bad), ISS, AUD, 0, NULL, NULL, &v),
+                    PL_ERR_CONFIG);
+    CU_ASSERT_EQUAL(pl_jwt_verifier_new(priv1, priv1_len, ISS, AUD, 0, NULL, NULL, &v),
+                    PL_ERR_CONFIG);
+    CU_ASSERT_PTR_NULL(v);
+    CU_ASSERT_EQUAL(pl_jwt_verifier_new(pub1, pub1_len, ISS, AUD, 0, NULL, NULL, &v), PL_OK);
+    pl_jwt_verifier_free(&v);
+    EVP_PKEY_free(p384);
+    EVP_PKEY_free(rsa);
+}
+
 static void test_garbage(void)
 {
     CU_ASSERT_EQUAL(verify(NULL), PL_ERR_UNAUTH);
@@ -419,6 +444,7 @@ int main(void)
     CU_add_test(s, "issuer and audience", test_issuer_audience);
     CU_add_test(s, "tampered payload and signature", test_tampering);
     CU_add_test(s, "another key", test_other_key);
+    CU_add_test(s, "only P-256 public keys", test_key_types);
     CU_add_test(s, "garbage and refresh tokens", test_garbage);
     CU_add_test(s, "revoked sessions", test_revocation);
     CU_basic_set_mode(CU_BRM_VERBOSE);
