@@ -17,13 +17,14 @@ typedef struct pl_http_s pl_http_t;
 typedef struct pl_http_req_s pl_http_req_t;
 
 /*
- * Called on the server's thread once a 101 response is sent: fd is the upgraded socket (owned
- * by the server: never close it, call pl_http_upgraded_close(handle) instead), extra holds
- * bytes the client sent after its request (valid during the call only), arg is what the
- * handler passed to pl_http_upgrade().
+ * Called on the server's thread once a 101 response is sent: fd is the upgraded socket, now
+ * the callee's to close (-1 when it could not be taken over: the client is already gone),
+ * extra holds bytes the client sent after its request (valid during the call only), arg is
+ * what the handler passed to pl_http_upgrade(). libmicrohttpd forgets the connection as soon
+ * as this returns, so an upgraded socket costs it no memory (its connection and 16-32 KiB
+ * buffer pool would otherwise live as long as the socket).
  */
-typedef void (*pl_http_upgrade_fn)(void *arg, int fd, const char *extra, size_t extra_len,
-                                   void *handle);
+typedef void (*pl_http_upgrade_fn)(void *arg, int fd, const char *extra, size_t extra_len);
 
 /* What a handler fills in. Handlers normally use pl_http_reply() and pl_http_fail(). */
 typedef struct pl_http_resp_s {
@@ -98,9 +99,6 @@ void pl_http_fail(pl_http_resp_t *resp, int err, const char *message);
  */
 void pl_http_upgrade(pl_http_resp_t *resp, const char *const *headers, pl_http_upgrade_fn fn,
                      void *arg, void (*free_arg)(void *arg));
-
-/* Closes an upgraded socket; callable from any thread, once per handle. */
-void pl_http_upgraded_close(void *handle);
 
 /*
  * The answer when a dependency failed with rc: 503 with Retry-After: 1 for PL_ERR_UNAVAIL (the

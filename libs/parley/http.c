@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -100,11 +101,6 @@ void pl_http_upgrade(pl_http_resp_t *resp, const char *const *headers, pl_http_u
     resp->headers[i] = NULL;
 }
 
-void pl_http_upgraded_close(void *handle)
-{
-    MHD_upgrade_action(handle, MHD_UPGRADE_ACTION_CLOSE);
-}
-
 static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, const char *extra_in,
                         size_t extra_in_size, MHD_socket sock,
                         struct MHD_UpgradeResponseHandle *urh)
@@ -113,9 +109,15 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
     (void)conn;
     pl_http_req_t *req = con_cls;
     void *arg = req->upgrade_arg;
-    /* From here the callee owns arg. */
+    /* From here the callee owns arg. It gets a descriptor of its own for the socket, and
+     * libmicrohttpd closes its one at once and frees the connection. The daemon runs with
+     * MHD_USE_TURBO, under which closing does not shutdown() the socket (see pl_http_start),
+     * so the duplicate stays usable. The connection is already suspended here, and closing
+     * from inside this callback only queues its cleanup. */
     req->upgrade_arg = NULL;
-    req->upgrade(arg, sock, extra_in, extra_in_size, urh);
+    int own = fcntl(sock, F_DUPFD_CLOEXEC, 3);
+    req->upgrade(arg, own, extra_in, extra_in_size);
+    MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
 }
 
 static enum MHD_Result send_upgrade(pl_http_req_t *req, pl_http_resp_t *resp)
@@ -474,7 +476,9 @@ int pl_http_start(const pl_http_cfg_t *cfg, pl_http_t **out)
     unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_LINUX_ONLY | MHD_USE_ITC |
                          MHD_USE_ERROR_LOG;
     if (cfg->allow_upgrade) {
-        flags |= MHD_ALLOW_UPGRADE;
+        /* TURBO: reads and writes before polling, and no shutdown(SHUT_WR) when a connection
+         * is closed, which on_upgraded() needs: the socket lives on in its duplicate. */
+        flags |= MHD_ALLOW_UPGRADE | MHD_USE_TURBO;
     }
     /* A pool of one is no pool: MHD wants the option only for two threads or more. */
     unsigned int threads = cfg->threads > 1 ? cfg->threads : 0;

@@ -12,11 +12,11 @@
 #include "parley/kafka.h"
 #include "parley/metrics.h"
 #include "parley/proto.h"
+#include "parley/ws.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
-#include <wslay/wslay.h>
 
 #define GW_MAGIC 0x67776331u
 
@@ -47,6 +47,13 @@ void gw_loop_turn(gw_loop_t *l, int timeout_ms);
 enum gw_state { GW_WAIT_AUTH = 1, GW_CHECKING, GW_OPEN, GW_CLOSING };
 
 typedef struct gw_conn_s gw_conn_t;
+
+/* One frame waiting to be written: header and payload, written from off. */
+typedef struct gw_out_s {
+    struct gw_out_s *next;
+    size_t len, off;
+    unsigned char data[];
+} gw_out_t;
 typedef struct gw_ctx_s gw_ctx_t;
 
 struct gw_conn_s {
@@ -54,14 +61,22 @@ struct gw_conn_s {
     gw_watch_t w;
     uint64_t id;
     gw_ctx_t *ctx;
-    void *urh; /* libmicrohttpd's handle of the upgraded socket */
-    wslay_event_context_ptr ws;
+    int fd; /* the socket; -1 once released */
     enum gw_state state;
     char user[PL_USERNAME_MAX + 1];
     char sid[72];
     long token_exp;
-    unsigned char *pre; /* bytes the client sent right after its handshake */
-    size_t pre_len, pre_off;
+    /* What an idle socket costs is this structure and nothing else: input is read into the
+     * loop's buffer, and memory is taken only for what cannot be finished in one turn. */
+    pl_ws_rx_t rx;       /* a fragmented message being received */
+    unsigned char *pend; /* an incomplete frame, or unread frames, kept until the next read */
+    size_t pend_len;
+    gw_out_t *out_head, *out_tail; /* frames waiting to be written, in order */
+    size_t out_bytes;              /* their size (the send-queue cap) */
+    unsigned char close_queued;    /* our close frame is queued: nothing may follow it */
+    unsigned char close_sent;      /* ... and written */
+    unsigned char close_rcvd;      /* the peer's close arrived: nothing more is read */
+    unsigned char in_presence;     /* registered in parley:presence (once it was open) */
     long long opened_ms, last_rx_ms, ping_ms;
     unsigned char rx_failed;  /* the socket itself failed or reached EOF (not a protocol error) */
     unsigned char tx_partial; /* the wire is inside a frame we are writing */
@@ -85,7 +100,6 @@ struct gw_conn_s {
 /* Handshake results handed from the HTTP thread to the loop. */
 typedef struct gw_handoff_s {
     int fd;
-    void *urh;
     unsigned char *extra;
     size_t extra_len;
     int authed; /* token verified at upgrade (Authorization header) */
@@ -199,7 +213,8 @@ void gw_adopt(gw_watch_t *w, uint32_t events);
 
 /* Queues a text frame (copied) and marks the connection for flushing. */
 int gw_conn_send_text(gw_conn_t *c, const char *text, size_t len);
-/* Starts a close with code and reason; the socket is released once wslay is done. */
+/* Starts a close with code and reason; the socket is released once the close
+ * handshake is done (or its grace period is over). */
 void gw_conn_close(gw_conn_t *c, uint16_t code, const char *reason);
 /* Writes every connection with queued frames; frees those closed this turn. */
 void gw_end_turn(gw_ctx_t *ctx);

@@ -1,8 +1,13 @@
 /*
- * WebSocket connections on the gateway's loop: wslay does the framing (masking, control
- * frames, fragmentation, the 64 KiB message cap, close replies); this file feeds it bytes,
- * validates text as UTF-8, authenticates, turns "send" frames into Kafka records, and writes
- * acks, errors and pushed messages into bounded per-socket queues flushed once per turn.
+ * WebSocket connections on the gateway's loop: this file reads each socket into the loop's
+ * buffer and has pl_ws_rx_feed() cut it into frames (masking, control frames, fragmentation,
+ * the 64 KiB message cap), answers pings and closes, validates text as UTF-8, authenticates,
+ * turns "send" frames into Kafka records, and writes acks, errors and pushed messages into
+ * bounded per-socket queues flushed once per turn, several frames to one sendmsg().
+ *
+ * Memory: an idle socket holds its gw_conn_t only. A connection keeps bytes (pend, rx.frag,
+ * the out queue) only while a frame is incomplete, a fragmented message is open or the peer
+ * has not read what was written to it; all three are capped (64 KiB frames, sendq_max).
  */
 #include "gw.h"
 #include "parley/enc.h"
@@ -16,11 +21,18 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define CLOSE_GRACE_MS 5000
 #define RX_TURN_MAX    (64 * 1024) /* bytes read from one socket per loop turn */
 #define RX_TURN_SMALL  4096        /* the same, for a socket lately over its budget */
+#define TX_IOV_MAX     64          /* frames handed to one sendmsg() */
+
+/* Every socket is read into this buffer (the loop is single-threaded): an incomplete frame
+ * left at its end (at most a frame header and PL_MAX_FRAME bytes) moves to the connection's
+ * pend, and comes back here in front of the next read. */
+static unsigned char rxbuf[PL_WS_HEADER_MAX + 4 + PL_MAX_FRAME + RX_TURN_MAX];
 
 gw_conn_t *gw_conn_find(gw_ctx_t *ctx, uint64_t id)
 {
@@ -105,11 +117,13 @@ static void mark_dirty(gw_conn_t *c)
 static void release(gw_conn_t *c)
 {
     gw_ctx_t *ctx = c->ctx;
-    if (c->w.cb == NULL && c->urh == NULL) {
+    if (c->fd < 0) {
         return; /* already released */
     }
     gw_loop_del(ctx->loop, &c->w);
-    if (c->state == GW_OPEN || c->u_prev != NULL || c->u_next != NULL) {
+    if (c->in_presence) {
+        /* Whatever state it is in now: a socket closed by either side (so CLOSING) was
+         * registered while it was open, and its field must not outlive it. */
         gw_presence_del(ctx, c);
     }
     user_unlink(ctx, c);
@@ -140,8 +154,8 @@ static void release(gw_conn_t *c)
     }
     ctx->nconns--;
     pl_metric_gauge_add(ctx->m_conns, -1);
-    pl_http_upgraded_close(c->urh);
-    c->urh = NULL;
+    close(c->fd);
+    c->fd = -1;
     c->dead_next = ctx->dead;
     ctx->dead = c;
 }
@@ -151,21 +165,99 @@ static void update_interest(gw_conn_t *c)
     if (c->w.cb == NULL) {
         return;
     }
-    int r = wslay_event_want_read(c->ws) && !c->read_paused && c->throttled_until_ms == 0;
-    int w = wslay_event_want_write(c->ws);
-    if (!wslay_event_want_read(c->ws) && !w) {
-        release(c);
+    int want_read = !c->close_rcvd && !c->rx_failed;
+    int r = want_read && !c->read_paused && c->throttled_until_ms == 0;
+    int w = c->out_head != NULL;
+    if (!want_read && !w) {
+        release(c); /* the close handshake is over, or the peer is gone */
         return;
     }
     gw_loop_mod(c->ctx->loop, &c->w, (r ? EPOLLIN : 0) | (w ? EPOLLOUT : 0) | EPOLLRDHUP);
 }
 
-int gw_conn_send_text(gw_conn_t *c, const char *text, size_t len)
+/* Queues one frame; nothing is queued after a close. */
+static int queue_frame(gw_conn_t *c, int opcode, const void *data, size_t len)
 {
-    if (c->state == GW_CLOSING || c->ws == NULL) {
+    if (c->close_queued || c->fd < 0) {
         return PL_ERR_UNAVAIL;
     }
-    if (wslay_event_get_queued_msg_length(c->ws) + len > c->ctx->sendq_max) {
+    unsigned char h[PL_WS_HEADER_MAX];
+    size_t hl = pl_ws_header(h, opcode, len);
+    gw_out_t *o = malloc(sizeof(*o) + hl + len);
+    if (o == NULL) {
+        return PL_ERR_NOMEM;
+    }
+    memcpy(o->data, h, hl);
+    if (len > 0) {
+        memcpy(o->data + hl, data, len);
+    }
+    o->len = hl + len;
+    o->off = 0;
+    o->next = NULL;
+    if (c->out_tail != NULL) {
+        c->out_tail->next = o;
+    } else {
+        c->out_head = o;
+    }
+    c->out_tail = o;
+    c->out_bytes += o->len;
+    c->close_queued = opcode == PL_WS_OP_CLOSE;
+    mark_dirty(c);
+    return PL_OK;
+}
+
+/* Writes what the queue holds, as far as the socket takes it. -1 when the socket failed. */
+static int flush_out(gw_conn_t *c)
+{
+    while (c->out_head != NULL && c->fd >= 0) {
+        struct iovec iov[TX_IOV_MAX];
+        int n = 0;
+        size_t want = 0;
+        for (gw_out_t *o = c->out_head; o != NULL && n < TX_IOV_MAX; o = o->next, n++) {
+            iov[n].iov_base = o->data + o->off;
+            iov[n].iov_len = o->len - o->off;
+            want += iov[n].iov_len;
+        }
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        ssize_t r;
+        do {
+            r = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0) {
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+        }
+        for (size_t left = (size_t)r; left > 0 && c->out_head != NULL;) {
+            gw_out_t *o = c->out_head;
+            size_t rest = o->len - o->off;
+            if (left < rest) {
+                o->off += left;
+                break;
+            }
+            left -= rest;
+            c->out_head = o->next;
+            if (c->out_head == NULL) {
+                c->out_tail = NULL;
+            }
+            c->out_bytes -= o->len;
+            if (c->close_queued && c->out_head == NULL) {
+                c->close_sent = 1; /* the close is always the last frame queued */
+            }
+            free(o);
+        }
+        c->tx_partial = c->out_head != NULL && c->out_head->off > 0;
+        if ((size_t)r < want) {
+            return 0; /* the socket's buffer is full: EPOLLOUT brings us back */
+        }
+    }
+    return 0;
+}
+
+int gw_conn_send_text(gw_conn_t *c, const char *text, size_t len)
+{
+    if (c->state == GW_CLOSING || c->fd < 0) {
+        return PL_ERR_UNAVAIL;
+    }
+    if (c->out_bytes + len > c->ctx->sendq_max) {
         /* The client reads slower than it is written to: free it, let it resync. */
         pl_metric_inc(c->ctx->m_slow_closed);
         pl_log_fields(PL_LOG_WARN, "slow_consumer",
@@ -174,13 +266,10 @@ int gw_conn_send_text(gw_conn_t *c, const char *text, size_t len)
         gw_conn_close(c, PL_WS_TRY_AGAIN, "send queue full: reconnect and sync");
         return PL_ERR_TOOBIG;
     }
-    struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)text, len};
-    if (wslay_event_queue_msg(c->ws, &m) != 0) {
-        return PL_ERR_UNAVAIL;
-    }
-    mark_dirty(c);
-    return PL_OK;
+    return queue_frame(c, PL_WS_OP_TEXT, text, len);
 }
+
+static void queue_close(gw_conn_t *c, uint16_t code, const char *reason);
 
 void gw_conn_close(gw_conn_t *c, uint16_t code, const char *reason)
 {
@@ -189,8 +278,25 @@ void gw_conn_close(gw_conn_t *c, uint16_t code, const char *reason)
     }
     c->state = GW_CLOSING;
     c->ping_ms = pl_now_ms(); /* the grace period for the close handshake starts now */
-    wslay_event_queue_close(c->ws, code, (const uint8_t *)reason, reason ? strlen(reason) : 0);
-    mark_dirty(c);
+    queue_close(c, code, reason);
+}
+
+/* Queues a close frame. Code 0: a close without a status (the answer to one that had none). */
+static void queue_close(gw_conn_t *c, uint16_t code, const char *reason)
+{
+    unsigned char p[125];
+    size_t n = 0;
+    if (code != 0) {
+        size_t rl = reason != NULL ? strlen(reason) : 0;
+        rl = rl > sizeof(p) - 2 ? sizeof(p) - 2 : rl; /* reasons here are ASCII */
+        p[0] = (unsigned char)(code >> 8);
+        p[1] = (unsigned char)code;
+        if (rl > 0) {
+            memcpy(p + 2, reason, rl);
+        }
+        n = 2 + rl;
+    }
+    queue_frame(c, PL_WS_OP_CLOSE, p, n);
 }
 
 static void send_error(gw_conn_t *c, const char *code, const char *msg, const char *client_id,
@@ -207,94 +313,99 @@ static void send_error(gw_conn_t *c, const char *code, const char *msg, const ch
                                      "Error frames sent, by code", labels));
 }
 
-/* ---- wslay callbacks ---- */
+/* ---- reading ---- */
 
-static ssize_t on_recv(wslay_event_context_ptr ws, uint8_t *buf, size_t len, int flags, void *ud)
+static int on_frame(void *ud, int opcode, const unsigned char *data, size_t len);
+static void on_message(gw_conn_t *c, int opcode, const unsigned char *msg, size_t msg_length);
+
+/* 1 while frames already read may be handled (not while its token is being checked). */
+static int can_parse(const gw_conn_t *c)
 {
-    gw_conn_t *c = ud;
-    (void)flags;
-    if (c->pre_off < c->pre_len) {
-        size_t n = c->pre_len - c->pre_off;
-        n = n < len ? n : len;
-        memcpy(buf, c->pre + c->pre_off, n);
-        c->pre_off += n;
-        if (c->pre_off == c->pre_len) {
-            free(c->pre);
-            c->pre = NULL;
-            c->pre_len = c->pre_off = 0;
-        }
-        return (ssize_t)n;
+    return c->fd >= 0 && !c->close_rcvd && !c->rx_failed && !c->read_paused;
+}
+
+/* 1 while more may be read from c's socket: as can_parse, and not over its send budget. A
+ * throttled socket's frames already read are still handled (each refused, and answered);
+ * what it sends next waits in TCP. */
+static int can_read(const gw_conn_t *c)
+{
+    return can_parse(c) && c->throttled_until_ms == 0;
+}
+
+/* Fails the connection on a protocol violation: a close with status, written at once as far
+ * as the socket takes it (after what is queued, so the stream stays well-formed), then the
+ * socket is dropped. */
+static void fail(gw_conn_t *c, int status)
+{
+    if (c->state != GW_CLOSING) {
+        c->state = GW_CLOSING;
+        c->ping_ms = pl_now_ms();
+    }
+    queue_close(c, (uint16_t)status, NULL); /* no-op when a close is queued already */
+    flush_out(c);
+    c->rx_failed = 1;
+}
+
+/*
+ * Takes the frames waiting in pend and in the socket, up to this turn's share. 0 to go on;
+ * -1 when c must be released (the peer is gone, or violated the protocol and was told).
+ */
+static int read_frames(gw_conn_t *c)
+{
+    size_t have = 0;
+    if (c->pend != NULL) {
+        memcpy(rxbuf, c->pend, c->pend_len);
+        have = c->pend_len;
+        free(c->pend);
+        c->pend = NULL;
+        c->pend_len = 0;
     }
     /* A socket throttled in the last second reads one small chunk a turn: what it sent past
      * its budget is parsed and refused a little at a time, not 64 KiB at each release. */
     size_t cap = c->throttled_at_ms != 0 && pl_now_ms() - c->throttled_at_ms < 1000 ? RX_TURN_SMALL
                                                                                     : RX_TURN_MAX;
-    if (c->rx_turn >= cap || c->throttled_until_ms != 0) {
+    for (;;) {
+        if (have > 0 && can_parse(c)) {
+            long k = pl_ws_rx_feed(&c->rx, rxbuf, have, PL_MAX_FRAME, on_frame, c);
+            if (k < 0) {
+                fail(c, (int)-k);
+                return -1;
+            }
+            memmove(rxbuf, rxbuf + k, have - (size_t)k);
+            have -= (size_t)k;
+        }
         /* Enough from this socket for one turn (the rest waits in the kernel and the loop
-         * comes back to it, level-triggered), or it is throttled: others get their turn. */
-        wslay_event_set_error(ws, WSLAY_ERR_WOULDBLOCK);
-        return -1;
-    }
-    ssize_t r;
-    do {
-        r = recv(c->w.fd, buf, len, 0);
-    } while (r < 0 && errno == EINTR);
-    if (r > 0) {
+         * comes back to it, level-triggered), or it may not be read now: others get a turn. */
+        if (!can_read(c) || c->rx_turn >= cap) {
+            break;
+        }
+        size_t room = sizeof(rxbuf) - have;
+        size_t want = cap - c->rx_turn < room ? cap - c->rx_turn : room;
+        ssize_t r;
+        do {
+            r = recv(c->fd, rxbuf + have, want, 0);
+        } while (r < 0 && errno == EINTR);
+        if (r <= 0) {
+            c->rx_failed = r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+            if (!c->rx_failed) {
+                break;
+            }
+            continue; /* parse nothing more: the loop ends at can_read() */
+        }
+        have += (size_t)r;
         c->rx_turn += (size_t)r;
+        c->last_rx_ms = pl_now_ms();
     }
-    if (r < 0) {
-        int again = errno == EAGAIN || errno == EWOULDBLOCK;
-        c->rx_failed = !again;
-        wslay_event_set_error(ws, again ? WSLAY_ERR_WOULDBLOCK : WSLAY_ERR_CALLBACK_FAILURE);
-        return -1;
+    if (have > 0 && !c->rx_failed && !c->close_rcvd) {
+        c->pend = malloc(have);
+        if (c->pend == NULL) {
+            fail(c, PL_WS_INTERNAL);
+            return -1;
+        }
+        memcpy(c->pend, rxbuf, have);
+        c->pend_len = have;
     }
-    if (r == 0) {
-        c->rx_failed = 1;
-        wslay_event_set_error(ws, WSLAY_ERR_CALLBACK_FAILURE);
-        return -1;
-    }
-    c->last_rx_ms = pl_now_ms();
-    return r;
-}
-
-static ssize_t on_send(wslay_event_context_ptr ws, const uint8_t *data, size_t len, int flags,
-                       void *ud)
-{
-    gw_conn_t *c = ud;
-    ssize_t r;
-    /* MSG_MORE lets the kernel coalesce the frames wslay writes back to back. */
-    int sflags = MSG_NOSIGNAL | ((flags & WSLAY_MSG_MORE) ? MSG_MORE : 0);
-    do {
-        r = send(c->w.fd, data, len, sflags);
-    } while (r < 0 && errno == EINTR);
-    if (r < 0) {
-        wslay_event_set_error(ws, (errno == EAGAIN || errno == EWOULDBLOCK)
-                                      ? WSLAY_ERR_WOULDBLOCK
-                                      : WSLAY_ERR_CALLBACK_FAILURE);
-        return -1;
-    }
-    c->tx_partial = (size_t)r < len || (flags & WSLAY_MSG_MORE);
-    return r;
-}
-
-/*
- * Feeds c's socket to wslay. 0 to go on; otherwise c must be released. When wslay fails on a
- * frame-level violation (a control frame over 125 bytes or fragmented, ...) it only queues a
- * close without a status code, and the connection is dropped unsent: the peer is first told
- * 1002 with a best-effort write of the close frame itself (only between two frames, so the
- * stream it ends stays well-formed).
- */
-static int recv_frames(gw_conn_t *c)
-{
-    if (wslay_event_recv(c->ws) == 0) {
-        return 0;
-    }
-    if (!c->rx_failed && !c->tx_partial && c->w.fd >= 0) {
-        static const unsigned char close_1002[] = {0x88, 0x02, 0x03, 0xea};
-        ssize_t w = send(c->w.fd, close_1002, sizeof(close_1002), MSG_NOSIGNAL | MSG_DONTWAIT);
-        (void)w;
-    }
-    return -1;
+    return c->rx_failed ? -1 : 0;
 }
 
 static void start_auth(gw_conn_t *c, const pl_jwt_claims_t *claims)
@@ -327,6 +438,7 @@ void gw_conn_auth_result(gw_ctx_t *ctx, uint64_t conn_id, int rc)
     c->read_paused = 0;
     user_link(ctx, c);
     gw_presence_add(ctx, c);
+    c->in_presence = 1;
     pl_metric_inc(ctx->m_opened);
     json_t *ready =
         json_pack("{s:s,s:s,s:s}", "type", "ready", "user", c->user, "gateway", ctx->gw_id);
@@ -337,8 +449,8 @@ void gw_conn_auth_result(gw_ctx_t *ctx, uint64_t conn_id, int rc)
         free(f);
     }
     update_interest(c);
-    /* Frames that arrived during the check are still in the socket: read them now. */
-    if (recv_frames(c) != 0) {
+    /* Frames that arrived during the check are still in pend or the socket: read them now. */
+    if (read_frames(c) != 0) {
         release(c);
     }
 }
@@ -421,36 +533,49 @@ static void on_send_frame(gw_conn_t *c, const pl_frame_t *f)
     gw_users_check(ctx, s);
 }
 
-static void on_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_recv_arg *arg,
-                   void *ud)
+/* pl_ws_rx_feed's callback: one message or control frame. Nonzero stops the feed (the rest
+ * stays in pend) when c may not be read further now. */
+static int on_frame(void *ud, int opcode, const unsigned char *data, size_t len)
 {
     gw_conn_t *c = ud;
-    (void)ws;
-    if (arg->opcode == WSLAY_PONG || arg->opcode == WSLAY_PING) {
-        c->ping_ms = 0;
+    if (opcode == PL_WS_OP_PING || opcode == PL_WS_OP_PONG) {
+        if (c->state != GW_CLOSING) {
+            c->ping_ms = 0; /* the peer is alive */
+        }
+        if (opcode == PL_WS_OP_PING) {
+            queue_frame(c, PL_WS_OP_PONG, data, len);
+        }
+        return !can_parse(c);
+    }
+    if (opcode == PL_WS_OP_CLOSE) {
+        /* Valid (pl_ws_rx_feed checked it). Answer with the same status unless a close of
+         * ours is already out; the socket is released once ours is written. */
+        c->close_rcvd = 1;
+        uint16_t code = len >= 2 ? (uint16_t)(data[0] << 8 | data[1]) : 0;
+        gw_conn_close(c, code, NULL);
+        return 1;
+    }
+    on_message(c, opcode, data, len);
+    return !can_parse(c);
+}
+
+static void on_message(gw_conn_t *c, int opcode, const unsigned char *msg, size_t msg_length)
+{
+    if (c->state == GW_CLOSING) {
         return;
     }
-    if (arg->opcode == WSLAY_CONNECTION_CLOSE && c->state != GW_CLOSING && arg->msg_length > 2 &&
-        !pl_utf8_valid(arg->msg + 2, arg->msg_length - 2)) {
-        /* wslay checks the close code; the reason must be UTF-8 too (RFC 6455 5.5.1). */
-        gw_conn_close(c, PL_WS_INVALID_DATA, "close reason is not valid UTF-8");
-        return;
-    }
-    if (arg->opcode == WSLAY_CONNECTION_CLOSE || c->state == GW_CLOSING) {
-        return;
-    }
-    if (arg->opcode == WSLAY_BINARY_FRAME) {
+    if (opcode == PL_WS_OP_BINARY) {
         gw_conn_close(c, PL_WS_UNSUPPORTED, "binary frames are not supported");
         return;
     }
     pl_metric_inc(c->ctx->m_frames_in);
-    if (!pl_utf8_valid(arg->msg, arg->msg_length)) {
+    if (!pl_utf8_valid(msg, msg_length)) {
         gw_conn_close(c, PL_WS_INVALID_DATA, "text frame is not valid UTF-8");
         return;
     }
     pl_frame_t f;
     const char *why = NULL;
-    int rc = pl_frame_parse((const char *)arg->msg, arg->msg_length, &f, &why);
+    int rc = pl_frame_parse((const char *)msg, msg_length, &f, &why);
     if (c->state == GW_WAIT_AUTH) {
         if (rc != PL_OK || f.type != PL_FRAME_AUTH) {
             gw_conn_close(c, PL_WS_POLICY, "authenticate first: {\"type\":\"auth\",\"token\":…}");
@@ -462,7 +587,7 @@ static void on_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_r
     }
     if (rc != PL_OK) {
         /* Echo the client_id when it can be read, so the client knows which send failed. */
-        json_t *j = json_loadb((const char *)arg->msg, arg->msg_length, 0, NULL);
+        json_t *j = json_loadb((const char *)msg, msg_length, 0, NULL);
         const char *cid = json_string_value(json_object_get(j, "client_id"));
         if (cid != NULL && strlen(cid) > PL_MAX_CLIENT_ID) {
             cid = NULL;
@@ -495,7 +620,7 @@ static void on_io(gw_watch_t *w, uint32_t events)
         return;
     }
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-        if (!c->read_paused && recv_frames(c) != 0) {
+        if (!c->read_paused && read_frames(c) != 0) {
             release(c);
             return;
         }
@@ -504,7 +629,7 @@ static void on_io(gw_watch_t *w, uint32_t events)
             return;
         }
     }
-    if (c->w.cb != NULL && (events & EPOLLOUT) && wslay_event_send(c->ws) != 0) {
+    if (c->w.cb != NULL && (events & EPOLLOUT) && flush_out(c) != 0) {
         release(c);
         return;
     }
@@ -512,10 +637,6 @@ static void on_io(gw_watch_t *w, uint32_t events)
         mark_dirty(c);
     }
 }
-
-static const struct wslay_event_callbacks callbacks = {
-    on_recv, on_send, NULL, NULL, NULL, NULL, on_msg,
-};
 
 /* ---- handoff from the HTTP thread ---- */
 
@@ -533,22 +654,20 @@ void gw_handoff(gw_ctx_t *ctx, gw_handoff_t *h)
 static void adopt_one(gw_ctx_t *ctx, gw_handoff_t *h)
 {
     gw_conn_t *c = calloc(1, sizeof(*c));
-    if (c == NULL || wslay_event_context_server_init(&c->ws, &callbacks, c) != 0) {
-        free(c);
-        pl_http_upgraded_close(h->urh);
-        free(h->extra);
+    if (c == NULL) {
+        close(h->fd);
         return;
     }
     c->magic = GW_MAGIC;
     c->ctx = ctx;
-    c->urh = h->urh;
+    c->fd = h->fd;
     c->id = ++ctx->next_id;
     c->state = GW_WAIT_AUTH;
     c->opened_ms = c->last_rx_ms = pl_now_ms();
-    c->pre = h->extra;
-    c->pre_len = h->extra_len;
+    /* Bytes the client sent right behind its handshake are read first. */
+    c->pend = h->extra;
+    c->pend_len = h->extra_len;
     h->extra = NULL;
-    wslay_event_config_set_max_recv_msg_length(c->ws, PL_MAX_FRAME);
     c->id_next = ctx->by_id[c->id % GW_ID_BUCKETS];
     ctx->by_id[c->id % GW_ID_BUCKETS] = c;
     c->next = ctx->all;
@@ -569,7 +688,7 @@ static void adopt_one(gw_ctx_t *ctx, gw_handoff_t *h)
     }
     if (h->authed) {
         start_auth(c, &h->claims);
-    } else if (c->pre_len > 0 && recv_frames(c) != 0) {
+    } else if (c->pend_len > 0 && read_frames(c) != 0) {
         release(c);
     }
 }
@@ -605,7 +724,13 @@ void gw_end_turn(gw_ctx_t *ctx)
         if (c->w.cb == NULL) {
             continue;
         }
-        if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) != 0) {
+        /* Frames left in pend while c was throttled or paused: the socket may have nothing
+         * new, so no EPOLLIN would bring them back. */
+        if (c->pend != NULL && can_read(c) && read_frames(c) != 0) {
+            release(c);
+            continue;
+        }
+        if (c->out_head != NULL && flush_out(c) != 0) {
             release(c);
             continue;
         }
@@ -615,8 +740,12 @@ void gw_end_turn(gw_ctx_t *ctx)
         gw_conn_t *c = ctx->dead;
         ctx->dead = c->dead_next;
         c->magic = 0;
-        wslay_event_context_free(c->ws);
-        free(c->pre);
+        pl_ws_rx_clear(&c->rx);
+        free(c->pend);
+        for (gw_out_t *o = c->out_head, *n; o != NULL; o = n) {
+            n = o->next;
+            free(o);
+        }
         free(c);
     }
 }
@@ -659,10 +788,8 @@ void gw_tick(gw_ctx_t *ctx)
                             (unsigned long long)c->id);
                 release(c);
             } else if (c->ping_ms == 0 && now - c->last_rx_ms > ctx->ping_interval_ms) {
-                struct wslay_event_msg m = {WSLAY_PING, (const uint8_t *)"hb", 2};
-                wslay_event_queue_msg(c->ws, &m);
+                queue_frame(c, PL_WS_OP_PING, "hb", 2);
                 c->ping_ms = now;
-                mark_dirty(c);
             }
             break;
         case GW_CLOSING:

@@ -30,13 +30,16 @@ static void free_handoff(void *p)
     free(h);
 }
 
-static void on_upgraded(void *arg, int fd, const char *extra, size_t extra_len, void *handle)
+static void on_upgraded(void *arg, int fd, const char *extra, size_t extra_len)
 {
     gw_handoff_t *h = arg;
     gw_ctx_t *ctx = (gw_ctx_t *)h->next;
     h->next = NULL;
     h->fd = fd;
-    h->urh = handle;
+    if (fd < 0) {
+        free_handoff(h);
+        return;
+    }
     if (extra_len > 0) {
         h->extra = malloc(extra_len);
         if (h->extra != NULL) {
@@ -301,8 +304,9 @@ out:
             ctx->flush = NULL;
             c->dead_next = ctx->dead;
             ctx->dead = c;
-            if (c->urh != NULL) {
-                pl_http_upgraded_close(c->urh);
+            if (c->fd >= 0) {
+                close(c->fd);
+                c->fd = -1;
             }
         }
         gw_end_turn(ctx);

@@ -257,6 +257,178 @@ static void test_handshake(void)
     CU_ASSERT_FALSE(pl_ws_origin_allowed("http://a", NULL));
 }
 
+/* ---- WebSocket framing ---- */
+
+struct got {
+    int n;
+    int op[16];
+    size_t len[16];
+    char text[16][128];
+    int stop_after;
+};
+
+static int collect(void *ud, int op, const unsigned char *d, size_t n)
+{
+    struct got *g = ud;
+    if (g->n < 16) {
+        g->op[g->n] = op;
+        g->len[g->n] = n;
+        snprintf(g->text[g->n], sizeof(g->text[0]), "%.*s", (int)(n < 127 ? n : 127), d);
+    }
+    g->n++;
+    return g->stop_after != 0 && g->n >= g->stop_after;
+}
+
+/* Appends a masked client frame; returns its size. */
+static size_t client_frame(unsigned char *out, int first_byte, const void *payload, size_t n)
+{
+    static const unsigned char mask[4] = {0x37, 0xfa, 0x21, 0x3d};
+    size_t h = 0;
+    out[h++] = (unsigned char)first_byte;
+    if (n < 126) {
+        out[h++] = (unsigned char)(0x80 | n);
+    } else if (n <= 0xffff) {
+        out[h++] = 0x80 | 126;
+        out[h++] = (unsigned char)(n >> 8);
+        out[h++] = (unsigned char)n;
+    } else {
+        out[h++] = 0x80 | 127;
+        for (int i = 7; i >= 0; i--) {
+            out[h++] = (unsigned char)((unsigned long long)n >> (8 * i));
+        }
+    }
+    memcpy(out + h, mask, 4);
+    h += 4;
+    for (size_t i = 0; i < n; i++) {
+        out[h + i] = ((const unsigned char *)payload)[i] ^ mask[i & 3];
+    }
+    return h + n;
+}
+
+static long feed(pl_ws_rx_t *rx, unsigned char *b, size_t n, struct got *g)
+{
+    return pl_ws_rx_feed(rx, b, n, 1000, collect, g);
+}
+
+static void test_ws_rx(void)
+{
+    static unsigned char b[4096];
+    pl_ws_rx_t rx = {0};
+    struct got g = {0};
+    /* Two whole frames and half of a third: two handed over, the half left. */
+    size_t n = client_frame(b, 0x81, "hello", 5);
+    n += client_frame(b + n, 0x89, "hb", 2);
+    size_t third = client_frame(b + n, 0x81, "world", 5);
+    CU_ASSERT_EQUAL(feed(&rx, b, n + 3, &g), (long)n);
+    CU_ASSERT_EQUAL(g.n, 2);
+    CU_ASSERT_EQUAL(g.op[0], PL_WS_OP_TEXT);
+    CU_ASSERT_STRING_EQUAL(g.text[0], "hello");
+    CU_ASSERT_EQUAL(g.op[1], PL_WS_OP_PING);
+    CU_ASSERT_STRING_EQUAL(g.text[1], "hb");
+    memmove(b, b + n, third);
+    CU_ASSERT_EQUAL(feed(&rx, b, third, &g), (long)third);
+    CU_ASSERT_STRING_EQUAL(g.text[2], "world");
+    /* Fragments with a ping between them: one message, in order; memory only meanwhile. */
+    memset(&g, 0, sizeof(g));
+    n = client_frame(b, 0x01, "ab", 2);
+    n += client_frame(b + n, 0x89, "", 0);
+    CU_ASSERT_EQUAL(feed(&rx, b, n, &g), (long)n);
+    CU_ASSERT_PTR_NOT_NULL(rx.frag);
+    n = client_frame(b, 0x00, "cd", 2);
+    n += client_frame(b + n, 0x80, "ef", 2);
+    CU_ASSERT_EQUAL(feed(&rx, b, n, &g), (long)n);
+    CU_ASSERT_EQUAL(g.n, 2);
+    CU_ASSERT_EQUAL(g.op[1], PL_WS_OP_TEXT);
+    CU_ASSERT_STRING_EQUAL(g.text[1], "abcdef");
+    CU_ASSERT_PTR_NULL(rx.frag);
+    /* The callback stops the feed: the rest is not consumed. */
+    memset(&g, 0, sizeof(g));
+    g.stop_after = 1;
+    size_t one = client_frame(b, 0x81, "x", 1);
+    n = one + client_frame(b + one, 0x81, "y", 1);
+    CU_ASSERT_EQUAL(feed(&rx, b, n, &g), (long)one);
+    CU_ASSERT_EQUAL(g.n, 1);
+    /* Violations. */
+    struct {
+        int first;
+        const char *payload;
+        size_t len;
+        int masked;
+        long want;
+    } bad[] = {
+        {0x81, "x", 1, 0, -PL_WS_PROTOCOL_ERROR},          /* unmasked */
+        {0xc1, "x", 1, 1, -PL_WS_PROTOCOL_ERROR},          /* RSV1 */
+        {0x83, "x", 1, 1, -PL_WS_PROTOCOL_ERROR},          /* reserved opcode */
+        {0x8b, "x", 1, 1, -PL_WS_PROTOCOL_ERROR},          /* reserved control opcode */
+        {0x09, "x", 1, 1, -PL_WS_PROTOCOL_ERROR},          /* fragmented ping */
+        {0x80, "x", 1, 1, -PL_WS_PROTOCOL_ERROR},          /* continuation of nothing */
+        {0x88, "\x03", 1, 1, -PL_WS_PROTOCOL_ERROR},       /* one-byte close */
+        {0x88, "\x03\xed", 2, 1, -PL_WS_PROTOCOL_ERROR},   /* close code 1005 */
+        {0x88, "\x03\xe8\xff", 3, 1, -PL_WS_INVALID_DATA}, /* reason not UTF-8 */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        pl_ws_rx_t r2 = {0};
+        memset(&g, 0, sizeof(g));
+        n = client_frame(b, bad[i].first, bad[i].payload, bad[i].len);
+        if (!bad[i].masked) {
+            b[1] &= 0x7f;
+        }
+        CU_ASSERT_EQUAL(feed(&r2, b, n, &g), bad[i].want);
+        CU_ASSERT_EQUAL(g.n, 0);
+        pl_ws_rx_clear(&r2);
+    }
+    /* A ping of 126 bytes is refused from its header alone. */
+    memset(&g, 0, sizeof(g));
+    unsigned char big[200] = {0};
+    n = client_frame(b, 0x89, big, 126);
+    CU_ASSERT_EQUAL(feed(&rx, b, 4, &g), -PL_WS_PROTOCOL_ERROR);
+    /* Over the cap: refused from the header, before the payload arrives. */
+    n = client_frame(b, 0x81, big, 200);
+    b[1] = 0x80 | 127;
+    memset(b + 2, 0, 8);
+    b[5] = 0x40; /* 1 GiB declared */
+    CU_ASSERT_EQUAL(feed(&rx, b, 10, &g), -PL_WS_TOO_BIG);
+    /* Fragments adding up past the cap. */
+    pl_ws_rx_t r3 = {0};
+    static unsigned char part[600];
+    n = client_frame(b, 0x01, part, 600);
+    CU_ASSERT_EQUAL(feed(&r3, b, n, &g), (long)n);
+    n = client_frame(b, 0x80, part, 600);
+    CU_ASSERT_EQUAL(feed(&r3, b, n, &g), -PL_WS_TOO_BIG);
+    pl_ws_rx_clear(&r3);
+    /* A new message inside a fragmented one. */
+    n = client_frame(b, 0x01, "a", 1);
+    n += client_frame(b + n, 0x81, "b", 1);
+    CU_ASSERT_EQUAL(feed(&r3, b, n, &g), -PL_WS_PROTOCOL_ERROR);
+    pl_ws_rx_clear(&r3);
+    pl_ws_rx_clear(&rx);
+}
+
+static void test_ws_header(void)
+{
+    unsigned char h[PL_WS_HEADER_MAX];
+    CU_ASSERT_EQUAL(pl_ws_header(h, PL_WS_OP_TEXT, 5), 2);
+    CU_ASSERT_EQUAL(h[0], 0x81);
+    CU_ASSERT_EQUAL(h[1], 5);
+    CU_ASSERT_EQUAL(pl_ws_header(h, PL_WS_OP_PONG, 125), 2);
+    CU_ASSERT_EQUAL(h[0], 0x8a);
+    CU_ASSERT_EQUAL(pl_ws_header(h, PL_WS_OP_TEXT, 126), 4);
+    CU_ASSERT_EQUAL(h[1], 126);
+    CU_ASSERT_EQUAL(h[2], 0);
+    CU_ASSERT_EQUAL(h[3], 126);
+    CU_ASSERT_EQUAL(pl_ws_header(h, PL_WS_OP_TEXT, 65536), 10);
+    CU_ASSERT_EQUAL(h[1], 127);
+    CU_ASSERT_EQUAL(h[7], 1);
+    CU_ASSERT_EQUAL(h[9], 0);
+    uint16_t code;
+    CU_ASSERT_EQUAL(pl_ws_close_check((const unsigned char *)"", 0, &code), 0);
+    CU_ASSERT_EQUAL(code, 1005);
+    CU_ASSERT_EQUAL(pl_ws_close_check((const unsigned char *)"\x03\xf5", 2, &code), 0);
+    CU_ASSERT_EQUAL(code, 1013);
+    CU_ASSERT_EQUAL(pl_ws_close_check((const unsigned char *)"\x0b\xb7", 2, &code),
+                    PL_WS_PROTOCOL_ERROR); /* 2999 */
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS) {
@@ -270,6 +442,8 @@ int main(void)
     CU_add_test(s, "UTF-8 at every split", test_utf8);
     CU_add_test(s, "records and server frames", test_records);
     CU_add_test(s, "WebSocket handshake", test_handshake);
+    CU_add_test(s, "WebSocket frames in", test_ws_rx);
+    CU_add_test(s, "WebSocket frames out", test_ws_header);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
