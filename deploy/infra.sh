@@ -12,6 +12,15 @@ REDIS_PORT=${PARLEY_REDIS_PORT:-6379}
 KAFKA_PORT=${PARLEY_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${PARLEY_KAFKA_CONTROLLER_PORT:-9093}
 MONGO_PORT=${PARLEY_MONGO_PORT:-27017}
+# SQLite's synchronous setting under FerretDB (WAL mode). "normal": a committed write is in the
+# WAL when FerretDB answers, so it survives a crash of FerretDB or of anything else; only a
+# power loss can take the last moments, as it can from Kafka (no fsync per record) and from
+# Redis (appendfsync everysec) here. "full" fsyncs each commit. See README.
+FERRETDB_SYNC=${PARLEY_FERRETDB_SYNCHRONOUS:-normal}
+case "$FERRETDB_SYNC" in
+  normal | full | extra) ;;
+  *) echo "PARLEY_FERRETDB_SYNCHRONOUS must be normal, full or extra" >&2; exit 2 ;;
+esac
 PARTITIONS=${PARLEY_KAFKA_PARTITIONS:-6}
 KAFKA_HEAP=${PARLEY_KAFKA_HEAP:-512m}
 TOPICS=(parley.messages parley.committed)
@@ -36,7 +45,7 @@ start_ferretdb() {
   port_free "$MONGO_PORT" FerretDB
   mkdir -p "$PARLEY_VAR/ferretdb/data" "$PARLEY_VAR/ferretdb/state"
   spawn ferretdb "$PARLEY_TOOLS/bin/ferretdb" --handler=sqlite \
-    --sqlite-url="file:$PARLEY_VAR/ferretdb/data/" --state-dir="$PARLEY_VAR/ferretdb/state" \
+    --sqlite-url="file:$PARLEY_VAR/ferretdb/data/?_pragma=synchronous($FERRETDB_SYNC)" --state-dir="$PARLEY_VAR/ferretdb/state" \
     --listen-addr="127.0.0.1:$MONGO_PORT" --debug-addr="127.0.0.1:0" \
     --telemetry=disable --log-level=warn
   wait_port 127.0.0.1 "$MONGO_PORT" 30 FerretDB

@@ -49,6 +49,15 @@ int pl_mongo_find_one(pl_mongo_t *m, const char *coll, const bson_t *filter, con
 int pl_mongo_update_one(pl_mongo_t *m, const char *coll, const bson_t *filter, const bson_t *update,
                         int upsert, long *matched);
 
+/*
+ * n upserts, each of one document (filters[i], updates[i]), sent as ordered bulk writes of
+ * up to 16 (one round trip per 16 instead of one each; see UPSERT_CHUNK in mongo.c). Errors as
+ * pl_mongo_insert_one(); on an error the ones before it may have been applied (each is idempotent
+ * where the store uses it).
+ */
+int pl_mongo_upsert_each(pl_mongo_t *m, const char *coll, bson_t *const *filters,
+                         bson_t *const *updates, size_t n);
+
 /* Updates every document matching filter; *matched as above. Errors as pl_mongo_insert_one(). */
 int pl_mongo_update_many(pl_mongo_t *m, const char *coll, const bson_t *filter,
                          const bson_t *update, long *matched);

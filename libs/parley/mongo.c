@@ -210,6 +210,57 @@ int pl_mongo_update_many(pl_mongo_t *m, const char *coll, const bson_t *filter, 
     return update(m, coll, filter, upd, 0, 1, matched);
 }
 
+/*
+ * At most this many statements per update command. FerretDB 1.24 keeps the cursor of every
+ * statement of an update command open until the command ends, each holding one of its 100
+ * SQLite connections, while each statement's write needs one more: a bulk of about 100
+ * deadlocks it for good (seen with 211 conversation upserts; goroutines in BeginTx forever).
+ */
+#define UPSERT_CHUNK 16
+
+static int upsert_chunk(pl_mongo_t *m, const char *coll, bson_t *const *filters,
+                        bson_t *const *updates, size_t n)
+{
+    if (n == 1) {
+        return update(m, coll, filters[0], updates[0], 1, 0, NULL);
+    }
+    bson_error_t err;
+    bson_t reply;
+    bson_t opts = BSON_INITIALIZER;
+    bson_t one = BSON_INITIALIZER;
+    BSON_APPEND_BOOL(&opts, "ordered", true);
+    BSON_APPEND_BOOL(&one, "upsert", true);
+    mongoc_client_t *c = mongoc_client_pool_pop(m->pool);
+    mongoc_collection_t *col = mongoc_client_get_collection(c, m->db, coll);
+    mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(col, &opts);
+    bool ok = true;
+    for (size_t i = 0; i < n && ok; i++) {
+        ok = mongoc_bulk_operation_update_one_with_opts(bulk, filters[i], updates[i], &one, &err);
+    }
+    if (ok) {
+        /* execute() initialises reply whatever happens; a refused update_one above did not. */
+        ok = mongoc_bulk_operation_execute(bulk, &reply, &err);
+        bson_destroy(&reply);
+    }
+    mongoc_bulk_operation_destroy(bulk);
+    mongoc_collection_destroy(col);
+    mongoc_client_pool_push(m->pool, c);
+    bson_destroy(&one);
+    bson_destroy(&opts);
+    return ok ? PL_OK : map_error("upsert_each", &err);
+}
+
+int pl_mongo_upsert_each(pl_mongo_t *m, const char *coll, bson_t *const *filters,
+                         bson_t *const *updates, size_t n)
+{
+    int rc = PL_OK;
+    for (size_t i = 0; i < n && rc == PL_OK; i += UPSERT_CHUNK) {
+        size_t k = n - i < UPSERT_CHUNK ? n - i : UPSERT_CHUNK;
+        rc = upsert_chunk(m, coll, filters + i, updates + i, k);
+    }
+    return rc;
+}
+
 int pl_mongo_create_index(pl_mongo_t *m, const char *coll, const bson_t *keys, const char *name,
                           int unique)
 {

@@ -17,6 +17,7 @@
 #include "parley/err.h"
 #include "parley/log.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -402,15 +403,14 @@ static int store_one(st_ctx_t *ctx, pl_msg_t *m, int looked_up, int *replayed)
     return PL_ERR_INTERNAL;
 }
 
-static int upsert_conversation(st_ctx_t *ctx, const pl_msg_t *m)
+/* Fills filter and upd with the upsert of m's conversation document. */
+static void conversation_upsert(const pl_msg_t *m, bson_t *filter, bson_t *upd)
 {
-    bson_t filter = BSON_INITIALIZER;
-    bson_t upd = BSON_INITIALIZER;
     bson_t set, max, members;
     const char *a = strcmp(m->sender, m->receiver) <= 0 ? m->sender : m->receiver;
     const char *b = a == m->sender ? m->receiver : m->sender;
-    BSON_APPEND_UTF8(&filter, "_id", m->conv);
-    BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
+    BSON_APPEND_UTF8(filter, "_id", m->conv);
+    BSON_APPEND_DOCUMENT_BEGIN(upd, "$set", &set);
     BSON_APPEND_ARRAY_BEGIN(&set, "members", &members);
     BSON_APPEND_UTF8(&members, "0", a);
     BSON_APPEND_UTF8(&members, "1", b);
@@ -418,22 +418,24 @@ static int upsert_conversation(st_ctx_t *ctx, const pl_msg_t *m)
     /* The message at last_seq, for load_last_seq()'s check by _id. Replays can leave it
      * behind last_seq; the check then fails and falls back to probing. */
     BSON_APPEND_UTF8(&set, "last_msg_id", m->msg_id);
-    bson_append_document_end(&upd, &set);
+    bson_append_document_end(upd, &set);
     /* $max: a replayed or reordered batch never moves last_seq backwards. */
-    BSON_APPEND_DOCUMENT_BEGIN(&upd, "$max", &max);
+    BSON_APPEND_DOCUMENT_BEGIN(upd, "$max", &max);
     BSON_APPEND_INT64(&max, "last_seq", m->seq);
     BSON_APPEND_DATE_TIME(&max, "last_timestamp", m->ts_ms);
-    bson_append_document_end(&upd, &max);
-    int rc = pl_mongo_update_one(ctx->mongo, "conversations", &filter, &upd, 1, NULL);
-    bson_destroy(&filter);
-    bson_destroy(&upd);
-    return rc;
+    bson_append_document_end(upd, &max);
 }
 
-/* One upsert per conversation of the batch, with its highest seq and latest time. */
+/* One upsert per conversation of the batch, with its highest seq and latest time, all in one
+ * bulk write (one round trip; each upsert is idempotent, so a retry after a partial bulk is
+ * harmless). */
 static int upsert_conversations(st_ctx_t *ctx, const pl_msg_t *msgs, const int *valid, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
+    bson_t **filters = calloc(n ? n : 1, sizeof(*filters));
+    bson_t **upds = calloc(n ? n : 1, sizeof(*upds));
+    size_t k = 0;
+    int rc = filters != NULL && upds != NULL ? PL_OK : PL_ERR_NOMEM;
+    for (size_t i = 0; i < n && rc == PL_OK; i++) {
         if (!valid[i]) {
             continue;
         }
@@ -461,12 +463,21 @@ static int upsert_conversations(st_ctx_t *ctx, const pl_msg_t *msgs, const int *
              * load_last_seq() of this conversation down its probing path. */
             continue;
         }
-        int rc = upsert_conversation(ctx, &top);
-        if (rc != PL_OK) {
-            return rc;
-        }
+        filters[k] = bson_new();
+        upds[k] = bson_new();
+        conversation_upsert(&top, filters[k], upds[k]);
+        k++;
     }
-    return PL_OK;
+    if (rc == PL_OK) {
+        rc = pl_mongo_upsert_each(ctx->mongo, "conversations", filters, upds, k);
+    }
+    for (size_t j = 0; j < k; j++) {
+        bson_destroy(filters[j]);
+        bson_destroy(upds[j]);
+    }
+    free(filters);
+    free(upds);
+    return rc;
 }
 
 struct found_ctx {
@@ -532,13 +543,19 @@ static int find_many(st_ctx_t *ctx, pl_msg_t *msgs, const int *valid, const int 
 
 /*
  * Records a write intent for each partition of the fast-path records: "records up to this
- * offset may be stored". A restarted or newly assigned store takes the careful path for
- * them, because a bulk insert cut short is not guaranteed to have stored a prefix (FerretDB
- * splits large bulks and goes on after a refused document).
+ * offset may be stored", declared ST_INTENT_AHEAD records past the batch and only rewritten
+ * when a batch goes beyond it, all partitions in one bulk write. A restarted or newly assigned
+ * store takes the careful path for them, because a bulk insert cut short is not guaranteed to have
+ * stored a prefix (FerretDB splits large bulks and goes on after a refused document).
  */
 static int write_intents(st_ctx_t *ctx, const pl_kafka_rec_t *recs, const int *fast, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
+    bson_t *filters[ST_MAX_PARTITIONS] = {0};
+    bson_t *upds[ST_MAX_PARTITIONS] = {0};
+    int32_t parts[ST_MAX_PARTITIONS];
+    long long ends[ST_MAX_PARTITIONS];
+    size_t k = 0;
+    for (size_t i = 0; i < n && k < ST_MAX_PARTITIONS; i++) {
         if (!fast[i]) {
             continue;
         }
@@ -551,23 +568,34 @@ static int write_intents(st_ctx_t *ctx, const pl_kafka_rec_t *recs, const int *f
         if (later) {
             continue; /* the partition's last fast record carries it */
         }
+        if (p >= 0 && p < ST_MAX_PARTITIONS && ctx->intent_known[p] && end <= ctx->intent_end[p]) {
+            continue; /* inside what an earlier batch declared */
+        }
+        /* Declared ST_INTENT_AHEAD records ahead, so most batches write no intent at all; the
+         * price is that many more records, at most, take the careful path after a crash. */
+        end += ST_INTENT_AHEAD;
         char id[64];
         snprintf(id, sizeof(id), "parley.messages/%d", (int)p);
-        bson_t filter = BSON_INITIALIZER;
-        bson_t upd = BSON_INITIALIZER;
         bson_t set;
-        BSON_APPEND_UTF8(&filter, "_id", id);
-        BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
+        filters[k] = bson_new();
+        upds[k] = bson_new();
+        BSON_APPEND_UTF8(filters[k], "_id", id);
+        BSON_APPEND_DOCUMENT_BEGIN(upds[k], "$set", &set);
         BSON_APPEND_INT64(&set, "end", end);
-        bson_append_document_end(&upd, &set);
-        int rc = pl_mongo_update_one(ctx->mongo, "store_intents", &filter, &upd, 1, NULL);
-        bson_destroy(&filter);
-        bson_destroy(&upd);
-        if (rc != PL_OK) {
-            return rc;
-        }
+        bson_append_document_end(upds[k], &set);
+        parts[k] = p;
+        ends[k] = end;
+        k++;
     }
-    return PL_OK;
+    int rc = pl_mongo_upsert_each(ctx->mongo, "store_intents", filters, upds, k);
+    for (size_t j = 0; j < k; j++) {
+        if (rc == PL_OK && parts[j] >= 0 && parts[j] < ST_MAX_PARTITIONS) {
+            ctx->intent_end[parts[j]] = ends[j];
+        }
+        bson_destroy(filters[j]);
+        bson_destroy(upds[j]);
+    }
+    return rc;
 }
 
 /* Reads the write intent of partition p: the highest offset a store may have written. */
@@ -796,6 +824,7 @@ static int mark_careful(st_ctx_t *ctx, const pl_kafka_rec_t *recs, int *careful,
                 return rc;
             }
             ctx->careful_until[p] = end;
+            ctx->intent_end[p] = end;
             ctx->intent_known[p] = 1;
             /* Offsets that do not follow on mean a start, a rebalance or a retry: whatever
              * this store remembers of the partition's recent writes may be incomplete. */
@@ -870,6 +899,15 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
     }
     for (int attempt = 0; !atomic_load(&ctx->stopping); attempt++) {
         if (attempt > 0) {
+            /* SIGTERM and SIGINT are blocked and taken by the main loop between batches; a
+             * batch that cannot be stored (a dependency down) must not hold a shutdown
+             * hostage: its offsets stay unstored, and it is replayed after the restart. */
+            sigset_t pending;
+            if (sigpending(&pending) == 0 &&
+                (sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1)) {
+                atomic_store(&ctx->stopping, 1);
+                break;
+            }
             usleep(attempt < 10 ? 100000 * attempt : 1000000);
             /* Nothing is known about what a failed attempt stored: go carefully. */
             for (size_t i = 0; i < n; i++) {

@@ -20,6 +20,9 @@ typedef struct st_seqcache_s st_seqcache_t;
 
 #define ST_MAX_PARTITIONS 256
 
+/* How far past a batch a write intent is declared (see write_intents in st_write.c). */
+#define ST_INTENT_AHEAD 128
+
 typedef struct st_ctx_s {
     pl_mongo_t *mongo;
     pl_redis_t *redis;
@@ -32,6 +35,7 @@ typedef struct st_ctx_s {
      * restart), and up to which offset records may already be stored (the write intent). */
     long long last_offset[ST_MAX_PARTITIONS];
     long long careful_until[ST_MAX_PARTITIONS];
+    long long intent_end[ST_MAX_PARTITIONS]; /* the intent as last read or written */
     unsigned char intent_known[ST_MAX_PARTITIONS];
     /* Until this time (CLOCK_MONOTONIC seconds), a record of the partition that the table of
      * recent msg_ids does not know is looked up by _id before it takes a number: the table is
