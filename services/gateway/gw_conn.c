@@ -28,6 +28,7 @@
 #define RX_TURN_MAX    (64 * 1024) /* bytes read from one socket per loop turn */
 #define RX_TURN_SMALL  4096        /* the same, for a socket lately over its budget */
 #define TX_IOV_MAX     64          /* frames handed to one sendmsg() */
+#define RX_CHUNK       4096        /* bytes per recv() (see read_frames) */
 
 /* Every socket is read into this buffer (the loop is single-threaded): an incomplete frame
  * left at its end (at most a frame header and PL_MAX_FRAME bytes) moves to the connection's
@@ -379,8 +380,12 @@ static int read_frames(gw_conn_t *c)
         if (!can_read(c) || c->rx_turn >= cap) {
             break;
         }
+        /* At most RX_CHUNK per recv(), each parsed before the next: when a sender goes over
+         * its budget mid-read, what it sent past that point stays in the kernel instead of
+         * being refused frame by frame (up to 64 KiB of them, each answered and retried). */
         size_t room = sizeof(rxbuf) - have;
         size_t want = cap - c->rx_turn < room ? cap - c->rx_turn : room;
+        want = want < RX_CHUNK ? want : RX_CHUNK;
         ssize_t r;
         do {
             r = recv(c->fd, rxbuf + have, want, 0);
