@@ -253,18 +253,29 @@ static int flush_out(gw_conn_t *c)
     return 0;
 }
 
+/* 1 when len more bytes would take c's send queue over its cap: c is then closed with 1013.
+ * Every frame a client can cause is checked here (answers, pushes and pongs alike), so a
+ * client that sends without reading cannot grow the queue. */
+static int over_cap(gw_conn_t *c, size_t len)
+{
+    if (c->out_bytes + len <= c->ctx->sendq_max) {
+        return 0;
+    }
+    /* The client reads slower than it is written to: free it, let it resync. */
+    pl_metric_inc(c->ctx->m_slow_closed);
+    pl_log_fields(PL_LOG_WARN, "slow_consumer",
+                  json_pack("{s:s,s:I}", "user", c->user, "conn", (json_int_t)c->id),
+                  "send queue over its cap; closing with 1013");
+    gw_conn_close(c, PL_WS_TRY_AGAIN, "send queue full: reconnect and sync");
+    return 1;
+}
+
 int gw_conn_send_text(gw_conn_t *c, const char *text, size_t len)
 {
     if (c->state == GW_CLOSING || c->fd < 0) {
         return PL_ERR_UNAVAIL;
     }
-    if (c->out_bytes + len > c->ctx->sendq_max) {
-        /* The client reads slower than it is written to: free it, let it resync. */
-        pl_metric_inc(c->ctx->m_slow_closed);
-        pl_log_fields(PL_LOG_WARN, "slow_consumer",
-                      json_pack("{s:s,s:I}", "user", c->user, "conn", (json_int_t)c->id),
-                      "send queue over its cap; closing with 1013");
-        gw_conn_close(c, PL_WS_TRY_AGAIN, "send queue full: reconnect and sync");
+    if (over_cap(c, len)) {
         return PL_ERR_TOOBIG;
     }
     return queue_frame(c, PL_WS_OP_TEXT, text, len);
@@ -548,7 +559,9 @@ static int on_frame(void *ud, int opcode, const unsigned char *data, size_t len)
             c->ping_ms = 0; /* the peer is alive */
         }
         if (opcode == PL_WS_OP_PING) {
-            queue_frame(c, PL_WS_OP_PONG, data, len);
+            if (!over_cap(c, len)) {
+                queue_frame(c, PL_WS_OP_PONG, data, len);
+            }
         }
         return !can_parse(c);
     }
