@@ -469,7 +469,7 @@ static int worker(int w, int first, int n, int out)
         cs[i].idx = i;
         snprintf(cs[i].user, sizeof(cs[i].user), "%s%07d", opt.prefix, first + i);
         snprintf(cs[i].peer, sizeof(cs[i].peer), "%s%07d", opt.prefix, first + (i ^ 1));
-        char sid[33];
+        char sid[PL_SESSION_ID_LEN];
         pl_random_hex(sid, 16);
         pl_jwt_sign(signer, cs[i].user, sid, now_s, &tokens[i], NULL);
     }

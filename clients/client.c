@@ -9,6 +9,7 @@
 #include "parley/buf.h"
 #include "parley/enc.h"
 #include "parley/err.h"
+#include "parley/wire.h"
 #include "parley/ws.h"
 
 #include <arpa/inet.h>
@@ -31,7 +32,7 @@
 #define MAX_RESPONSE  (8 << 20)
 
 struct conv_state {
-    char conv[72];
+    char conv[PL_CONV_ID_LEN];
     long long seq; /* last seq delivered */
     struct conv_state *next;
 };

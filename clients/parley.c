@@ -314,14 +314,17 @@ static void ignore_msg(void *ud, json_t *m)
 static int cmd_send(int argc, char **argv)
 {
     char text[PL_MAX_CONTENT + 1] = "";
+    size_t len = 0;
     if (argc < 2) {
         die("usage: parley send <user> <text…>");
     }
+    /* The words joined by spaces, cut at PL_MAX_CONTENT (the server refuses more anyway). */
     for (int i = 1; i < argc; i++) {
-        strncat(text, argv[i], sizeof(text) - strlen(text) - 2);
-        if (i + 1 < argc) {
-            strcat(text, " ");
+        int n = snprintf(text + len, sizeof(text) - len, "%s%s", i > 1 ? " " : "", argv[i]);
+        if (n < 0 || (size_t)n >= sizeof(text) - len) {
+            break; /* full: snprintf kept what fits */
         }
+        len += (size_t)n;
     }
     pc_client_t *c = client(1);
     struct send_wait w;
@@ -359,7 +362,7 @@ static int cmd_chat(int argc, char **argv)
     if (argc < 1) {
         die("usage: parley chat <user>");
     }
-    char peer[PL_USERNAME_MAX + 1], conv[72];
+    char peer[PL_USERNAME_MAX + 1], conv[PL_CONV_ID_LEN];
     if (pl_username_normalize(argv[0], peer) != PL_OK || sget("username") == NULL) {
         die("not a username, or not logged in");
     }
@@ -444,6 +447,14 @@ static int cmd_list(const char *path)
     return 0;
 }
 
+/* A count given on the command line; 0 (the caller's default then applies) when it is not one. */
+static int count_arg(const char *s)
+{
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    return end != s && *end == '\0' && v > 0 && v <= 100000 ? (int)v : 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -454,7 +465,7 @@ int main(int argc, char **argv)
     load_session();
     atexit(free_session);
     const char *cmd = argv[1];
-    int n = argc > 3 ? atoi(argv[3]) : 20;
+    int n = argc > 3 ? count_arg(argv[3]) : 20;
     char path[256];
     if (strcmp(cmd, "register") == 0) {
         return cmd_register(argc - 2, argv + 2, 0);
@@ -472,7 +483,7 @@ int main(int argc, char **argv)
         return cmd_chat(argc - 2, argv + 2);
     }
     if (strcmp(cmd, "history") == 0 && argc >= 3) {
-        char peer[PL_USERNAME_MAX + 1], conv[72];
+        char peer[PL_USERNAME_MAX + 1], conv[PL_CONV_ID_LEN];
         if (pl_username_normalize(argv[2], peer) != PL_OK || sget("username") == NULL) {
             die("not a username, or not logged in");
         }
@@ -482,7 +493,7 @@ int main(int argc, char **argv)
         return cmd_list(path);
     }
     if (strcmp(cmd, "recent") == 0) {
-        n = argc > 2 ? atoi(argv[2]) : 20;
+        n = argc > 2 ? count_arg(argv[2]) : 20;
         snprintf(path, sizeof(path), "/v1/messages/recent?limit=%d", n > 0 && n <= 200 ? n : 20);
         return cmd_list(path);
     }

@@ -9,15 +9,17 @@
 #ifndef PARLEY_JWT_H
 #define PARLEY_JWT_H
 
+#include "parley/wire.h"
+
 #include <stddef.h>
 
 #define PL_JWT_MAX_LEN    4096 /* longer tokens are refused before any parsing */
 #define PL_JWT_MAX_LEEWAY 30   /* seconds of clock skew tolerated, at most */
 
 typedef struct pl_jwt_claims_s {
-    char sub[64]; /* the username */
-    char sid[72]; /* the session id */
-    char jti[72]; /* this token's id */
+    char sub[64];                /* the username */
+    char sid[PL_SESSION_ID_LEN]; /* the session id */
+    char jti[PL_TOKEN_ID_LEN];   /* this token's id */
     long iat;
     long exp;
 } pl_jwt_claims_t;

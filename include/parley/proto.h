@@ -7,6 +7,8 @@
 #ifndef PARLEY_PROTO_H
 #define PARLEY_PROTO_H
 
+#include "parley/wire.h"
+
 #include <jansson.h>
 #include <stddef.h>
 
@@ -14,7 +16,6 @@
 #define PL_MAX_CONTENT    (60 * 1024) /* largest content, so its frames stay under 64 KiB */
 #define PL_MAX_CLIENT_ID  64
 #define PL_MAX_JSON_DEPTH 16
-#define PL_USERNAME_MAX   32
 
 /*
  * Copies a username into out (PL_USERNAME_MAX + 1 bytes) folded to lowercase and checks it
@@ -22,14 +23,14 @@
  */
 int pl_username_normalize(const char *in, char *out);
 
-/* The 1:1 conversation id "d:<smaller>:<larger>" into out (72 bytes). */
-void pl_conv_id(const char *a, const char *b, char out[72]);
+/* The 1:1 conversation id "d:<smaller>:<larger>" into out (PL_CONV_ID_LEN bytes). */
+void pl_conv_id(const char *a, const char *b, char out[PL_CONV_ID_LEN]);
 
 /*
  * The msg_id of (sender, client_id): 32 hex digits of SHA-256 over both, so a client's retry
- * of the same send maps to the same message everywhere. out holds 33 bytes.
+ * of the same send maps to the same message everywhere. out holds PL_MSG_ID_LEN bytes.
  */
-void pl_msg_id(const char *sender, const char *client_id, char out[33]);
+void pl_msg_id(const char *sender, const char *client_id, char out[PL_MSG_ID_LEN]);
 
 /*
  * 1 when the JSON text nests arrays and objects at most max deep (strings are skipped
@@ -64,8 +65,8 @@ void pl_frame_clear(pl_frame_t *f);
 
 /* A message as it travels through Kafka and out to clients. */
 typedef struct pl_msg_s {
-    char msg_id[33];
-    char conv[72];
+    char msg_id[PL_MSG_ID_LEN];
+    char conv[PL_CONV_ID_LEN];
     char sender[PL_USERNAME_MAX + 1];
     char receiver[PL_USERNAME_MAX + 1];
     char client_id[PL_MAX_CLIENT_ID + 1];
@@ -73,7 +74,7 @@ typedef struct pl_msg_s {
     size_t content_len;
     long long ts_ms; /* accepted at the gateway, ms since the epoch, UTC */
     long long seq;   /* 0 until the store numbers it */
-    char origin_gw[64];
+    char origin_gw[PL_GATEWAY_ID_LEN];
     unsigned long long origin_conn;
     json_t *root; /* owns content after pl_msg_parse() */
 } pl_msg_t;

@@ -32,7 +32,7 @@ int pl_username_normalize(const char *in, char *out)
     return PL_OK;
 }
 
-void pl_conv_id(const char *a, const char *b, char out[72])
+void pl_conv_id(const char *a, const char *b, char out[PL_CONV_ID_LEN])
 {
     if (strcmp(a, b) <= 0) {
         snprintf(out, 72, "d:%s:%s", a, b);
@@ -41,7 +41,7 @@ void pl_conv_id(const char *a, const char *b, char out[72])
     }
 }
 
-void pl_msg_id(const char *sender, const char *client_id, char out[33])
+void pl_msg_id(const char *sender, const char *client_id, char out[PL_MSG_ID_LEN])
 {
     unsigned char h[SHA256_DIGEST_LENGTH];
     char in[PL_USERNAME_MAX + 1 + PL_MAX_CLIENT_ID + 1];

@@ -11,6 +11,7 @@
 #include "parley/metrics.h"
 #include "parley/mongo.h"
 #include "parley/redis.h"
+#include "parley/wire.h"
 
 #include <stdatomic.h>
 #include <stddef.h>
@@ -79,7 +80,7 @@ void auth_refresh_hash(const char *token, char out[65]);
  * Splits a refresh token "<sid>.<secret>" and checks its shape; copies the session id into
  * sid (33 bytes). Returns PL_OK or PL_ERR_UNAUTH.
  */
-int auth_refresh_parse(const char *token, char sid[33]);
+int auth_refresh_parse(const char *token, char sid[PL_SESSION_ID_LEN]);
 
 /* Reads an optional string member of body without embedded NULs into *out (borrowed) and
  * *len. 1 when present and valid, else 0. */

@@ -14,8 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define REVOKE_CHANNEL "parley:revoke"
-
 /*
  * Counts one attempt in a rate-limit window. Returns PL_OK to go on; otherwise the response is
  * already filled (429 with Retry-After, or 503 when Redis does not answer).
@@ -23,11 +21,14 @@
 static int rate_check(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *what, const char *who,
                       long limit)
 {
-    char key[160];
+    char key[PL_KEY_LEN];
     long count = 0;
     long ttl = 0;
-    snprintf(key, sizeof(key), "parley:rl:%s:%s", what, who);
-    int rc = pl_redis_incr_window(ctx->redis, key, ctx->limits.window_s, &count, &ttl);
+    /* what and who are short (a limit's name, a username or an address): the key fits. */
+    int rc = pl_key_ratelimit(key, what, who);
+    if (rc == PL_OK) {
+        rc = pl_redis_incr_window(ctx->redis, key, ctx->limits.window_s, &count, &ttl);
+    }
     if (rc != PL_OK) {
         pl_http_fail(resp, PL_ERR_UNAVAIL, "service temporarily unavailable, retry shortly");
         resp->retry_after_s = 1;
@@ -198,7 +199,7 @@ static void h_login(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
         pl_http_fail(resp, PL_ERR_UNAUTH, "invalid username or password");
         goto out;
     }
-    char sid[33];
+    char sid[PL_SESSION_ID_LEN];
     char refresh[80];
     char rhash[65];
     if (pl_random_hex(sid, 16) != PL_OK || new_refresh(sid, refresh) != PL_OK) {
@@ -260,7 +261,7 @@ static int announce(auth_ctx_t *ctx, json_t *note)
 {
     char *text = note ? json_dumps(note, JSON_COMPACT) : NULL;
     json_decref(note);
-    int rc = text ? pl_redis_publish(ctx->redis, REVOKE_CHANNEL, text, NULL) : PL_ERR_NOMEM;
+    int rc = text ? pl_redis_publish(ctx->redis, PL_CHANNEL_REVOKE, text, NULL) : PL_ERR_NOMEM;
     free(text);
     return rc;
 }
@@ -276,9 +277,11 @@ static int revoke_session(auth_ctx_t *ctx, const char *sid, const char *user)
     if (rc != PL_OK) {
         return rc;
     }
-    char key[128];
-    snprintf(key, sizeof(key), "parley:revoked:%s", sid);
-    rc = pl_redis_set_ex(ctx->redis, key, user, ctx->access_ttl_s + PL_JWT_MAX_LEEWAY);
+    char key[PL_KEY_LEN];
+    rc = pl_key_revoked(key, sid);
+    if (rc == PL_OK) {
+        rc = pl_redis_set_ex(ctx->redis, key, user, ctx->access_ttl_s + PL_JWT_MAX_LEEWAY);
+    }
     if (rc != PL_OK) {
         return rc;
     }
@@ -296,7 +299,7 @@ static void h_refresh(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     json_t *body = pl_http_body(req);
     const char *token;
     size_t len;
-    char sid[33];
+    char sid[PL_SESSION_ID_LEN];
     char hash[65];
     bson_t *doc = NULL;
 

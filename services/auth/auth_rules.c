@@ -76,7 +76,7 @@ void auth_refresh_hash(const char *token, char out[65])
     sodium_bin2hex(out, 65, h, sizeof(h));
 }
 
-int auth_refresh_parse(const char *token, char sid[33])
+int auth_refresh_parse(const char *token, char sid[PL_SESSION_ID_LEN])
 {
     /* "<32 hex>.<43 base64url>": a session id and 256 random bits. */
     if (token == NULL || strnlen(token, 80) != 32 + 1 + 43 || token[32] != '.') {

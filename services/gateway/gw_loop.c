@@ -2,7 +2,7 @@
  * A minimal epoll loop: level-triggered watchers embedded in their owners. The gateway's
  * main thread runs it; no other thread may call these functions.
  */
-#include "gw.h"
+#include "gw_loop.h"
 #include "parley/err.h"
 
 #include <stdlib.h>
@@ -75,7 +75,7 @@ void gw_loop_turn(gw_loop_t *l, int timeout_ms)
     for (int i = 0; i < n; i++) {
         gw_watch_t *w = evs[i].data.ptr;
         /* A watcher removed earlier in this turn has no callback; its owner is freed only at
-         * the end of the turn (gw_end_turn), so the pointer is still valid here. */
+         * the end of the turn (see gw_ws_end_turn), so the pointer is still valid here. */
         if (w->cb != NULL) {
             w->cb(w, evs[i].events);
         }

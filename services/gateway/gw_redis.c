@@ -1,14 +1,16 @@
 /*
- * The gateway's two Redis connections, on the event loop through a hiredis async adapter:
- * one for commands (presence, liveness, revocation checks) and one subscribed to this
- * gateway's delivery channel and to parley:revoke. Either reconnects by itself after Redis
- * goes away, and the command connection then re-registers every live connection, so presence
- * heals within seconds of Redis losing its data.
+ * The gateway's Redis connections (see gw_redis.h). After Redis went away, on_resync asks the
+ * session layer to register every live device again, so presence heals within seconds of Redis
+ * losing its data. Revocation checks fail open while Redis is down (see check_revoked).
  */
-#include "gw.h"
+#include "gw_redis.h"
 #include "parley/enc.h"
 #include "parley/err.h"
 #include "parley/log.h"
+#include "parley/wire.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -22,7 +24,7 @@
 #define RETRY_MS       500
 
 typedef struct rconn_s {
-    gw_ctx_t *ctx;
+    gw_redis_t *g;
     redisAsyncContext *ac;
     gw_watch_t w;
     int watching;
@@ -34,21 +36,29 @@ typedef struct rconn_s {
 } rconn_t;
 
 struct gw_redis_s {
+    gw_loop_t *loop;
+    gw_redis_cbs_t cbs;
+    char gw_id[PL_GATEWAY_ID_LEN];
     rconn_t cmd;
     rconn_t sub;
     char host[128];
     int port;
+    atomic_int cmd_ok; /* the command connection is up */
+    atomic_int sub_ok; /* the delivery channel is subscribed */
+    int draining;      /* goodbye() was called: liveness is not renewed */
 };
+
+static void del_liveness(gw_redis_t *g);
 
 static void update(rconn_t *r)
 {
     uint32_t ev = (r->reading ? EPOLLIN : 0) | (r->writing ? EPOLLOUT : 0);
     if (!r->watching) {
-        if (gw_loop_add(r->ctx->loop, &r->w, r->ac->c.fd, ev, r->w.cb, r) == PL_OK) {
+        if (gw_loop_add(r->g->loop, &r->w, r->ac->c.fd, ev, r->w.cb, r) == PL_OK) {
             r->watching = 1;
         }
     } else {
-        gw_loop_mod(r->ctx->loop, &r->w, ev);
+        gw_loop_mod(r->g->loop, &r->w, ev);
     }
 }
 
@@ -84,7 +94,7 @@ static void cleanup(void *p)
 {
     rconn_t *r = p;
     if (r->watching) {
-        gw_loop_del(r->ctx->loop, &r->w);
+        gw_loop_del(r->g->loop, &r->w);
         r->watching = 0;
     }
     r->reading = r->writing = 0;
@@ -104,9 +114,20 @@ static void on_io(gw_watch_t *w, uint32_t events)
     }
 }
 
+/* A message on the revocation channel. */
+static void on_revoke_msg(gw_redis_t *g, json_t *j)
+{
+    const char *user = json_string_value(json_object_get(j, "user"));
+    const char *sid = json_string_value(json_object_get(j, "sid"));
+    if (user != NULL && sid != NULL) {
+        g->cbs.on_revoke(g->cbs.ud, user, sid, json_is_true(json_object_get(j, "disabled")));
+    }
+}
+
 static void on_sub_msg(redisAsyncContext *ac, void *reply, void *priv)
 {
     rconn_t *r = priv;
+    gw_redis_t *g = r->g;
     redisReply *rep = reply;
     if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
         /* SUBSCRIBE refused (Redis still loading its data, say): the connection would stay up
@@ -121,11 +142,11 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *priv)
     }
     if (strcmp(rep->element[0]->str, "subscribe") == 0 &&
         rep->element[1]->type == REDIS_REPLY_STRING &&
-        strncmp(rep->element[1]->str, "parley:deliver:", 15) == 0) {
-        /* Now pushes reach this gateway: it may say it is alive (see gw_redis_refresh). */
+        pl_is_deliver_channel(rep->element[1]->str)) {
+        /* Now pushes reach this gateway: it may say it is alive (see gw_redis_heartbeat). */
         pl_log_info("redis_subscribed", "listening on %s", rep->element[1]->str);
-        atomic_store(&r->ctx->redis_sub_ok, 1);
-        gw_redis_refresh(r->ctx);
+        atomic_store(&g->sub_ok, 1);
+        gw_redis_heartbeat(g);
         return;
     }
     if (strcmp(rep->element[0]->str, "message") != 0) {
@@ -137,22 +158,15 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *priv)
         pl_log_warn("bad_pubsub_message", "unparseable message on %s", channel);
         return;
     }
-    if (strcmp(channel, "parley:revoke") == 0) {
-        const char *user = json_string_value(json_object_get(j, "user"));
-        const char *sid = json_string_value(json_object_get(j, "sid"));
-        if (user != NULL && sid != NULL) {
-            gw_revoke(r->ctx, user, sid);
-        }
-        if (user != NULL && json_is_true(json_object_get(j, "disabled"))) {
-            gw_users_forget(r->ctx, user);
-        }
+    if (strcmp(channel, PL_CHANNEL_REVOKE) == 0) {
+        on_revoke_msg(g, j);
     } else {
         json_t *msgs = json_object_get(j, "msgs");
         size_t i;
         json_t *m;
         json_array_foreach(msgs, i, m)
         {
-            gw_push(r->ctx, m);
+            g->cbs.on_push(g->cbs.ud, m);
         }
     }
     json_decref(j);
@@ -171,8 +185,9 @@ static void on_connect(const redisAsyncContext *ac, int status)
     r->connected = 1;
     pl_log_info("redis_connected", "%s connection up", r->is_sub ? "subscriber" : "command");
     if (!r->is_sub) {
-        atomic_store(&r->ctx->redis_ok, 1);
-        gw_redis_refresh(r->ctx);
+        atomic_store(&r->g->cmd_ok, 1);
+        gw_redis_heartbeat(r->g);
+        r->g->cbs.on_resync(r->g->cbs.ud);
     }
 }
 
@@ -186,12 +201,12 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     r->connected = 0;
     r->retry_at = pl_now_ms() + RETRY_MS;
     if (!r->is_sub) {
-        atomic_store(&r->ctx->redis_ok, 0);
+        atomic_store(&r->g->cmd_ok, 0);
     } else {
         /* Deaf until subscribed again: stop saying this gateway is alive, so the router
          * neither publishes to nobody nor waits for it. */
-        atomic_store(&r->ctx->redis_sub_ok, 0);
-        gw_redis_goodbye(r->ctx);
+        atomic_store(&r->g->sub_ok, 0);
+        del_liveness(r->g);
     }
 }
 
@@ -219,37 +234,40 @@ static int connect_one(gw_redis_t *g, rconn_t *r)
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     if (r->is_sub) {
-        char ch[128];
-        snprintf(ch, sizeof(ch), "parley:deliver:%s", r->ctx->gw_id);
-        redisAsyncCommand(ac, on_sub_msg, r, "SUBSCRIBE %s parley:revoke", ch);
+        char ch[PL_KEY_LEN];
+        pl_key_deliver(ch, g->gw_id);
+        redisAsyncCommand(ac, on_sub_msg, r, "SUBSCRIBE %s %s", ch, PL_CHANNEL_REVOKE);
     } else {
         redisAsyncCommand(ac, NULL, NULL, "PING");
     }
     return PL_OK;
 }
 
-int gw_redis_start(gw_ctx_t *ctx, const char *host, int port)
+gw_redis_t *gw_redis_new(gw_loop_t *loop, const char *host, int port, const char *gw_id,
+                         const gw_redis_cbs_t *cbs)
 {
     gw_redis_t *g = calloc(1, sizeof(*g));
     if (g == NULL) {
-        return PL_ERR_NOMEM;
+        return NULL;
     }
+    g->loop = loop;
+    g->cbs = *cbs;
+    snprintf(g->gw_id, sizeof(g->gw_id), "%s", gw_id);
     snprintf(g->host, sizeof(g->host), "%s", host);
     g->port = port;
-    g->cmd.ctx = g->sub.ctx = ctx;
+    g->cmd.g = g->sub.g = g;
     g->sub.is_sub = 1;
-    ctx->redis = g;
     connect_one(g, &g->cmd);
     connect_one(g, &g->sub);
-    return PL_OK;
+    return g;
 }
 
-void gw_redis_stop(gw_ctx_t *ctx)
+void gw_redis_free(gw_redis_t **pg)
 {
-    gw_redis_t *g = ctx->redis;
-    if (g == NULL) {
+    if (pg == NULL || *pg == NULL) {
         return;
     }
+    gw_redis_t *g = *pg;
     if (g->cmd.ac != NULL) {
         redisAsyncFree(g->cmd.ac);
     }
@@ -257,12 +275,16 @@ void gw_redis_stop(gw_ctx_t *ctx)
         redisAsyncFree(g->sub.ac);
     }
     free(g);
-    ctx->redis = NULL;
+    *pg = NULL;
 }
 
-void gw_redis_tick(gw_ctx_t *ctx)
+int gw_redis_ready(const gw_redis_t *g)
 {
-    gw_redis_t *g = ctx->redis;
+    return atomic_load(&g->cmd_ok) && atomic_load(&g->sub_ok);
+}
+
+void gw_redis_tick(gw_redis_t *g)
+{
     long long now = pl_now_ms();
     if (g->cmd.ac == NULL && now >= g->cmd.retry_at) {
         connect_one(g, &g->cmd);
@@ -272,84 +294,106 @@ void gw_redis_tick(gw_ctx_t *ctx)
     }
 }
 
-static redisAsyncContext *cmd_ac(gw_ctx_t *ctx)
+static redisAsyncContext *cmd_ac(gw_redis_t *g)
 {
-    gw_redis_t *g = ctx->redis;
-    return g != NULL && g->cmd.connected ? g->cmd.ac : NULL;
+    return g->cmd.connected ? g->cmd.ac : NULL;
 }
 
-void gw_presence_add(gw_ctx_t *ctx, gw_conn_t *c)
+/* The presence field of device id: "<gateway>:<id>". */
+static void presence_field(const gw_redis_t *g, uint64_t id, char *out, size_t len)
 {
-    redisAsyncContext *ac = cmd_ac(ctx);
-    if (ac == NULL) {
-        return; /* re-registered by gw_redis_refresh() once Redis is back */
+    snprintf(out, len, "%s:%llu", g->gw_id, (unsigned long long)id);
+}
+
+void gw_redis_presence_add(gw_redis_t *g, const char *user, uint64_t id)
+{
+    redisAsyncContext *ac = cmd_ac(g);
+    char key[PL_KEY_LEN], field[PL_GATEWAY_ID_LEN + 24];
+    if (ac == NULL || pl_key_presence(key, user) != PL_OK) {
+        return; /* registered again through on_resync once Redis is back */
     }
-    char field[96];
-    snprintf(field, sizeof(field), "%s:%llu", ctx->gw_id, (unsigned long long)c->id);
-    redisAsyncCommand(ac, NULL, NULL, "HSET parley:presence:%s %s %s", c->user, field, ctx->gw_id);
-    redisAsyncCommand(ac, NULL, NULL, "EXPIRE parley:presence:%s %d", c->user, PRESENCE_TTL_S);
+    presence_field(g, id, field, sizeof(field));
+    redisAsyncCommand(ac, NULL, NULL, "HSET %s %s %s", key, field, g->gw_id);
+    redisAsyncCommand(ac, NULL, NULL, "EXPIRE %s %d", key, PRESENCE_TTL_S);
 }
 
-void gw_presence_del(gw_ctx_t *ctx, gw_conn_t *c)
+void gw_redis_presence_del(gw_redis_t *g, const char *user, uint64_t id)
 {
-    redisAsyncContext *ac = cmd_ac(ctx);
-    if (ac == NULL) {
+    redisAsyncContext *ac = cmd_ac(g);
+    char key[PL_KEY_LEN], field[PL_GATEWAY_ID_LEN + 24];
+    if (ac == NULL || pl_key_presence(key, user) != PL_OK) {
         return;
     }
-    char field[96];
-    snprintf(field, sizeof(field), "%s:%llu", ctx->gw_id, (unsigned long long)c->id);
-    redisAsyncCommand(ac, NULL, NULL, "HDEL parley:presence:%s %s", c->user, field);
+    presence_field(g, id, field, sizeof(field));
+    redisAsyncCommand(ac, NULL, NULL, "HDEL %s %s", key, field);
 }
 
-void gw_redis_refresh(gw_ctx_t *ctx)
+void gw_redis_heartbeat(gw_redis_t *g)
 {
-    redisAsyncContext *ac = cmd_ac(ctx);
-    if (ac == NULL || atomic_load(&ctx->draining)) {
-        return;
-    }
+    redisAsyncContext *ac = cmd_ac(g);
+    char key[PL_KEY_LEN];
     /* Alive means reachable: the liveness key is set only while the delivery channel is
      * subscribed, and the router skips a gateway without it. */
-    if (atomic_load(&ctx->redis_sub_ok)) {
-        redisAsyncCommand(ac, NULL, NULL, "SET parley:gw:%s %lld EX %d", ctx->gw_id, pl_now_ms(),
-                          GW_TTL_S);
-    }
-    for (gw_conn_t *c = ctx->all; c != NULL; c = c->next) {
-        if (c->state == GW_OPEN) {
-            gw_presence_add(ctx, c);
-        }
+    if (ac != NULL && !g->draining && atomic_load(&g->sub_ok) &&
+        pl_key_gateway(key, g->gw_id) == PL_OK) {
+        redisAsyncCommand(ac, NULL, NULL, "SET %s %lld EX %d", key, pl_now_ms(), GW_TTL_S);
     }
 }
 
-void gw_redis_goodbye(gw_ctx_t *ctx)
+static void del_liveness(gw_redis_t *g)
 {
-    redisAsyncContext *ac = cmd_ac(ctx);
-    if (ac != NULL) {
-        redisAsyncCommand(ac, NULL, NULL, "DEL parley:gw:%s", ctx->gw_id);
+    redisAsyncContext *ac = cmd_ac(g);
+    char key[PL_KEY_LEN];
+    if (ac != NULL && pl_key_gateway(key, g->gw_id) == PL_OK) {
+        redisAsyncCommand(ac, NULL, NULL, "DEL %s", key);
     }
 }
+
+void gw_redis_goodbye(gw_redis_t *g)
+{
+    g->draining = 1;
+    del_liveness(g);
+}
+
+/* A revocation question in flight: hiredis hands it back with the reply. */
+struct question {
+    gw_redis_answer_fn fn;
+    void *arg;
+};
 
 static void on_revoked_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
-    rconn_t *r = ac->ev.data;
+    struct question *q = priv;
     redisReply *rep = reply;
-    uint64_t id = (uint64_t)(uintptr_t)priv;
-    /* No answer (Redis went away): fail open, as when it is down; see gw_check_revoked(). */
+    (void)ac;
+    /* No answer (Redis went away): fail open, as when it is down; see gw_redis_check_revoked. */
     int rc = rep != NULL && rep->type == REDIS_REPLY_INTEGER && rep->integer > 0 ? PL_ERR_REVOKED
                                                                                  : PL_OK;
-    gw_conn_auth_result(r->ctx, id, rc);
+    q->fn(q->arg, rc);
+    free(q);
 }
 
-void gw_check_revoked(gw_ctx_t *ctx, gw_conn_t *c)
+void gw_redis_check_revoked(gw_redis_t *g, const char *sid, gw_redis_answer_fn fn, void *arg)
 {
-    redisAsyncContext *ac = cmd_ac(ctx);
-    if (ac == NULL) {
+    redisAsyncContext *ac = cmd_ac(g);
+    char key[PL_KEY_LEN];
+    struct question *q = NULL;
+    if (pl_key_revoked(key, sid) != PL_OK) {
+        fn(arg, PL_ERR_REVOKED); /* not a session id parley-auth makes */
+        return;
+    }
+    if (ac == NULL || (q = malloc(sizeof(*q))) == NULL) {
         /* Redis is down: the token's signature and expiry were checked, and access tokens
          * live minutes. Refusing every connection during a Redis outage would turn a
          * presence hiccup into a full outage, so the check fails open. */
         pl_log_warn("revocation_unchecked", "Redis unavailable; token accepted on signature");
-        gw_conn_auth_result(ctx, c->id, PL_OK);
+        fn(arg, PL_OK);
         return;
     }
-    redisAsyncCommand(ac, on_revoked_reply, (void *)(uintptr_t)c->id, "EXISTS parley:revoked:%s",
-                      c->sid);
+    q->fn = fn;
+    q->arg = arg;
+    if (redisAsyncCommand(ac, on_revoked_reply, q, "EXISTS %s", key) != REDIS_OK) {
+        free(q);
+        fn(arg, PL_OK);
+    }
 }

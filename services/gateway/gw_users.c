@@ -1,18 +1,20 @@
 /*
- * Does the recipient exist? The gateway links no MongoDB driver, so it asks parley-auth
- * (GET /internal/users/<name>, answered 200 or 404 without a token) from a worker thread with
- * a blocking HTTP/1.1 request, and caches the answer on the loop: existence for ten minutes
- * (accounts are never renamed), absence for five seconds (a user may register any moment).
- * Concurrent sends to one unknown name share one lookup.
+ * Does the recipient exist? (see gw_users.h) The worker asks parley-auth
+ * (GET /internal/users/<name>, answered 200 or 404 without a token) with a blocking HTTP/1.1
+ * request, and the loop caches the answer: existence for ten minutes (accounts are never
+ * renamed), absence for five seconds (a user may register any moment).
  */
-#include "gw.h"
+#include "gw_users.h"
 #include "parley/enc.h"
 #include "parley/err.h"
 #include "parley/log.h"
+#include "parley/wire.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +28,47 @@
 #define UNKNOWN_TTL_MS  5000
 #define KNOWN_MAX       100000
 #define HTTP_TIMEOUT_MS 2000
+#define KNOWN_BUCKETS   4096
+
+typedef struct known_s {
+    char name[PL_USERNAME_LEN];
+    int exists;
+    long long until_ms;
+    struct known_s *next;
+} known_t;
+
+/* One question waiting for a lookup. */
+typedef struct waiter_s {
+    gw_users_answer_fn fn;
+    void *arg;
+    struct waiter_s *next;
+} waiter_t;
+
+/* A lookup: one per name in flight, with every question waiting on it. */
+typedef struct lookup_s {
+    char name[PL_USERNAME_LEN];
+    int result;
+    waiter_t *waiting;
+    struct lookup_s *next;
+} lookup_t;
+
+struct gw_users_s {
+    gw_loop_t *loop;
+    char host[128];
+    int port;
+    pthread_t worker;
+    int worker_started;
+    atomic_int stopping;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    lookup_t *todo;    /* for the worker */
+    lookup_t *done;    /* for the loop */
+    lookup_t *pending; /* loop-owned: in flight, with their waiters */
+    gw_watch_t w;
+    int fd;
+    known_t *known[KNOWN_BUCKETS];
+    size_t nknown;
+};
 
 /* Waits for fd to become ready for events, at most ms. 1 when ready. */
 static int wait_fd(int fd, short events, int ms)
@@ -92,82 +135,117 @@ out:
 
 static void *worker(void *arg)
 {
-    gw_ctx_t *ctx = arg;
-    pthread_mutex_lock(&ctx->look_lock);
+    gw_users_t *u = arg;
+    pthread_mutex_lock(&u->lock);
     for (;;) {
-        while (ctx->look_todo == NULL && !atomic_load(&ctx->stopping)) {
-            pthread_cond_wait(&ctx->look_cond, &ctx->look_lock);
+        while (u->todo == NULL && !atomic_load(&u->stopping)) {
+            pthread_cond_wait(&u->cond, &u->lock);
         }
-        if (atomic_load(&ctx->stopping)) {
+        if (atomic_load(&u->stopping)) {
             break;
         }
-        gw_lookup_t *l = ctx->look_todo;
-        ctx->look_todo = l->next;
-        pthread_mutex_unlock(&ctx->look_lock);
-        l->result = ask_auth(ctx->auth_host, ctx->auth_port, l->name);
-        pthread_mutex_lock(&ctx->look_lock);
-        l->next = ctx->look_done;
-        ctx->look_done = l;
+        lookup_t *l = u->todo;
+        u->todo = l->next;
+        pthread_mutex_unlock(&u->lock);
+        l->result = ask_auth(u->host, u->port, l->name);
+        pthread_mutex_lock(&u->lock);
+        l->next = u->done;
+        u->done = l;
         uint64_t one = 1;
-        ssize_t w = write(ctx->look_fd, &one, sizeof(one));
+        ssize_t w = write(u->fd, &one, sizeof(one));
         (void)w;
     }
-    pthread_mutex_unlock(&ctx->look_lock);
+    pthread_mutex_unlock(&u->lock);
     return NULL;
 }
 
-int gw_users_start(gw_ctx_t *ctx)
+static void on_done(gw_watch_t *w, uint32_t events);
+
+gw_users_t *gw_users_new(gw_loop_t *loop, const char *host, int port)
 {
-    pthread_mutex_init(&ctx->look_lock, NULL);
-    pthread_cond_init(&ctx->look_cond, NULL);
-    ctx->look_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (ctx->look_fd < 0 ||
-        gw_loop_add(ctx->loop, &ctx->look_w, ctx->look_fd, EPOLLIN, gw_users_on_done, ctx) !=
-            PL_OK ||
-        pthread_create(&ctx->worker, NULL, worker, ctx) != 0) {
-        return PL_ERR_IO;
+    gw_users_t *u = calloc(1, sizeof(*u));
+    if (u == NULL) {
+        return NULL;
     }
-    return PL_OK;
+    u->loop = loop;
+    snprintf(u->host, sizeof(u->host), "%s", host);
+    u->port = port;
+    pthread_mutex_init(&u->lock, NULL);
+    pthread_cond_init(&u->cond, NULL);
+    u->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (u->fd < 0 || gw_loop_add(loop, &u->w, u->fd, EPOLLIN, on_done, u) != PL_OK ||
+        pthread_create(&u->worker, NULL, worker, u) != 0) {
+        gw_users_free(&u);
+        return NULL;
+    }
+    u->worker_started = 1;
+    return u;
 }
 
-void gw_users_stop(gw_ctx_t *ctx)
+static void forget_all(gw_users_t *u)
 {
-    pthread_mutex_lock(&ctx->look_lock);
-    pthread_cond_broadcast(&ctx->look_cond);
-    pthread_mutex_unlock(&ctx->look_lock);
-    pthread_join(ctx->worker, NULL);
-    gw_loop_del(ctx->loop, &ctx->look_w);
-    close(ctx->look_fd);
-    for (int pass = 0; pass < 3; pass++) {
-        gw_lookup_t *l = pass == 0   ? ctx->look_todo
-                         : pass == 1 ? ctx->look_done
-                                     : ctx->look_pending;
-        while (l != NULL) {
-            gw_lookup_t *next = l->next;
-            while (l->waiting != NULL) {
-                gw_send_t *s = l->waiting;
-                l->waiting = s->next;
-                free(s->content);
-                free(s);
-            }
-            free(l);
-            l = next;
-        }
-    }
-    for (size_t i = 0; i < GW_KNOWN_BUCKETS; i++) {
-        for (gw_known_t *k = ctx->known[i], *next; k != NULL; k = next) {
+    for (size_t i = 0; i < KNOWN_BUCKETS; i++) {
+        for (known_t *k = u->known[i], *next; k != NULL; k = next) {
             next = k->next;
             free(k);
         }
-        ctx->known[i] = NULL;
+        u->known[i] = NULL;
     }
-    pthread_mutex_destroy(&ctx->look_lock);
-    pthread_cond_destroy(&ctx->look_cond);
+    u->nknown = 0;
 }
 
-static gw_known_t *known_find(gw_ctx_t *ctx, const char *name)
+/* Answers every question waiting on l with rc, in the order asked, and frees l. */
+static void answer_all(lookup_t *l, int rc)
 {
-    for (gw_known_t *k = ctx->known[pl_hash_str(name) % GW_KNOWN_BUCKETS]; k; k = k->next) {
+    while (l->waiting != NULL) {
+        waiter_t *q = l->waiting;
+        l->waiting = q->next;
+        q->fn(q->arg, rc);
+        free(q);
+    }
+    free(l);
+}
+
+void gw_users_free(gw_users_t **pu)
+{
+    if (pu == NULL || *pu == NULL) {
+        return;
+    }
+    gw_users_t *u = *pu;
+    if (u->worker_started) {
+        pthread_mutex_lock(&u->lock);
+        atomic_store(&u->stopping, 1);
+        pthread_cond_broadcast(&u->cond);
+        pthread_mutex_unlock(&u->lock);
+        pthread_join(u->worker, NULL);
+    }
+    if (u->fd >= 0) {
+        gw_loop_del(u->loop, &u->w);
+        close(u->fd);
+    }
+    /* The worker's copies carry no waiters; the loop's lookups answer theirs. */
+    for (lookup_t *l = u->todo, *next; l != NULL; l = next) {
+        next = l->next;
+        free(l);
+    }
+    for (lookup_t *l = u->done, *next; l != NULL; l = next) {
+        next = l->next;
+        free(l);
+    }
+    for (lookup_t *l = u->pending, *next; l != NULL; l = next) {
+        next = l->next;
+        answer_all(l, PL_ERR_UNAVAIL);
+    }
+    forget_all(u);
+    pthread_mutex_destroy(&u->lock);
+    pthread_cond_destroy(&u->cond);
+    free(u);
+    *pu = NULL;
+}
+
+static known_t *known_find(gw_users_t *u, const char *name)
+{
+    for (known_t *k = u->known[pl_hash_str(name) % KNOWN_BUCKETS]; k; k = k->next) {
         if (strcmp(k->name, name) == 0) {
             return k;
         }
@@ -175,122 +253,109 @@ static gw_known_t *known_find(gw_ctx_t *ctx, const char *name)
     return NULL;
 }
 
-static void known_set(gw_ctx_t *ctx, const char *name, int exists)
+static void known_set(gw_users_t *u, const char *name, int exists)
 {
-    gw_known_t *k = known_find(ctx, name);
+    known_t *k = known_find(u, name);
     if (k == NULL) {
-        if (ctx->nknown >= KNOWN_MAX) {
-            /* Bounded: dropping the cache costs one lookup per name. */
-            for (size_t i = 0; i < GW_KNOWN_BUCKETS; i++) {
-                for (gw_known_t *e = ctx->known[i], *next; e != NULL; e = next) {
-                    next = e->next;
-                    free(e);
-                }
-                ctx->known[i] = NULL;
-            }
-            ctx->nknown = 0;
+        if (u->nknown >= KNOWN_MAX) {
+            forget_all(u); /* bounded: dropping the cache costs one lookup per name */
         }
         k = calloc(1, sizeof(*k));
         if (k == NULL) {
             return;
         }
         snprintf(k->name, sizeof(k->name), "%s", name);
-        size_t h = pl_hash_str(name) % GW_KNOWN_BUCKETS;
-        k->next = ctx->known[h];
-        ctx->known[h] = k;
-        ctx->nknown++;
+        size_t h = pl_hash_str(name) % KNOWN_BUCKETS;
+        k->next = u->known[h];
+        u->known[h] = k;
+        u->nknown++;
     }
     k->exists = exists;
     k->until_ms = pl_now_ms() + (exists ? KNOWN_TTL_MS : UNKNOWN_TTL_MS);
 }
 
-void gw_users_forget(gw_ctx_t *ctx, const char *name)
+void gw_users_forget(gw_users_t *u, const char *name)
 {
-    gw_known_t *k = known_find(ctx, name);
+    known_t *k = known_find(u, name);
     if (k != NULL) {
         k->until_ms = 0;
     }
 }
 
-static void settle(gw_ctx_t *ctx, gw_send_t *s, int result)
+/* Appends a question to l, so questions waiting on one lookup are answered in order. */
+static int add_waiter(lookup_t *l, gw_users_answer_fn fn, void *arg)
 {
-    if (result == PL_OK) {
-        gw_produce(ctx, s);
-    } else if (result == PL_ERR_NOTFOUND) {
-        gw_send_fail(ctx, s, "not_found", "no such user", 0);
-    } else {
-        gw_send_fail(ctx, s, "unavailable", "cannot check the recipient now; retry", 1000);
+    waiter_t *q = calloc(1, sizeof(*q));
+    if (q == NULL) {
+        return PL_ERR_NOMEM;
     }
+    q->fn = fn;
+    q->arg = arg;
+    waiter_t **tail = &l->waiting;
+    while (*tail != NULL) {
+        tail = &(*tail)->next;
+    }
+    *tail = q;
+    return PL_OK;
 }
 
-void gw_users_check(gw_ctx_t *ctx, gw_send_t *s)
+void gw_users_ask(gw_users_t *u, const char *name, gw_users_answer_fn fn, void *arg)
 {
-    gw_known_t *k = known_find(ctx, s->to);
+    known_t *k = known_find(u, name);
     if (k != NULL && k->until_ms > pl_now_ms()) {
-        settle(ctx, s, k->exists ? PL_OK : PL_ERR_NOTFOUND);
+        fn(arg, k->exists ? PL_OK : PL_ERR_NOTFOUND);
         return;
     }
-    for (gw_lookup_t *l = ctx->look_pending; l != NULL; l = l->next) {
-        if (strcmp(l->name, s->to) == 0) {
-            /* Appended, so sends waiting on one lookup are produced in the order received. */
-            gw_send_t **tail = &l->waiting;
-            while (*tail != NULL) {
-                tail = &(*tail)->next;
+    for (lookup_t *l = u->pending; l != NULL; l = l->next) {
+        if (strcmp(l->name, name) == 0) {
+            if (add_waiter(l, fn, arg) != PL_OK) {
+                fn(arg, PL_ERR_UNAVAIL);
             }
-            s->next = NULL;
-            *tail = s;
             return;
         }
     }
-    gw_lookup_t *l = calloc(1, sizeof(*l));
-    gw_lookup_t *job = calloc(1, sizeof(*job));
-    if (l == NULL || job == NULL) {
+    lookup_t *l = calloc(1, sizeof(*l));
+    lookup_t *job = calloc(1, sizeof(*job));
+    if (l == NULL || job == NULL || add_waiter(l, fn, arg) != PL_OK) {
         free(l);
         free(job);
-        settle(ctx, s, PL_ERR_UNAVAIL);
+        fn(arg, PL_ERR_UNAVAIL);
         return;
     }
-    /* The loop keeps l (with its waiting sends); the worker gets a copy of the name only. */
-    snprintf(l->name, sizeof(l->name), "%s", s->to);
-    snprintf(job->name, sizeof(job->name), "%s", s->to);
-    l->waiting = s;
-    s->next = NULL;
-    l->next = ctx->look_pending;
-    ctx->look_pending = l;
-    pthread_mutex_lock(&ctx->look_lock);
-    job->next = ctx->look_todo;
-    ctx->look_todo = job;
-    pthread_cond_signal(&ctx->look_cond);
-    pthread_mutex_unlock(&ctx->look_lock);
+    /* The loop keeps l (with its waiters); the worker gets a copy of the name only. */
+    snprintf(l->name, sizeof(l->name), "%s", name);
+    snprintf(job->name, sizeof(job->name), "%s", name);
+    l->next = u->pending;
+    u->pending = l;
+    pthread_mutex_lock(&u->lock);
+    job->next = u->todo;
+    u->todo = job;
+    pthread_cond_signal(&u->cond);
+    pthread_mutex_unlock(&u->lock);
 }
 
-void gw_users_on_done(gw_watch_t *w, uint32_t events)
+static void on_done(gw_watch_t *w, uint32_t events)
 {
-    gw_ctx_t *ctx = w->ud;
+    gw_users_t *u = w->ud;
     uint64_t n;
     (void)events;
-    ssize_t r = read(ctx->look_fd, &n, sizeof(n));
+    ssize_t r = read(u->fd, &n, sizeof(n));
     (void)r;
-    pthread_mutex_lock(&ctx->look_lock);
-    gw_lookup_t *done = ctx->look_done;
-    ctx->look_done = NULL;
-    pthread_mutex_unlock(&ctx->look_lock);
+    pthread_mutex_lock(&u->lock);
+    lookup_t *done = u->done;
+    u->done = NULL;
+    pthread_mutex_unlock(&u->lock);
     while (done != NULL) {
-        gw_lookup_t *job = done;
+        lookup_t *job = done;
         done = job->next;
         if (job->result != PL_ERR_UNAVAIL) {
-            known_set(ctx, job->name, job->result == PL_OK);
+            known_set(u, job->name, job->result == PL_OK);
         }
-        for (gw_lookup_t **pp = &ctx->look_pending; *pp != NULL; pp = &(*pp)->next) {
+        for (lookup_t **pp = &u->pending; *pp != NULL; pp = &(*pp)->next) {
             if (strcmp((*pp)->name, job->name) == 0) {
-                gw_lookup_t *l = *pp;
+                lookup_t *l = *pp;
                 *pp = l->next;
-                while (l->waiting != NULL) {
-                    gw_send_t *s = l->waiting;
-                    l->waiting = s->next;
-                    settle(ctx, s, job->result);
-                }
-                free(l);
+                answer_all(l, job->result);
                 break;
             }
         }

@@ -5,6 +5,7 @@
  */
 #include "router.h"
 #include "parley/cfg.h"
+#include "parley/consume.h"
 #include "parley/err.h"
 #include "parley/http.h"
 #include "parley/log.h"
@@ -23,6 +24,22 @@ static int ready(void *ud, json_t *detail)
     int redis = pl_redis_ping(ctx->redis);
     json_object_set_new(detail, "redis", json_string(redis == PL_OK ? "ok" : "unavailable"));
     return redis;
+}
+
+static int work(void *ud, const pl_kafka_rec_t *recs, size_t n, int attempt)
+{
+    return rt_route_batch(ud, recs, n, attempt);
+}
+
+/* Once a second: the consumer's lag. */
+static void idle(void *ud)
+{
+    rt_ctx_t *ctx = ud;
+    time_t now = time(NULL);
+    if (now != ctx->lag_at) {
+        ctx->lag_at = now;
+        pl_metric_set(ctx->m_lag, pl_kafka_lag(ctx->consumer));
+    }
 }
 
 int main(void)
@@ -44,7 +61,7 @@ int main(void)
                      &ctx.redis) != PL_OK ||
         pl_kafka_consumer_new(pl_cfg_str("PARLEY_KAFKA_BROKERS", "127.0.0.1:9092"),
                               pl_cfg_str("PARLEY_ROUTER_GROUP", "parley-router"),
-                              "parley.committed", NULL, &ctx.consumer) != PL_OK) {
+                              PL_TOPIC_COMMITTED, NULL, &ctx.consumer) != PL_OK) {
         goto out;
     }
     pl_metrics_t *m = ctx.metrics;
@@ -81,27 +98,19 @@ int main(void)
     }
     pl_log_fields(PL_LOG_INFO, "started", json_pack("{s:i}", "port", pl_http_port(http)),
                   "parley-router listening on port %d", pl_http_port(http));
-    static pl_kafka_rec_t recs[BATCH_MAX];
-    time_t last_lag = 0;
-    for (;;) {
-        struct timespec zero = {0, 0};
-        if (sigtimedwait(&sigs, NULL, &zero) > 0) {
-            break;
-        }
-        long n = pl_kafka_consume(ctx.consumer, recs, BATCH_MAX, 100);
-        if (n > 0) {
-            if (rt_route_batch(&ctx, recs, (size_t)n) == PL_OK) {
-                pl_kafka_store_offsets(ctx.consumer, recs, (size_t)n);
-            }
-            pl_kafka_release(recs, (size_t)n);
-        }
-        if (time(NULL) != last_lag) {
-            last_lag = time(NULL);
-            pl_metric_set(ctx.m_lag, pl_kafka_lag(ctx.consumer));
-        }
+    pl_consume_cfg_t cc = {
+        .consumer = ctx.consumer,
+        .batch_max = BATCH_MAX,
+        .poll_ms = 100,
+        .stop = &sigs,
+        .ud = &ctx,
+        .work = work,
+        .idle = idle,
+    };
+    if (pl_consume_run(&cc) != PL_OK) {
+        goto out;
     }
     pl_log_info("stopping", "committing offsets and leaving the group");
-    atomic_store(&ctx.stopping, 1);
     rc = 0;
 out:
     pl_http_stop(&http);

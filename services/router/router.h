@@ -8,8 +8,10 @@
 #include "parley/kafka.h"
 #include "parley/metrics.h"
 #include "parley/redis.h"
+#include "parley/wire.h"
 
 #include <stdatomic.h>
+#include <time.h>
 
 #define RT_PUBLISH_MAX    (512 * 1024) /* a gateway's share of a batch is split above this */
 #define RT_DEAF_WAIT_MS   3000  /* how long a live gateway that hears nothing is waited for */
@@ -20,9 +22,9 @@ typedef struct rt_ctx_s {
     pl_redis_t *redis;
     pl_kafka_t *consumer;
     pl_metrics_t *metrics;
-    atomic_int stopping;
+    time_t lag_at; /* when the lag metric was last set */
     struct {
-        char id[64];
+        char id[PL_GATEWAY_ID_LEN];
         long long until_ms;
     } deaf[RT_DEAF_SLOTS]; /* gateways that stayed deaf lately; router thread only */
     pl_metric_t *m_routed;
@@ -35,10 +37,10 @@ typedef struct rt_ctx_s {
 } rt_ctx_t;
 
 /*
- * Routes a batch: pipelined presence lookups of every sender and receiver, liveness of their
- * gateways, then one publish per live gateway. Retries while Redis is unavailable (until
- * ctx->stopping). Returns PL_OK when the batch's offsets may be stored.
+ * Routes a batch (one attempt; pl_consume_run retries): pipelined presence lookups of every
+ * sender and receiver, liveness of their gateways, then one publish per live gateway. Returns
+ * PL_OK when the batch's offsets may be stored, PL_ERR_UNAVAIL while Redis does not answer.
  */
-int rt_route_batch(rt_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n);
+int rt_route_batch(rt_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n, int attempt);
 
 #endif

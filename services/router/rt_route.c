@@ -24,7 +24,7 @@ struct user {
 };
 
 struct gateway {
-    char id[64];
+    char id[PL_GATEWAY_ID_LEN];
     int alive;
     json_t *msgs;
 };
@@ -148,7 +148,7 @@ static int publish_chunk(rt_ctx_t *ctx, struct gateway *g, const char *channel, 
         }
         long long now = pl_now_ms();
         int known_deaf = deaf(ctx, g->id, now);
-        if (known_deaf || now - start >= RT_DEAF_WAIT_MS || atomic_load(&ctx->stopping)) {
+        if (known_deaf || now - start >= RT_DEAF_WAIT_MS) {
             if (!known_deaf) {
                 remember_deaf(ctx, g->id, now);
                 pl_log_warn("gateway_deaf",
@@ -159,10 +159,12 @@ static int publish_chunk(rt_ctx_t *ctx, struct gateway *g, const char *channel, 
             pl_metric_add(ctx->m_unheard, (uint64_t)nmsgs);
             return PL_OK;
         }
-        char key[96];
+        char key[PL_KEY_LEN];
         int alive = 0;
-        snprintf(key, sizeof(key), "parley:gw:%s", g->id);
-        rc = pl_redis_exists(ctx->redis, key, &alive);
+        rc = pl_key_gateway(key, g->id);
+        if (rc == PL_OK) {
+            rc = pl_redis_exists(ctx->redis, key, &alive);
+        }
         if (rc != PL_OK) {
             return rc;
         }
@@ -177,8 +179,10 @@ static int publish_chunk(rt_ctx_t *ctx, struct gateway *g, const char *channel, 
 /* Publishes one gateway's messages, in chunks of at most RT_PUBLISH_MAX bytes. */
 static int publish(rt_ctx_t *ctx, struct gateway *g)
 {
-    char channel[96];
-    snprintf(channel, sizeof(channel), "parley:deliver:%s", g->id);
+    char channel[PL_KEY_LEN];
+    if (pl_key_deliver(channel, g->id) != PL_OK) {
+        return PL_OK; /* ids are PL_GATEWAY_ID_LEN long at most: never happens */
+    }
     size_t total = json_array_size(g->msgs);
     size_t start = 0;
     int rc = PL_OK;
@@ -236,12 +240,11 @@ static int route_once(rt_ctx_t *ctx, json_t **recs, size_t n)
     }
     b.nusers = uniq;
     for (size_t i = 0; i < b.nusers; i++) {
-        size_t len = strlen(b.users[i].name) + 32;
-        keys[i] = malloc(len);
+        keys[i] = malloc(PL_KEY_LEN);
         if (keys[i] == NULL) {
             goto out;
         }
-        snprintf(keys[i], len, "parley:presence:%s", b.users[i].name);
+        pl_key_presence(keys[i], b.users[i].name); /* usernames are short: it fits */
     }
     rc = pl_redis_hgetall_multi(ctx->redis, (const char *const *)keys, b.nusers, on_presence, &b);
     if (rc != PL_OK) {
@@ -256,9 +259,9 @@ static int route_once(rt_ctx_t *ctx, json_t **recs, size_t n)
         goto out;
     }
     for (size_t i = 0; i < b.ngws; i++) {
-        gkeys[i] = malloc(96);
+        gkeys[i] = malloc(PL_KEY_LEN);
         if (gkeys[i] != NULL) {
-            snprintf(gkeys[i], 96, "parley:gw:%s", b.gws[i].id);
+            pl_key_gateway(gkeys[i], b.gws[i].id);
         }
     }
     rc = pl_redis_exists_multi(ctx->redis, (const char *const *)gkeys, b.ngws, alive);
@@ -309,7 +312,7 @@ out:
     return rc;
 }
 
-int rt_route_batch(rt_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
+int rt_route_batch(rt_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n, int attempt)
 {
     json_t **objs = calloc(n ? n : 1, sizeof(*objs));
     if (objs == NULL) {
@@ -319,9 +322,12 @@ int rt_route_batch(rt_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
     for (size_t i = 0; i < n; i++) {
         pl_msg_t m;
         if (pl_msg_parse(recs[i].value, recs[i].vlen, &m) != PL_OK || m.seq <= 0) {
-            pl_metric_inc(ctx->m_invalid);
-            pl_log_error("invalid_record", "partition %d offset %lld is not a committed message",
-                         (int)recs[i].partition, (long long)recs[i].offset);
+            if (attempt == 0) {
+                pl_metric_inc(ctx->m_invalid);
+                pl_log_error("invalid_record",
+                             "partition %d offset %lld is not a committed message",
+                             (int)recs[i].partition, (long long)recs[i].offset);
+            }
             pl_msg_clear(&m);
             continue;
         }
@@ -329,15 +335,7 @@ int rt_route_batch(rt_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
         pl_msg_clear(&m);
         valid++;
     }
-    int rc = PL_OK;
-    for (int attempt = 0; valid > 0; attempt++) {
-        rc = route_once(ctx, objs, n);
-        if (rc == PL_OK || atomic_load(&ctx->stopping)) {
-            break;
-        }
-        pl_log_warn("route_retry", "Redis unavailable; batch of %zu waits", valid);
-        usleep(attempt < 10 ? 100000 * (attempt + 1) : 1000000);
-    }
+    int rc = valid > 0 ? route_once(ctx, objs, n) : PL_OK;
     if (rc == PL_OK) {
         pl_metric_add(ctx->m_routed, valid);
     }

@@ -25,9 +25,11 @@
 static int session_live(void *ud, const pl_jwt_claims_t *c)
 {
     st_ctx_t *ctx = ud;
-    char key[128];
+    char key[PL_KEY_LEN];
     int revoked = 0;
-    snprintf(key, sizeof(key), "parley:revoked:%s", c->sid);
+    if (pl_key_revoked(key, c->sid) != PL_OK) {
+        return PL_ERR_REVOKED; /* cannot be a session parley-auth made */
+    }
     if (pl_redis_exists(ctx->redis, key, &revoked) != PL_OK) {
         pl_log_warn("revocation_unchecked", "Redis unavailable; token accepted on signature");
         return PL_OK;
@@ -131,7 +133,7 @@ int main(void)
         (ctx.metrics = pl_metrics_new()) == NULL || (ctx.seqs = st_seqcache_new()) == NULL ||
         pl_kafka_producer_new(brokers, NULL, on_committed, &ctx, &ctx.producer) != PL_OK ||
         pl_kafka_consumer_new(brokers, pl_cfg_str("PARLEY_STORE_GROUP", "parley-store"),
-                              "parley.messages", NULL, &ctx.consumer) != PL_OK) {
+                              PL_TOPIC_MESSAGES, NULL, &ctx.consumer) != PL_OK) {
         goto out;
     }
     init_metrics(&ctx);

@@ -151,7 +151,7 @@ static void h_conversations(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 
 int st_conv_parse(const char *conv, char *a, char *b)
 {
-    char tmp[72];
+    char tmp[PL_CONV_ID_LEN];
     if (strncmp(conv, "d:", 2) != 0 || strlen(conv) >= sizeof(tmp)) {
         return 0;
     }
@@ -173,7 +173,7 @@ static void h_messages(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
     st_ctx_t *ctx = ud;
     pl_jwt_claims_t c;
-    char a[PL_USERNAME_MAX + 1], b[PL_USERNAME_MAX + 1], conv[72];
+    char a[PL_USERNAME_MAX + 1], b[PL_USERNAME_MAX + 1], conv[PL_CONV_ID_LEN];
     if (authenticate(ctx, req, resp, &c) != PL_OK) {
         return;
     }

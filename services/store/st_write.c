@@ -26,7 +26,7 @@
 #define SEQCACHE_MAX 100000
 
 struct seq_entry {
-    char conv[72];
+    char conv[PL_CONV_ID_LEN];
     long long last;
     struct seq_entry *next;
 };
@@ -43,7 +43,7 @@ struct seq_entry {
 #define RECENT_SLOTS 131072
 
 struct recent {
-    char id[33];
+    char id[PL_MSG_ID_LEN];
     long long seq;
     long long ts_ms;
 };
@@ -574,8 +574,8 @@ static int write_intents(st_ctx_t *ctx, const pl_kafka_rec_t *recs, const int *f
         /* Declared ST_INTENT_AHEAD records ahead, so most batches write no intent at all; the
          * price is that many more records, at most, take the careful path after a crash. */
         end += ST_INTENT_AHEAD;
-        char id[64];
-        snprintf(id, sizeof(id), "parley.messages/%d", (int)p);
+        char id[PL_KEY_LEN];
+        pl_key_intent(id, (int)p);
         bson_t set;
         filters[k] = bson_new();
         upds[k] = bson_new();
@@ -601,10 +601,10 @@ static int write_intents(st_ctx_t *ctx, const pl_kafka_rec_t *recs, const int *f
 /* Reads the write intent of partition p: the highest offset a store may have written. */
 static int read_intent(st_ctx_t *ctx, int32_t p, long long *end)
 {
-    char id[64];
+    char id[PL_KEY_LEN];
     bson_t *doc = NULL;
     bson_t filter = BSON_INITIALIZER;
-    snprintf(id, sizeof(id), "parley.messages/%d", (int)p);
+    pl_key_intent(id, (int)p);
     BSON_APPEND_UTF8(&filter, "_id", id);
     int rc = pl_mongo_find_one(ctx->mongo, "store_intents", &filter, NULL, &doc);
     bson_destroy(&filter);
@@ -856,7 +856,7 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        char conv[72];
+        char conv[PL_CONV_ID_LEN];
         if (pl_msg_parse(recs[i].value, recs[i].vlen, &msgs[i]) != PL_OK) {
             /* Only gateways produce here; a malformed record is logged and skipped, never
              * allowed to block the partition. */
@@ -955,12 +955,12 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
                 continue;
             }
             char *rec = pl_msg_record(&msgs[i]);
-            rc = rec ? pl_kafka_produce(ctx->producer, "parley.committed", msgs[i].conv,
+            rc = rec ? pl_kafka_produce(ctx->producer, PL_TOPIC_COMMITTED, msgs[i].conv,
                                         strlen(msgs[i].conv), rec, strlen(rec), NULL)
                      : PL_ERR_NOMEM;
             while (rc == PL_ERR_UNAVAIL && !atomic_load(&ctx->stopping)) {
                 pl_kafka_poll(ctx->producer, 100); /* local queue full: let it drain */
-                rc = pl_kafka_produce(ctx->producer, "parley.committed", msgs[i].conv,
+                rc = pl_kafka_produce(ctx->producer, PL_TOPIC_COMMITTED, msgs[i].conv,
                                       strlen(msgs[i].conv), rec, strlen(rec), NULL);
             }
             free(rec);
@@ -978,7 +978,7 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n)
             break;
         }
         rc = PL_ERR_UNAVAIL;
-        pl_log_warn("store_retry", "parley.committed did not acknowledge the batch; retrying");
+        pl_log_warn("store_retry", PL_TOPIC_COMMITTED " did not acknowledge the batch; retrying");
     }
     free(first);
     free(careful);

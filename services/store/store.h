@@ -13,6 +13,7 @@
 #include "parley/mongo.h"
 #include "parley/proto.h"
 #include "parley/redis.h"
+#include "parley/wire.h"
 
 #include <stdatomic.h>
 

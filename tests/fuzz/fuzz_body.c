@@ -51,7 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     const char *token;
     size_t len;
-    char sid[33];
+    char sid[PL_SESSION_ID_LEN];
     if (auth_json_str(body, "refresh_token", &token, &len) &&
         auth_refresh_parse(token, sid) == PL_OK && strlen(sid) != 32) {
         abort();

@@ -49,7 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     (void)pl_ws_origin_allowed(field[5], field[6]);
-    char a[PL_USERNAME_MAX + 1], b[PL_USERNAME_MAX + 1], conv[72];
+    char a[PL_USERNAME_MAX + 1], b[PL_USERNAME_MAX + 1], conv[PL_CONV_ID_LEN];
     if (field[7] != NULL && st_conv_parse(field[7], a, b)) {
         pl_conv_id(a, b, conv);
         if (strcmp(conv, field[7]) != 0) {

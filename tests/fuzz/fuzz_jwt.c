@@ -167,7 +167,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     /* The positive side: claims named by the input, signed here, verify back unchanged. */
-    char sub[64], sid[72];
+    char sub[64], sid[PL_SESSION_ID_LEN];
     snprintf(sub, sizeof(sub), "%.*s", (int)(size < 32 ? size : 32), token);
     snprintf(sid, sizeof(sid), "%.*s", (int)(size > 32 ? (size - 32 < 64 ? size - 32 : 64) : 0),
              size > 32 ? token + 32 : "");

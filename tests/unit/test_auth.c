@@ -86,7 +86,7 @@ static void test_hashing(void)
 
 static void test_refresh_tokens(void)
 {
-    char sid[33];
+    char sid[PL_SESSION_ID_LEN];
     const char *ok = "e1b53cd76cd275df1ca01929d536337a.WW9dUGMEn-b4h8C4TjJf9zkjH32y65bqd5KU6pKMxQI";
     CU_ASSERT_EQUAL(auth_refresh_parse(ok, sid), PL_OK);
     CU_ASSERT_STRING_EQUAL(sid, "e1b53cd76cd275df1ca01929d536337a");

@@ -8,6 +8,7 @@
 #include "parley/err.h"
 #include "parley/kafka.h"
 #include "parley/log.h"
+#include "parley/wire.h"
 
 #include <CUnit/Basic.h>
 #include <librdkafka/rdkafka.h>
@@ -48,7 +49,7 @@ static pl_kafka_t *producer(struct reports *r, const char *timeout_ms, rd_kafka_
     CU_ASSERT_EQUAL_FATAL(pl_kafka_producer_new("", props, on_dr, r, &k), PL_OK);
     *mc = rd_kafka_handle_mock_cluster(pl_kafka_handle(k));
     CU_ASSERT_PTR_NOT_NULL_FATAL(*mc);
-    rd_kafka_mock_topic_create(*mc, "parley.messages", 1, 3);
+    rd_kafka_mock_topic_create(*mc, PL_TOPIC_MESSAGES, 1, 3);
     return k;
 }
 
@@ -66,7 +67,7 @@ static void test_not_enough_replicas_is_never_an_ack(void)
     rd_kafka_mock_cluster_t *mc;
     pl_kafka_t *k = producer(&r, "3000", &mc);
     /* A healthy send first. */
-    CU_ASSERT_EQUAL(pl_kafka_produce(k, "parley.messages", "c", 1, "v0", 2, NULL), PL_OK);
+    CU_ASSERT_EQUAL(pl_kafka_produce(k, PL_TOPIC_MESSAGES, "c", 1, "v0", 2, NULL), PL_OK);
     wait_reports(k, &r, 1, 10);
     CU_ASSERT_EQUAL(r.ok, 1);
     /* The window: every produce request fails with NOT_ENOUGH_REPLICAS until the timeout. */
@@ -76,14 +77,14 @@ static void test_not_enough_replicas_is_never_an_ack(void)
     }
     rd_kafka_mock_push_request_errors_array(mc, PRODUCE_API, 400, errs);
     for (int i = 0; i < 5; i++) {
-        CU_ASSERT_EQUAL(pl_kafka_produce(k, "parley.messages", "c", 1, "vw", 2, NULL), PL_OK);
+        CU_ASSERT_EQUAL(pl_kafka_produce(k, PL_TOPIC_MESSAGES, "c", 1, "vw", 2, NULL), PL_OK);
     }
     wait_reports(k, &r, 6, 15);
     CU_ASSERT_EQUAL(r.ok, 1);     /* nothing from the window was reported delivered */
     CU_ASSERT_EQUAL(r.failed, 5); /* every one was reported failed: the client retries */
     /* After the window, sends succeed again. */
     rd_kafka_mock_clear_request_errors(mc, PRODUCE_API);
-    CU_ASSERT_EQUAL(pl_kafka_produce(k, "parley.messages", "c", 1, "v2", 2, NULL), PL_OK);
+    CU_ASSERT_EQUAL(pl_kafka_produce(k, PL_TOPIC_MESSAGES, "c", 1, "v2", 2, NULL), PL_OK);
     wait_reports(k, &r, 7, 15);
     CU_ASSERT_EQUAL(r.ok, 2);
     pl_kafka_free(&k);
@@ -94,7 +95,7 @@ static void test_unknown_outcome_is_never_an_ack(void)
     struct reports r = {0, 0};
     rd_kafka_mock_cluster_t *mc;
     pl_kafka_t *k = producer(&r, "2000", &mc);
-    CU_ASSERT_EQUAL(pl_kafka_produce(k, "parley.messages", "c", 1, "v0", 2, NULL), PL_OK);
+    CU_ASSERT_EQUAL(pl_kafka_produce(k, PL_TOPIC_MESSAGES, "c", 1, "v0", 2, NULL), PL_OK);
     wait_reports(k, &r, 1, 10);
     CU_ASSERT_EQUAL_FATAL(r.ok, 1);
     /* The leader answers produce requests only after 5 s, past every timeout: the outcome of
@@ -107,7 +108,7 @@ static void test_unknown_outcome_is_never_an_ack(void)
             RD_KAFKA_RESP_ERR_NO_ERROR, 5000);
     }
     (void)leader;
-    CU_ASSERT_EQUAL(pl_kafka_produce(k, "parley.messages", "c", 1, "v1", 2, NULL), PL_OK);
+    CU_ASSERT_EQUAL(pl_kafka_produce(k, PL_TOPIC_MESSAGES, "c", 1, "v1", 2, NULL), PL_OK);
     wait_reports(k, &r, 2, 20);
     CU_ASSERT_EQUAL(r.ok, 1);
     CU_ASSERT_EQUAL(r.failed, 1);

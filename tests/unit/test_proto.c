@@ -15,7 +15,7 @@
 
 static void test_ids(void)
 {
-    char conv[72], a[33], b[33], c[33];
+    char conv[PL_CONV_ID_LEN], a[PL_MSG_ID_LEN], b[PL_MSG_ID_LEN], c[PL_MSG_ID_LEN];
     pl_conv_id("bob", "alice", conv);
     CU_ASSERT_STRING_EQUAL(conv, "d:alice:bob");
     pl_conv_id("alice", "bob", conv);
@@ -115,9 +115,9 @@ static void test_sizes_and_depth(void)
     int n =
         snprintf(s, 100, "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bob\",\"content\":\"");
     memset(s + n, 'x', big);
-    strcpy(s + n + big, "\"}");
+    memcpy(s + n + big, "\"}", 3);
     CU_ASSERT_EQUAL(pl_frame_parse(s, strlen(s), &f, &why), PL_ERR_TOOBIG);
-    strcpy(s + n + big - 1, "\"}");
+    memcpy(s + n + big - 1, "\"}", 3);
     CU_ASSERT_EQUAL(pl_frame_parse(s, strlen(s), &f, &why), PL_OK);
     pl_frame_clear(&f);
     free(s);
@@ -172,12 +172,12 @@ static void test_records(void)
 {
     pl_msg_t m, back;
     memset(&m, 0, sizeof(m));
-    strcpy(m.msg_id, "0123456789abcdef0123456789abcdef");
-    strcpy(m.conv, "d:alice:bob");
-    strcpy(m.sender, "alice");
-    strcpy(m.receiver, "bob");
-    strcpy(m.client_id, "c1");
-    strcpy(m.origin_gw, "gw0");
+    snprintf(m.msg_id, sizeof(m.msg_id), "%s", "0123456789abcdef0123456789abcdef");
+    snprintf(m.conv, sizeof(m.conv), "%s", "d:alice:bob");
+    snprintf(m.sender, sizeof(m.sender), "%s", "alice");
+    snprintf(m.receiver, sizeof(m.receiver), "%s", "bob");
+    snprintf(m.client_id, sizeof(m.client_id), "%s", "c1");
+    snprintf(m.origin_gw, sizeof(m.origin_gw), "%s", "gw0");
     m.origin_conn = 42;
     m.content = "say \"hi\"\n\xe2\x82\xac";
     m.content_len = strlen(m.content);

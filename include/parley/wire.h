@@ -1,0 +1,50 @@
+/*
+ * The names that travel between services, in one place: Kafka topics, Redis keys and
+ * channels, and the sizes of the identifiers every service passes around (DESIGN section 3).
+ * A topic or "parley:" key written anywhere else is a bug: `make lint` looks for them. Not for
+ * the shape of what travels under these names, which is proto.h's. Pure and thread-safe.
+ */
+#ifndef PARLEY_WIRE_H
+#define PARLEY_WIRE_H
+
+#include <stddef.h>
+
+/* Kafka topics. Both are keyed by conversation id. */
+#define PL_TOPIC_MESSAGES  "parley.messages"  /* gateways -> store: accepted sends */
+#define PL_TOPIC_COMMITTED "parley.committed" /* store -> router: stored, numbered messages */
+
+/* Redis pub/sub channel on which parley-auth announces revoked sessions to the gateways. */
+#define PL_CHANNEL_REVOKE "parley:revoke"
+
+/* Identifier buffers, terminating NUL included. */
+#define PL_USERNAME_MAX   32 /* [a-z0-9_.-]{3,32} */
+#define PL_USERNAME_LEN   (PL_USERNAME_MAX + 1)
+#define PL_CONV_ID_LEN    72  /* "d:<a>:<b>": 2 + 32 + 1 + 32 + NUL, rounded up */
+#define PL_MSG_ID_LEN     33  /* 32 hex digits */
+#define PL_SESSION_ID_LEN 33  /* 32 hex digits, made by parley-auth */
+#define PL_TOKEN_ID_LEN   33  /* a JWT's jti: 32 hex digits */
+#define PL_GATEWAY_ID_LEN 64  /* "<PARLEY_GATEWAY_ID or host>-<8 hex>" */
+#define PL_KEY_LEN        160 /* any key or channel below */
+
+/*
+ * The key builders write a NUL-terminated name into out (PL_KEY_LEN bytes) and return PL_OK,
+ * or PL_ERR_TOOBIG when the name would not fit (nothing usable is written then).
+ */
+
+/* Hash "parley:presence:<user>": field "<gateway>:<conn>" -> gateway, one per live device. */
+int pl_key_presence(char *out, const char *user);
+/* "parley:gw:<gateway>": set while the gateway is alive and subscribed (short TTL). */
+int pl_key_gateway(char *out, const char *gw_id);
+/* Channel "parley:deliver:<gateway>": router -> gateway pushes. */
+int pl_key_deliver(char *out, const char *gw_id);
+/* "parley:revoked:<session>": set for a revoked session until its last token expires. */
+int pl_key_revoked(char *out, const char *sid);
+/* "parley:rl:<what>:<who>": a rate-limit window of parley-auth. */
+int pl_key_ratelimit(char *out, const char *what, const char *who);
+/* The store's write intent document id of a partition of PL_TOPIC_MESSAGES. */
+int pl_key_intent(char *out, int partition);
+
+/* 1 when channel is a gateway's delivery channel (see pl_key_deliver). */
+int pl_is_deliver_channel(const char *channel);
+
+#endif
