@@ -9,7 +9,7 @@ ASAN_BUILD ?= build-asan
 WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 C_SOURCES = $(shell find include libs services tests clients -name '*.[ch]' 2>/dev/null)
 
-.PHONY: all deps build asan run up down status test format format-check unit unit-asan \
+.PHONY: all deps build asan run up down status test format format-check lint unit unit-asan \
         integration faults chaos deploy-check fuzz fuzz-smoke bench clean
 
 all: build
@@ -43,6 +43,11 @@ format:
 
 format-check:
 	@clang-format --dry-run -Werror $(C_SOURCES) && echo "format: ok"
+
+# Wire names only in parley/wire.h, no banned functions, no function over 80 lines outside
+# main(), no include cycle between a service's modules (tests/lint/check_source.py).
+lint:
+	@python3 tests/lint/check_source.py
 
 unit: build
 	@ctest --test-dir $(BUILD) --output-on-failure
@@ -86,7 +91,7 @@ fuzz-smoke: deps
 bench: build
 	@python3 bench/run.py
 
-test: deps format-check deploy-check unit unit-asan fuzz-smoke integration faults
+test: deps format-check lint deploy-check unit unit-asan fuzz-smoke integration faults
 	@echo "make test: all checks passed"
 
 clean:

@@ -418,7 +418,7 @@ static void c_io(conn_t *c, uint32_t events, char **tokens)
     c_interest(c);
 }
 
-static void send_one(conn_t *c, uint64_t k, uint64_t due, int w, char *content)
+static void send_one(conn_t *c, uint64_t k, uint64_t due, int w, const char *content)
 {
     char cid[64], frame[70000];
     snprintf(cid, sizeof(cid), "%d.%llu.%llu", w, (unsigned long long)k, (unsigned long long)due);
@@ -446,8 +446,9 @@ static void report(int fd, int final)
     }
 }
 
-/* One worker: users [first, first + n) of the whole run. */
-static int worker(int w, int first, int n, int out)
+/* Access tokens for users [first, first + n), signed with the cluster's private key. NULL
+ * when the key cannot be used. */
+static char **mint_tokens(conn_t *cs, int first, int n)
 {
     char pem[8192];
     FILE *f = fopen(opt.key, "r");
@@ -459,13 +460,11 @@ static int worker(int w, int first, int n, int out)
     if (pem_len == 0 ||
         pl_jwt_signer_new(pem, pem_len, "parley", "parley", 3600, &signer) != PL_OK) {
         fprintf(stderr, "parley-bench: cannot use the private key %s\n", opt.key);
-        return 1;
+        return NULL;
     }
-    conn_t *cs = calloc((size_t)n, sizeof(*cs));
     char **tokens = calloc((size_t)n, sizeof(*tokens));
-    ep = epoll_create1(EPOLL_CLOEXEC);
     long now_s = (long)time(NULL);
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; tokens != NULL && i < n; i++) {
         cs[i].idx = i;
         snprintf(cs[i].user, sizeof(cs[i].user), "%s%07d", opt.prefix, first + i);
         snprintf(cs[i].peer, sizeof(cs[i].peer), "%s%07d", opt.prefix, first + (i ^ 1));
@@ -473,16 +472,16 @@ static int worker(int w, int first, int n, int out)
         pl_random_hex(sid, 16);
         pl_jwt_sign(signer, cs[i].user, sid, now_s, &tokens[i], NULL);
     }
-    char *content = malloc((size_t)opt.size + 1);
-    memset(content, 'x', (size_t)opt.size);
-    content[opt.size] = '\0';
+    pl_jwt_signer_free(&signer);
+    return tokens;
+}
 
+/* Opens the n sockets in waves of 256, so the listen backlog is not the thing measured. */
+static void connect_all(conn_t *cs, int w, int n, char **tokens, int out)
+{
     struct epoll_event evs[512];
     uint64_t t_start = now_us();
     int opened = 0;
-    /* Connect in waves of 256, so the listen backlog is not the thing measured. */
-    uint64_t next_report = t_start + 1000000;
-    uint64_t t_ready = 0;
     while ((uint64_t)rep.ready + rep.failed < (uint64_t)n) {
         while (opened < n && opened - (int)(rep.ready + rep.failed) < 256) {
             if (c_open(&cs[opened], w + opened) != 0) {
@@ -499,10 +498,14 @@ static int worker(int w, int first, int n, int out)
             break; /* a minute to connect is plenty */
         }
     }
-    t_ready = now_us();
-    rep.connect_seconds = (double)(t_ready - t_start) / 1e6;
+    rep.connect_seconds = (double)(now_us() - t_start) / 1e6;
     report(out, 0);
+}
 
+/* The measured phase: warm-up, the open-loop schedule (chat mode), then the drain. */
+static void run_schedule(conn_t *cs, int w, int n, char **tokens, const char *content, int out)
+{
+    struct epoll_event evs[512];
     double rate = strcmp(opt.mode, "chat") == 0 ? opt.rate / opt.procs : 0;
     uint64_t t0 = now_us(), k = 0;
     measure_from = t0 + (uint64_t)(opt.warmup * 1e6);
@@ -511,7 +514,7 @@ static int worker(int w, int first, int n, int out)
     if (strcmp(opt.mode, "connect") == 0) {
         stop = end = t0;
     }
-    next_report = t0 + 1000000;
+    uint64_t next_report = t0 + 1000000;
     for (uint64_t t = t0; t < stop; t = now_us()) {
         /* Every message whose time has come goes out now: open loop. */
         while (rate > 0 && t < end && t0 + (uint64_t)((double)k * 1e6 / rate) <= t) {
@@ -539,6 +542,23 @@ static int worker(int w, int first, int n, int out)
             report(out, 0);
         }
     }
+}
+
+/* One worker: users [first, first + n) of the whole run. */
+static int worker(int w, int first, int n, int out)
+{
+    conn_t *cs = calloc((size_t)n, sizeof(*cs));
+    char **tokens = cs != NULL ? mint_tokens(cs, first, n) : NULL;
+    if (tokens == NULL) {
+        free(cs);
+        return 1;
+    }
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    char *content = malloc((size_t)opt.size + 1);
+    memset(content, 'x', (size_t)opt.size);
+    content[opt.size] = '\0';
+    connect_all(cs, w, n, tokens, out);
+    run_schedule(cs, w, n, tokens, content, out);
     report(out, 1);
     for (int i = 0; i < n; i++) {
         c_kill(&cs[i]);
@@ -547,7 +567,6 @@ static int worker(int w, int first, int n, int out)
     free(cs);
     free(tokens);
     free(content);
-    pl_jwt_signer_free(&signer);
     return 0;
 }
 

@@ -8,6 +8,7 @@
 #ifndef PARLEY_HTTP_H
 #define PARLEY_HTTP_H
 
+#include "parley/jwt.h"
 #include "parley/metrics.h"
 
 #include <jansson.h>
@@ -85,6 +86,14 @@ const char *pl_http_client_addr(const pl_http_req_t *req);
 json_t *pl_http_body(const pl_http_req_t *req);
 /* The token of an "Authorization: Bearer <token>" header, or NULL. */
 const char *pl_http_bearer(const pl_http_req_t *req);
+/*
+ * The identity of a request: verifies its bearer token with v at the current time. PL_OK with
+ * the claims in *c; otherwise resp is filled with the error every service answers (401 for a
+ * missing, invalid, expired or revoked token, each with its own message; 503 with Retry-After
+ * when revocation cannot be checked) and its code is returned. Thread-safe.
+ */
+int pl_http_authenticate(const pl_http_req_t *req, pl_http_resp_t *resp, const pl_jwt_verifier_t *v,
+                         pl_jwt_claims_t *c);
 
 /* Sets status and body; steals body (which may be NULL). */
 void pl_http_reply(pl_http_resp_t *resp, int status, json_t *body);

@@ -1,9 +1,10 @@
 /*
- * Access tokens: ES256 JWTs signed by parley-auth and verified by every service that takes a
- * token (auth, gateway, store). Verification pins ES256 before and after decoding (libjwt 1.10
- * would otherwise check an HS256 token's MAC with the public key as the secret), rejects
- * "none", and checks exp, nbf, iat, iss and aud with a bounded leeway, then asks an optional
- * callback whether the token's session was revoked. Not for refresh tokens, which are opaque.
+ * Access tokens: ES256 JWTs signed by parley-auth (with libjwt) and verified by every service
+ * that takes a token (auth, gateway, store). Verification does not use libjwt: it accepts
+ * only ES256 (never "none", never an HS256 token whose MAC was keyed with the public key),
+ * checks the signature with OpenSSL against a P-256 key parsed once, checks exp, nbf, iat,
+ * iss and aud with a bounded leeway, then asks an optional callback whether the token's
+ * session was revoked. Not for refresh tokens, which are opaque.
  * Signers and verifiers are immutable after creation and safe to share between threads.
  */
 #ifndef PARLEY_JWT_H

@@ -5,6 +5,7 @@
  */
 #include "parley/http.h"
 #include "parley/buf.h"
+#include "parley/enc.h"
 #include "parley/err.h"
 #include "parley/log.h"
 
@@ -525,4 +526,33 @@ void pl_http_stop(pl_http_t **ph)
     MHD_stop_daemon(h->d);
     free(h);
     *ph = NULL;
+}
+
+int pl_http_authenticate(const pl_http_req_t *req, pl_http_resp_t *resp, const pl_jwt_verifier_t *v,
+                         pl_jwt_claims_t *c)
+{
+    const char *token = pl_http_bearer(req);
+    if (token == NULL) {
+        pl_http_fail(resp, PL_ERR_UNAUTH, "missing Authorization: Bearer token");
+        return PL_ERR_UNAUTH;
+    }
+    int rc = pl_jwt_verify(v, token, (long)(pl_now_ms() / 1000), c);
+    switch (rc) {
+    case PL_OK:
+        break;
+    case PL_ERR_EXPIRED:
+        pl_http_fail(resp, rc, "access token expired; refresh it");
+        break;
+    case PL_ERR_REVOKED:
+        pl_http_fail(resp, rc, "session was logged out");
+        break;
+    case PL_ERR_UNAVAIL:
+        pl_http_fail_dep(resp, rc);
+        break;
+    default:
+        pl_http_fail(resp, PL_ERR_UNAUTH, "invalid access token");
+        rc = PL_ERR_UNAUTH;
+        break;
+    }
+    return rc;
 }

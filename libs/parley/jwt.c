@@ -296,7 +296,7 @@ int pl_jwt_verify(const pl_jwt_verifier_t *v, const char *token, long now, pl_jw
     if (dot1 == NULL || dot2 == NULL || memchr(dot2 + 1, '.', len - (size_t)(dot2 + 1 - token))) {
         return PL_ERR_UNAUTH;
     }
-    /* Pin the algorithm before libjwt sees the token: only ES256, nothing it would pick. */
+    /* Pin the algorithm before anything else is read: only ES256, whatever the header says. */
     header = segment_json(token, (size_t)(dot1 - token), 512);
     const char *alg = json_string_value(json_object_get(header, "alg"));
     if (alg == NULL || strcmp(alg, "ES256") != 0 || json_object_get(header, "crit") != NULL) {

@@ -1,5 +1,7 @@
 /*
- * WebSocket handshake helpers (RFC 6455 section 4.2).
+ * RFC 6455 as pure functions (see ws.h): the handshake checks of section 4.2, and the framing
+ * of section 5, client frames in (pl_ws_rx_feed: masking, reserved bits, opcodes, control frame
+ * rules, fragmentation, close payloads, the message cap) and server frame headers out.
  */
 #include "parley/ws.h"
 #include "parley/err.h"
@@ -158,6 +160,96 @@ static int frag_append(pl_ws_rx_t *rx, const unsigned char *p, size_t n, size_t 
     return 0;
 }
 
+/* A frame header: fin, opcode, payload length and header length (mask excluded). */
+struct frame_head {
+    int fin, op, control;
+    uint64_t plen;
+    size_t hlen;
+};
+
+/* Reads the header at h (avail bytes). 1 when complete, 0 when more bytes are needed, or a
+ * negative close status for a header no client may send. */
+static int read_head(const unsigned char *h, size_t avail, struct frame_head *f)
+{
+    if (avail < 2) {
+        return 0;
+    }
+    f->fin = h[0] & 0x80;
+    f->op = h[0] & 0x0f;
+    f->control = f->op & 0x08;
+    if (h[0] & 0x70) {
+        return -PL_WS_PROTOCOL_ERROR; /* reserved bits: no extension was negotiated */
+    }
+    if (!(h[1] & 0x80)) {
+        return -PL_WS_PROTOCOL_ERROR; /* a client must mask every frame */
+    }
+    if (f->op != PL_WS_OP_CONT && f->op != PL_WS_OP_TEXT && f->op != PL_WS_OP_BINARY &&
+        f->op != PL_WS_OP_CLOSE && f->op != PL_WS_OP_PING && f->op != PL_WS_OP_PONG) {
+        return -PL_WS_PROTOCOL_ERROR;
+    }
+    f->plen = h[1] & 0x7f;
+    f->hlen = 2;
+    if (f->control && (!f->fin || f->plen > 125)) {
+        return -PL_WS_PROTOCOL_ERROR;
+    }
+    if (f->plen == 126) {
+        if (avail < 4) {
+            return 0;
+        }
+        f->plen = (uint64_t)h[2] << 8 | h[3];
+        f->hlen = 4;
+    } else if (f->plen == 127) {
+        if (avail < 10) {
+            return 0;
+        }
+        f->plen = 0;
+        for (int i = 0; i < 8; i++) {
+            f->plen = f->plen << 8 | h[2 + i];
+        }
+        if (f->plen >> 63) {
+            return -PL_WS_PROTOCOL_ERROR;
+        }
+        f->hlen = 10;
+    }
+    return 1;
+}
+
+/* Hands one unmasked frame's payload p to cb, as a whole message or as a control frame, or
+ * keeps it as part of a fragmented message. cb's answer (nonzero: stop), or a negative close
+ * status. */
+static int deliver(pl_ws_rx_t *rx, const struct frame_head *f, unsigned char *p, size_t max_msg,
+                   pl_ws_msg_fn cb, void *ud)
+{
+    size_t plen = (size_t)f->plen;
+    if (f->control) {
+        uint16_t code;
+        int bad = f->op == PL_WS_OP_CLOSE ? pl_ws_close_check(p, plen, &code) : 0;
+        return bad ? -bad : cb(ud, f->op, p, plen);
+    }
+    if (f->fin && f->op != PL_WS_OP_CONT) {
+        return cb(ud, f->op, p, plen);
+    }
+    int err = frag_append(rx, p, plen, max_msg);
+    if (err) {
+        return -err;
+    }
+    if (f->op != PL_WS_OP_CONT) {
+        rx->frag_op = f->op;
+    }
+    if (!f->fin) {
+        return 0;
+    }
+    int fop = rx->frag_op;
+    unsigned char *m = rx->frag;
+    size_t mlen = rx->frag_len;
+    rx->frag = NULL;
+    rx->frag_len = 0;
+    rx->frag_op = 0;
+    int stop = cb(ud, fop, m ? m : p, mlen);
+    free(m);
+    return stop;
+}
+
 long pl_ws_rx_feed(pl_ws_rx_t *rx, unsigned char *buf, size_t len, size_t max_msg, pl_ws_msg_fn cb,
                    void *ud)
 {
@@ -165,94 +257,33 @@ long pl_ws_rx_feed(pl_ws_rx_t *rx, unsigned char *buf, size_t len, size_t max_ms
     for (;;) {
         const unsigned char *h = buf + off;
         size_t avail = len - off;
-        if (avail < 2) {
-            return (long)off;
-        }
-        int fin = h[0] & 0x80, op = h[0] & 0x0f;
-        if (h[0] & 0x70) {
-            return -PL_WS_PROTOCOL_ERROR; /* reserved bits: no extension was negotiated */
-        }
-        if (!(h[1] & 0x80)) {
-            return -PL_WS_PROTOCOL_ERROR; /* a client must mask every frame */
-        }
-        int control = op & 0x08;
-        if (op != PL_WS_OP_CONT && op != PL_WS_OP_TEXT && op != PL_WS_OP_BINARY &&
-            op != PL_WS_OP_CLOSE && op != PL_WS_OP_PING && op != PL_WS_OP_PONG) {
-            return -PL_WS_PROTOCOL_ERROR;
-        }
-        uint64_t plen = h[1] & 0x7f;
-        size_t hlen = 2;
-        if (control && (!fin || plen > 125)) {
-            return -PL_WS_PROTOCOL_ERROR;
-        }
-        if (plen == 126) {
-            if (avail < 4) {
-                return (long)off;
-            }
-            plen = (uint64_t)h[2] << 8 | h[3];
-            hlen = 4;
-        } else if (plen == 127) {
-            if (avail < 10) {
-                return (long)off;
-            }
-            plen = 0;
-            for (int i = 0; i < 8; i++) {
-                plen = plen << 8 | h[2 + i];
-            }
-            if (plen >> 63) {
-                return -PL_WS_PROTOCOL_ERROR;
-            }
-            hlen = 10;
+        struct frame_head f;
+        int rc = read_head(h, avail, &f);
+        if (rc <= 0) {
+            return rc < 0 ? rc : (long)off;
         }
         /* Refused before its bytes arrive: a frame over the cap is never buffered. */
-        if (plen > max_msg || (op == PL_WS_OP_CONT && rx->frag_len + plen > max_msg)) {
+        if (f.plen > max_msg || (f.op == PL_WS_OP_CONT && rx->frag_len + f.plen > max_msg)) {
             return -PL_WS_TOO_BIG;
         }
-        if (!control && (op == PL_WS_OP_CONT) != (rx->frag_op != 0)) {
+        if (!f.control && (f.op == PL_WS_OP_CONT) != (rx->frag_op != 0)) {
             /* A continuation with no message begun, or a new message inside one. */
             return -PL_WS_PROTOCOL_ERROR;
         }
-        if (avail < hlen + 4 + plen) {
+        if (avail < f.hlen + 4 + f.plen) {
             return (long)off;
         }
-        const unsigned char *mask = h + hlen;
-        unsigned char *p = buf + off + hlen + 4;
-        for (uint64_t i = 0; i < plen; i++) {
+        const unsigned char *mask = h + f.hlen;
+        unsigned char *p = buf + off + f.hlen + 4;
+        for (uint64_t i = 0; i < f.plen; i++) {
             p[i] ^= mask[i & 3];
         }
-        off += hlen + 4 + (size_t)plen;
-        int stop = 0;
-        if (control) {
-            if (op == PL_WS_OP_CLOSE) {
-                uint16_t code;
-                int bad = pl_ws_close_check(p, (size_t)plen, &code);
-                if (bad) {
-                    return -bad;
-                }
-            }
-            stop = cb(ud, op, p, (size_t)plen);
-        } else if (fin && op != PL_WS_OP_CONT) {
-            stop = cb(ud, op, p, (size_t)plen);
-        } else {
-            int err = frag_append(rx, p, (size_t)plen, max_msg);
-            if (err) {
-                return -err;
-            }
-            if (op != PL_WS_OP_CONT) {
-                rx->frag_op = op;
-            }
-            if (fin) {
-                int fop = rx->frag_op;
-                unsigned char *m = rx->frag;
-                size_t mlen = rx->frag_len;
-                rx->frag = NULL;
-                rx->frag_len = 0;
-                rx->frag_op = 0;
-                stop = cb(ud, fop, m ? m : p, mlen);
-                free(m);
-            }
+        off += f.hlen + 4 + (size_t)f.plen;
+        rc = deliver(rx, &f, p, max_msg, cb, ud);
+        if (rc < 0) {
+            return rc;
         }
-        if (stop) {
+        if (rc) {
             return (long)off;
         }
     }

@@ -293,6 +293,93 @@ static int revoke_session(auth_ctx_t *ctx, const char *sid, const char *user)
     return rc;
 }
 
+/* The session document sid: PL_OK with *doc (the caller destroys it), or PL_ERR_NOTFOUND. */
+static int find_session(auth_ctx_t *ctx, const char *sid, bson_t **doc)
+{
+    bson_t filter = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&filter, "_id", sid);
+    int rc = pl_mongo_find_one(ctx->mongo, "sessions", &filter, NULL, doc);
+    bson_destroy(&filter);
+    return rc;
+}
+
+/* 1 when hash is among the session's rotated-out refresh hashes. */
+static int was_rotated_out(const bson_t *doc, const char *hash)
+{
+    bson_iter_t it, arr;
+    if (bson_iter_init_find(&it, doc, "refresh_prev") && BSON_ITER_HOLDS_ARRAY(&it) &&
+        bson_iter_recurse(&it, &arr)) {
+        while (bson_iter_next(&arr)) {
+            if (BSON_ITER_HOLDS_UTF8(&arr) && strcmp(bson_iter_utf8(&arr, NULL), hash) == 0) {
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* A refresh token that is not the session's current one: refused, and when it is a
+ * rotated-out one it was copied, so the whole session is revoked (RFC 6819). */
+static void refuse_stale_refresh(auth_ctx_t *ctx, pl_http_resp_t *resp, const bson_t *doc,
+                                 const char *sid, const char *user, const char *hash)
+{
+    int reused = was_rotated_out(doc, hash);
+    if (reused) {
+        pl_metric_inc(ctx->m_reuse);
+        pl_log_fields(PL_LOG_WARN, "refresh_reuse",
+                      json_pack("{s:s,s:s}", "user", user, "session", sid),
+                      "rotated refresh token presented again; revoking the session");
+        int rc = revoke_session(ctx, sid, user);
+        if (rc != PL_OK) {
+            pl_http_fail_dep(resp, rc);
+            return;
+        }
+    }
+    pl_http_fail(resp, PL_ERR_UNAUTH,
+                 reused ? "refresh token was already used; the session is revoked"
+                        : "invalid refresh token");
+}
+
+/*
+ * Rotates the session's refresh hash from hash to rhash, keeping the newest AUTH_REFRESH_PREV
+ * rotated-out hashes. A compare-and-swap on the current hash, so two racing refreshes cannot
+ * both rotate: *matched is 0 when another one won.
+ */
+static int rotate_refresh(auth_ctx_t *ctx, const bson_t *doc, const char *sid, const char *hash,
+                          const char *rhash, long long now, long *matched)
+{
+    bson_t f = BSON_INITIALIZER;
+    bson_t upd = BSON_INITIALIZER;
+    bson_t set, prev;
+    BSON_APPEND_UTF8(&f, "_id", sid);
+    BSON_APPEND_UTF8(&f, "refresh_hash", hash);
+    BSON_APPEND_BOOL(&f, "revoked", false);
+    BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
+    BSON_APPEND_UTF8(&set, "refresh_hash", rhash);
+    BSON_APPEND_DATE_TIME(&set, "expires_at", now + (long long)ctx->refresh_ttl_s * 1000);
+    BSON_APPEND_DATE_TIME(&set, "refreshed_at", now);
+    BSON_APPEND_ARRAY_BEGIN(&set, "refresh_prev", &prev);
+    BSON_APPEND_UTF8(&prev, "0", hash); /* this one first */
+    bson_iter_t it, arr;
+    int kept = 1;
+    if (bson_iter_init_find(&it, doc, "refresh_prev") && BSON_ITER_HOLDS_ARRAY(&it) &&
+        bson_iter_recurse(&it, &arr)) {
+        while (kept < AUTH_REFRESH_PREV && bson_iter_next(&arr)) {
+            if (BSON_ITER_HOLDS_UTF8(&arr)) {
+                char idx[16];
+                snprintf(idx, sizeof(idx), "%d", kept++);
+                BSON_APPEND_UTF8(&prev, idx, bson_iter_utf8(&arr, NULL));
+            }
+        }
+    }
+    bson_append_array_end(&set, &prev);
+    bson_append_document_end(&upd, &set);
+    int rc = pl_mongo_update_one(ctx->mongo, "sessions", &f, &upd, 0, matched);
+    bson_destroy(&f);
+    bson_destroy(&upd);
+    return rc;
+}
+
 static void h_refresh(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
     auth_ctx_t *ctx = ud;
@@ -312,10 +399,7 @@ static void h_refresh(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
         return;
     }
     auth_refresh_hash(token, hash);
-    bson_t filter = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&filter, "_id", sid);
-    int rc = pl_mongo_find_one(ctx->mongo, "sessions", &filter, NULL, &doc);
-    bson_destroy(&filter);
+    int rc = find_session(ctx, sid, &doc);
     if (rc == PL_ERR_NOTFOUND) {
         pl_http_fail(resp, PL_ERR_UNAUTH, "invalid refresh token");
         return;
@@ -327,130 +411,41 @@ static void h_refresh(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     const char *user = bson_str(doc, "user");
     const char *current = bson_str(doc, "refresh_hash");
     long long now = pl_now_ms();
+    char refresh[80];
+    char rhash[65];
+    long matched = 0;
     if (user == NULL || current == NULL || bson_flag(doc, "revoked") ||
         bson_ms(doc, "expires_at") < now) {
         pl_http_fail(resp, PL_ERR_UNAUTH, "session has ended; log in again");
         goto out;
     }
     if (strcmp(current, hash) != 0) {
-        /* A rotated-out token came back: it was copied. Revoke the whole session (RFC 6819). */
-        bson_iter_t it, arr;
-        int reused = 0;
-        if (bson_iter_init_find(&it, doc, "refresh_prev") && BSON_ITER_HOLDS_ARRAY(&it) &&
-            bson_iter_recurse(&it, &arr)) {
-            while (bson_iter_next(&arr)) {
-                if (BSON_ITER_HOLDS_UTF8(&arr) && strcmp(bson_iter_utf8(&arr, NULL), hash) == 0) {
-                    reused = 1;
-                }
-            }
-        }
-        if (reused) {
-            pl_metric_inc(ctx->m_reuse);
-            pl_log_fields(PL_LOG_WARN, "refresh_reuse",
-                          json_pack("{s:s,s:s}", "user", user, "session", sid),
-                          "rotated refresh token presented again; revoking the session");
-            rc = revoke_session(ctx, sid, user);
-            if (rc != PL_OK) {
-                pl_http_fail_dep(resp, rc);
-                goto out;
-            }
-        }
-        pl_http_fail(resp, PL_ERR_UNAUTH,
-                     reused ? "refresh token was already used; the session is revoked"
-                            : "invalid refresh token");
+        refuse_stale_refresh(ctx, resp, doc, sid, user, hash);
         goto out;
     }
-    char refresh[80];
-    char rhash[65];
     if (new_refresh(sid, refresh) != PL_OK) {
         pl_http_fail_dep(resp, PL_ERR_INTERNAL);
         goto out;
     }
     auth_refresh_hash(refresh, rhash);
-
-    /* Compare-and-swap on the current hash, so two racing refreshes cannot both rotate. */
-    bson_t f = BSON_INITIALIZER;
-    bson_t upd = BSON_INITIALIZER;
-    bson_t set, prev;
-    BSON_APPEND_UTF8(&f, "_id", sid);
-    BSON_APPEND_UTF8(&f, "refresh_hash", hash);
-    BSON_APPEND_BOOL(&f, "revoked", false);
-    BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
-    BSON_APPEND_UTF8(&set, "refresh_hash", rhash);
-    BSON_APPEND_DATE_TIME(&set, "expires_at", now + (long long)ctx->refresh_ttl_s * 1000);
-    BSON_APPEND_DATE_TIME(&set, "refreshed_at", now);
-    BSON_APPEND_ARRAY_BEGIN(&set, "refresh_prev", &prev);
-    /* The newest AUTH_REFRESH_PREV rotated hashes, this one first. */
-    BSON_APPEND_UTF8(&prev, "0", hash);
-    bson_iter_t it, arr;
-    int kept = 1;
-    if (bson_iter_init_find(&it, doc, "refresh_prev") && BSON_ITER_HOLDS_ARRAY(&it) &&
-        bson_iter_recurse(&it, &arr)) {
-        while (kept < AUTH_REFRESH_PREV && bson_iter_next(&arr)) {
-            if (BSON_ITER_HOLDS_UTF8(&arr)) {
-                char idx[16];
-                snprintf(idx, sizeof(idx), "%d", kept++);
-                BSON_APPEND_UTF8(&prev, idx, bson_iter_utf8(&arr, NULL));
-            }
-        }
-    }
-    bson_append_array_end(&set, &prev);
-    bson_append_document_end(&upd, &set);
-    long matched = 0;
-    rc = pl_mongo_update_one(ctx->mongo, "sessions", &f, &upd, 0, &matched);
-    bson_destroy(&f);
-    bson_destroy(&upd);
+    rc = rotate_refresh(ctx, doc, sid, hash, rhash, now, &matched);
     if (rc != PL_OK) {
         pl_http_fail_dep(resp, rc);
-        goto out;
-    }
-    if (matched == 0) {
+    } else if (matched == 0) {
         pl_http_fail(resp, PL_ERR_UNAUTH, "refresh token was already used");
-        goto out;
+    } else {
+        pl_metric_inc(ctx->m_refreshed);
+        reply_tokens(ctx, resp, user, sid, refresh);
     }
-    pl_metric_inc(ctx->m_refreshed);
-    reply_tokens(ctx, resp, user, sid, refresh);
 out:
     bson_destroy(doc);
-}
-
-/*
- * Verifies the bearer token with v. Returns PL_OK with the claims, or fills the response
- * (401, or 503 when the session store does not answer).
- */
-static int authenticate(pl_http_req_t *req, pl_http_resp_t *resp, const pl_jwt_verifier_t *v,
-                        pl_jwt_claims_t *c)
-{
-    const char *token = pl_http_bearer(req);
-    if (token == NULL) {
-        pl_http_fail(resp, PL_ERR_UNAUTH, "missing Authorization: Bearer token");
-        return PL_ERR_UNAUTH;
-    }
-    int rc = pl_jwt_verify(v, token, (long)(pl_now_ms() / 1000), c);
-    switch (rc) {
-    case PL_OK:
-        return PL_OK;
-    case PL_ERR_EXPIRED:
-        pl_http_fail(resp, rc, "access token expired; refresh it");
-        break;
-    case PL_ERR_REVOKED:
-        pl_http_fail(resp, rc, "session was logged out");
-        break;
-    case PL_ERR_UNAVAIL:
-        pl_http_fail_dep(resp, rc);
-        break;
-    default:
-        pl_http_fail(resp, PL_ERR_UNAUTH, "invalid access token");
-        break;
-    }
-    return rc;
 }
 
 static void h_logout(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
     auth_ctx_t *ctx = ud;
     pl_jwt_claims_t c;
-    if (authenticate(req, resp, ctx->verifier_lax, &c) != PL_OK) {
+    if (pl_http_authenticate(req, resp, ctx->verifier_lax, &c) != PL_OK) {
         return;
     }
     int rc = revoke_session(ctx, c.sid, c.sub);
@@ -542,7 +537,7 @@ static void h_password(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     json_t *body = pl_http_body(req);
     json_t *cur = json_object_get(body, "current_password");
     json_t *next = json_object_get(body, "new_password");
-    if (authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
+    if (pl_http_authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
         return;
     }
     if (!json_is_string(cur) || !json_is_string(next) ||
@@ -611,7 +606,7 @@ static void h_disable(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     pl_jwt_claims_t c;
     bson_t *doc = NULL;
     json_t *pw = json_object_get(pl_http_body(req), "password");
-    if (authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
+    if (pl_http_authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
         return;
     }
     if (!json_is_string(pw)) {
@@ -665,7 +660,7 @@ static void h_me(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     auth_ctx_t *ctx = ud;
     pl_jwt_claims_t c;
     bson_t *doc = NULL;
-    if (authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
+    if (pl_http_authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
         return;
     }
     int rc = find_user(ctx, c.sub, &doc);
@@ -685,7 +680,7 @@ static void h_user(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     pl_jwt_claims_t c;
     char name[AUTH_USERNAME_MAX + 1];
     bson_t *doc = NULL;
-    if (authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
+    if (pl_http_authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
         return;
     }
     const char *p = pl_http_path(req) + strlen("/v1/users/");

@@ -202,13 +202,9 @@ static void h_ws(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     }
     u->g = g;
     /* A token in the Authorization header is checked now; browsers send it in a first frame. */
-    const char *token = pl_http_bearer(req);
-    if (token != NULL) {
-        int rc = pl_jwt_verify(g->verifier, token, (long)(pl_now_ms() / 1000), &u->claims);
-        if (rc != PL_OK) {
+    if (pl_http_bearer(req) != NULL) {
+        if (pl_http_authenticate(req, resp, g->verifier, &u->claims) != PL_OK) {
             free(u);
-            pl_http_fail(resp, PL_ERR_UNAUTH,
-                         rc == PL_ERR_EXPIRED ? "access token expired" : "invalid access token");
             return;
         }
         u->authed = 1;

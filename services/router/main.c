@@ -35,9 +35,10 @@ static int work(void *ud, const pl_kafka_rec_t *recs, size_t n, int attempt)
 static void idle(void *ud)
 {
     rt_ctx_t *ctx = ud;
+    static time_t lag_at; /* the consumer's thread only */
     time_t now = time(NULL);
-    if (now != ctx->lag_at) {
-        ctx->lag_at = now;
+    if (now != lag_at) {
+        lag_at = now;
         pl_metric_set(ctx->m_lag, pl_kafka_lag(ctx->consumer));
     }
 }

@@ -11,7 +11,6 @@
 #include "parley/wire.h"
 
 #include <stdatomic.h>
-#include <time.h>
 
 #define RT_PUBLISH_MAX    (512 * 1024) /* a gateway's share of a batch is split above this */
 #define RT_DEAF_WAIT_MS   3000  /* how long a live gateway that hears nothing is waited for */
@@ -22,7 +21,6 @@ typedef struct rt_ctx_s {
     pl_redis_t *redis;
     pl_kafka_t *consumer;
     pl_metrics_t *metrics;
-    time_t lag_at; /* when the lag metric was last set */
     struct {
         char id[PL_GATEWAY_ID_LEN];
         long long until_ms;

@@ -209,106 +209,141 @@ static int publish(rt_ctx_t *ctx, struct gateway *g)
     return rc;
 }
 
-static int route_once(rt_ctx_t *ctx, json_t **recs, size_t n)
+/* The batch's senders and receivers, sorted and unique, in b->users. */
+static int collect_users(struct batch *b, json_t **recs, size_t n)
 {
-    int rc = PL_ERR_NOMEM;
-    struct batch b;
-    memset(&b, 0, sizeof(b));
-    char **keys = NULL;
-    int *alive = NULL;
-    int *seen = NULL;
-    b.users = calloc(2 * n, sizeof(*b.users));
-    keys = calloc(2 * n, sizeof(*keys));
-    if (b.users == NULL || keys == NULL) {
-        goto out;
+    b->users = calloc(2 * n + 1, sizeof(*b->users));
+    if (b->users == NULL) {
+        return PL_ERR_NOMEM;
     }
     for (size_t i = 0; i < n; i++) {
         if (recs[i] == NULL) {
             continue;
         }
-        snprintf(b.users[b.nusers++].name, sizeof(b.users[0].name), "%s",
+        snprintf(b->users[b->nusers++].name, sizeof(b->users[0].name), "%s",
                  json_string_value(json_object_get(recs[i], "sender")));
-        snprintf(b.users[b.nusers++].name, sizeof(b.users[0].name), "%s",
+        snprintf(b->users[b->nusers++].name, sizeof(b->users[0].name), "%s",
                  json_string_value(json_object_get(recs[i], "receiver")));
     }
-    qsort(b.users, b.nusers, sizeof(*b.users), cmp_user);
+    qsort(b->users, b->nusers, sizeof(*b->users), cmp_user);
     size_t uniq = 0;
-    for (size_t i = 0; i < b.nusers; i++) {
-        if (uniq == 0 || strcmp(b.users[uniq - 1].name, b.users[i].name) != 0) {
-            b.users[uniq++] = b.users[i];
+    for (size_t i = 0; i < b->nusers; i++) {
+        if (uniq == 0 || strcmp(b->users[uniq - 1].name, b->users[i].name) != 0) {
+            b->users[uniq++] = b->users[i];
         }
     }
-    b.nusers = uniq;
-    for (size_t i = 0; i < b.nusers; i++) {
-        keys[i] = malloc(PL_KEY_LEN);
-        if (keys[i] == NULL) {
-            goto out;
+    b->nusers = uniq;
+    return PL_OK;
+}
+
+/* n buffers of PL_KEY_LEN bytes for Redis keys, or NULL. */
+static char **make_keys(size_t n)
+{
+    char **keys = calloc(n ? n : 1, sizeof(*keys));
+    for (size_t i = 0; keys != NULL && i < n; i++) {
+        if ((keys[i] = malloc(PL_KEY_LEN)) == NULL) {
+            for (size_t j = 0; j < i; j++) {
+                free(keys[j]);
+            }
+            free(keys);
+            return NULL;
         }
-        pl_key_presence(keys[i], b.users[i].name); /* usernames are short: it fits */
     }
-    rc = pl_redis_hgetall_multi(ctx->redis, (const char *const *)keys, b.nusers, on_presence, &b);
+    return keys;
+}
+
+static void free_keys(char **keys, size_t n)
+{
+    for (size_t i = 0; keys != NULL && i < n; i++) {
+        free(keys[i]);
+    }
+    free(keys);
+}
+
+/* Where every user of the batch is connected (fills b->gws and each user's gateways), then
+ * which of those gateways are alive. */
+static int lookup_presence(rt_ctx_t *ctx, struct batch *b)
+{
+    char **keys = make_keys(b->nusers);
+    if (keys == NULL) {
+        return PL_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < b->nusers; i++) {
+        pl_key_presence(keys[i], b->users[i].name); /* usernames are short: it fits */
+    }
+    int rc =
+        pl_redis_hgetall_multi(ctx->redis, (const char *const *)keys, b->nusers, on_presence, b);
+    free_keys(keys, b->nusers);
     if (rc != PL_OK) {
-        goto out;
+        return rc;
     }
-    rc = PL_ERR_NOMEM;
-    char **gkeys = calloc(b.ngws ? b.ngws : 1, sizeof(*gkeys));
-    alive = calloc(b.ngws ? b.ngws : 1, sizeof(*alive));
-    seen = calloc(b.ngws ? b.ngws : 1, sizeof(*seen));
-    if (gkeys == NULL || alive == NULL || seen == NULL) {
-        free(gkeys);
-        goto out;
+    int *alive = calloc(b->ngws ? b->ngws : 1, sizeof(*alive));
+    char **gkeys = make_keys(b->ngws);
+    rc = alive != NULL && gkeys != NULL ? PL_OK : PL_ERR_NOMEM;
+    for (size_t i = 0; i < b->ngws && rc == PL_OK; i++) {
+        pl_key_gateway(gkeys[i], b->gws[i].id);
     }
-    for (size_t i = 0; i < b.ngws; i++) {
-        gkeys[i] = malloc(PL_KEY_LEN);
-        if (gkeys[i] != NULL) {
-            pl_key_gateway(gkeys[i], b.gws[i].id);
-        }
+    if (rc == PL_OK) {
+        rc = pl_redis_exists_multi(ctx->redis, (const char *const *)gkeys, b->ngws, alive);
     }
-    rc = pl_redis_exists_multi(ctx->redis, (const char *const *)gkeys, b.ngws, alive);
-    for (size_t i = 0; i < b.ngws; i++) {
-        free(gkeys[i]);
-        b.gws[i].alive = alive[i];
+    for (size_t i = 0; i < b->ngws && rc == PL_OK; i++) {
+        b->gws[i].alive = alive[i];
     }
-    free(gkeys);
-    if (rc != PL_OK) {
-        goto out;
+    free_keys(gkeys, b->ngws);
+    free(alive);
+    return rc;
+}
+
+/* Gives each message to the live gateways of its receiver and of its sender (once each). */
+static int assign(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n)
+{
+    int *seen = calloc(b->ngws ? b->ngws : 1, sizeof(*seen));
+    if (seen == NULL) {
+        return PL_ERR_NOMEM;
     }
     long long now = pl_now_ms();
     for (size_t i = 0; i < n; i++) {
         if (recs[i] == NULL) {
             continue;
         }
-        memset(seen, 0, (b.ngws ? b.ngws : 1) * sizeof(*seen));
-        add_targets(&b, json_string_value(json_object_get(recs[i], "receiver")), recs[i], seen);
+        memset(seen, 0, (b->ngws ? b->ngws : 1) * sizeof(*seen));
+        add_targets(b, json_string_value(json_object_get(recs[i], "receiver")), recs[i], seen);
         int receiver_online = 0;
-        for (size_t g = 0; g < b.ngws; g++) {
+        for (size_t g = 0; g < b->ngws; g++) {
             receiver_online |= seen[g];
         }
         if (!receiver_online) {
             pl_metric_inc(ctx->m_offline);
         }
-        add_targets(&b, json_string_value(json_object_get(recs[i], "sender")), recs[i], seen);
+        add_targets(b, json_string_value(json_object_get(recs[i], "sender")), recs[i], seen);
         json_int_t ts = json_integer_value(json_object_get(recs[i], "timestamp"));
         pl_metric_observe(ctx->m_latency, (double)(now - ts) / 1000.0);
     }
-    rc = PL_OK;
+    free(seen);
+    return PL_OK;
+}
+
+static int route_once(rt_ctx_t *ctx, json_t **recs, size_t n)
+{
+    struct batch b;
+    memset(&b, 0, sizeof(b));
+    int rc = collect_users(&b, recs, n);
+    if (rc == PL_OK) {
+        rc = lookup_presence(ctx, &b);
+    }
+    if (rc == PL_OK) {
+        rc = assign(ctx, &b, recs, n);
+    }
     for (size_t g = 0; g < b.ngws && rc == PL_OK; g++) {
         if (b.gws[g].msgs != NULL) {
             rc = publish(ctx, &b.gws[g]);
         }
     }
-out:
-    for (size_t i = 0; keys != NULL && i < b.nusers; i++) {
-        free(keys[i]);
-    }
     for (size_t g = 0; g < b.ngws; g++) {
         json_decref(b.gws[g].msgs);
     }
-    free(keys);
     free(b.users);
     free(b.gws);
-    free(alive);
-    free(seen);
     return rc;
 }
 

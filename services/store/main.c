@@ -6,6 +6,7 @@
  */
 #include "store.h"
 #include "parley/cfg.h"
+#include "parley/consume.h"
 #include "parley/enc.h"
 #include "parley/err.h"
 #include "parley/log.h"
@@ -68,19 +69,9 @@ static void init_metrics(st_ctx_t *ctx)
                                          "Records whose message was already stored", NULL);
     ctx->m_invalid = pl_metrics_counter(m, "parley_store_invalid_records_total",
                                         "Records skipped as malformed", NULL);
-    ctx->m_retries = pl_metrics_counter(m, "parley_store_seq_conflicts_total",
-                                        "Sequence numbers fenced by the unique index", NULL);
-    ctx->m_cold_checks =
-        pl_metrics_counter(m, "parley_store_cold_checks_total",
-                           "Records looked up by msg_id before numbering (after a start or a "
-                           "rebalance)",
-                           NULL);
     static const double sizes[] = {1, 2, 5, 10, 20, 50, 100, 200, 500};
     ctx->m_batch = pl_metrics_histogram(m, "parley_store_batch_size", "Records per batch", NULL,
                                         sizes, sizeof(sizes) / sizeof(sizes[0]));
-    ctx->m_write_seconds =
-        pl_metrics_histogram(m, "parley_store_write_seconds", "MongoDB bulk write time", NULL,
-                             pl_metrics_latency_bounds, pl_metrics_latency_nbounds);
     ctx->m_upsert_seconds = pl_metrics_histogram(
         m, "parley_store_conversation_upsert_seconds", "Conversation upserts per batch", NULL,
         pl_metrics_latency_bounds, pl_metrics_latency_nbounds);
@@ -92,6 +83,29 @@ static void init_metrics(st_ctx_t *ctx)
         NULL, pl_metrics_latency_bounds, pl_metrics_latency_nbounds);
     ctx->m_lag = pl_metrics_gauge(m, "parley_store_consumer_lag",
                                   "Records of parley.messages not yet stored", NULL);
+}
+
+static int work(void *ud, const pl_kafka_rec_t *recs, size_t n, int attempt)
+{
+    st_ctx_t *ctx = ud;
+    pl_msg_t first;
+    if (attempt == 0 && pl_msg_parse(recs[0].value, recs[0].vlen, &first) == PL_OK) {
+        pl_metric_observe(ctx->m_consume_delay, (double)(pl_now_ms() - first.ts_ms) / 1000.0);
+        pl_msg_clear(&first);
+    }
+    return st_write_batch(ctx, recs, n, attempt);
+}
+
+/* After every poll: delivery reports of parley.committed, and once a second the lag. */
+static void idle(void *ud)
+{
+    st_ctx_t *ctx = ud;
+    static time_t lag_at; /* the consumer's thread only */
+    pl_kafka_poll(ctx->producer, 0);
+    if (time(NULL) != lag_at) {
+        lag_at = time(NULL);
+        pl_metric_set(ctx->m_lag, pl_kafka_lag(ctx->consumer));
+    }
 }
 
 int main(void)
@@ -116,7 +130,6 @@ int main(void)
         pl_cfg_bool("PARLEY_TRUST_FORWARDED", 0, &trust)) {
         goto out;
     }
-    ctx.cold_check_s = (int)cold;
     const char *keyfile = pl_cfg_str("PARLEY_JWT_PUBLIC_KEY", "var/keys/jwt-public.pem");
     if (pl_read_file(keyfile, 64 * 1024, &pub, &pub_len) != PL_OK ||
         pl_jwt_verifier_new(pub, pub_len, pl_cfg_str("PARLEY_JWT_ISSUER", "parley"),
@@ -130,13 +143,18 @@ int main(void)
                      pl_cfg_str("PARLEY_MONGO_DB", "parley"), &ctx.mongo) != PL_OK ||
         pl_redis_new(pl_cfg_str("PARLEY_REDIS_HOST", "127.0.0.1"), (int)redis_port, 1000,
                      &ctx.redis) != PL_OK ||
-        (ctx.metrics = pl_metrics_new()) == NULL || (ctx.seqs = st_seqcache_new()) == NULL ||
+        (ctx.metrics = pl_metrics_new()) == NULL ||
         pl_kafka_producer_new(brokers, NULL, on_committed, &ctx, &ctx.producer) != PL_OK ||
         pl_kafka_consumer_new(brokers, pl_cfg_str("PARLEY_STORE_GROUP", "parley-store"),
                               PL_TOPIC_MESSAGES, NULL, &ctx.consumer) != PL_OK) {
         goto out;
     }
     init_metrics(&ctx);
+    st_db_t db;
+    st_mongo_db(ctx.mongo, &db);
+    if ((ctx.seq = st_seq_new(&db, (int)cold, ctx.metrics)) == NULL) {
+        goto out;
+    }
 
     pl_http_cfg_t hc = {
         .bind_addr = pl_cfg_str("PARLEY_STORE_ADDR", "0.0.0.0"),
@@ -165,35 +183,20 @@ int main(void)
         sleep(1);
     }
 
-    static pl_kafka_rec_t recs[BATCH_MAX];
-    time_t last_lag = 0;
-    for (;;) {
-        struct timespec zero = {0, 0};
-        if (sigtimedwait(&sigs, NULL, &zero) > 0) {
-            break;
-        }
-        long n = pl_kafka_consume(ctx.consumer, recs, BATCH_MAX, 100);
-        if (n > 0) {
-            pl_msg_t first;
-            if (pl_msg_parse(recs[0].value, recs[0].vlen, &first) == PL_OK) {
-                pl_metric_observe(ctx.m_consume_delay,
-                                  (double)(pl_now_ms() - first.ts_ms) / 1000.0);
-                pl_msg_clear(&first);
-            }
-            if (st_write_batch(&ctx, recs, (size_t)n) == PL_OK) {
-                pl_kafka_store_offsets(ctx.consumer, recs, (size_t)n);
-            }
-            pl_kafka_release(recs, (size_t)n);
-        }
-        pl_kafka_poll(ctx.producer, 0);
-        if (time(NULL) != last_lag) {
-            last_lag = time(NULL);
-            pl_metric_set(ctx.m_lag, pl_kafka_lag(ctx.consumer));
-        }
+    pl_consume_cfg_t cc = {
+        .consumer = ctx.consumer,
+        .batch_max = BATCH_MAX,
+        .poll_ms = 100,
+        .stop = &sigs,
+        .ud = &ctx,
+        .work = work,
+        .idle = idle,
+    };
+    if (pl_consume_run(&cc) != PL_OK) {
+        goto out;
     }
 stop:
     pl_log_info("stopping", "draining: committing offsets and leaving the group");
-    atomic_store(&ctx.stopping, 1);
     rc = 0;
 out:
     pl_http_stop(&http);
@@ -202,7 +205,7 @@ out:
     pl_jwt_verifier_free(&ctx.verifier);
     pl_mongo_free(&ctx.mongo);
     pl_redis_free(&ctx.redis);
-    st_seqcache_free(&ctx.seqs);
+    st_seq_free(&ctx.seq);
     pl_metrics_free(&ctx.metrics);
     free(pub);
     if (rc == 0) {

@@ -15,25 +15,6 @@
 #define LIMIT_DEFAULT 50
 #define LIMIT_MAX     200
 
-static int authenticate(st_ctx_t *ctx, pl_http_req_t *req, pl_http_resp_t *resp, pl_jwt_claims_t *c)
-{
-    const char *token = pl_http_bearer(req);
-    if (token == NULL) {
-        pl_http_fail(resp, PL_ERR_UNAUTH, "missing Authorization: Bearer token");
-        return PL_ERR_UNAUTH;
-    }
-    int rc = pl_jwt_verify(ctx->verifier, token, (long)(pl_now_ms() / 1000), c);
-    if (rc == PL_OK) {
-        return PL_OK;
-    }
-    pl_http_fail(resp, rc == PL_ERR_UNAVAIL ? PL_ERR_UNAVAIL : PL_ERR_UNAUTH,
-                 rc == PL_ERR_EXPIRED   ? "access token expired; refresh it"
-                 : rc == PL_ERR_REVOKED ? "session was logged out"
-                 : rc == PL_ERR_UNAVAIL ? "service temporarily unavailable"
-                                        : "invalid access token");
-    return rc;
-}
-
 long long st_query_num(const char *v, long long def)
 {
     if (v == NULL || *v == '\0') {
@@ -130,7 +111,7 @@ static void h_conversations(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
     st_ctx_t *ctx = ud;
     pl_jwt_claims_t c;
-    if (authenticate(ctx, req, resp, &c) != PL_OK) {
+    if (pl_http_authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
         return;
     }
     long long limit = query_num(req, "limit", LIMIT_MAX);
@@ -174,7 +155,7 @@ static void h_messages(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     st_ctx_t *ctx = ud;
     pl_jwt_claims_t c;
     char a[PL_USERNAME_MAX + 1], b[PL_USERNAME_MAX + 1], conv[PL_CONV_ID_LEN];
-    if (authenticate(ctx, req, resp, &c) != PL_OK) {
+    if (pl_http_authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
         return;
     }
     /* /v1/conversations/<conv>/messages */
@@ -226,7 +207,7 @@ static void h_recent(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
     st_ctx_t *ctx = ud;
     pl_jwt_claims_t c;
-    if (authenticate(ctx, req, resp, &c) != PL_OK) {
+    if (pl_http_authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
         return;
     }
     long long limit = query_num(req, "limit", LIMIT_DEFAULT);

@@ -1,5 +1,6 @@
 """parley-auth against real Redis and the MongoDB-compatible server: accounts, logins, token
 rotation, logout, rate limits, bad input, and recovery from crashes and outages."""
+import datetime
 import json
 import re
 import statistics
@@ -147,6 +148,26 @@ def test_refresh_rotates_and_reuse_revokes_the_session(auth):
     assert auth.call("GET", "/v1/users/me", token=first["access_token"]).status == 401
     # Another session of the same user is untouched.
     assert auth.login(name).status == 200
+
+
+def test_an_expired_session_cannot_refresh(auth, mongo):
+    """A session past its expires_at (PARLEY_REFRESH_TTL after its last refresh) is over: its
+    refresh token gets 401 and the client must log in again."""
+    name = unique_name("old")
+    assert auth.register(name).status == 201
+    t = auth.login(name).json
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=5)
+    mongo.sessions.update_one({"_id": t["session_id"]}, {"$set": {"expires_at": past}})
+    r = auth.call("POST", "/v1/auth/refresh", {"refresh_token": t["refresh_token"]})
+    assert r.status == 401 and "log in again" in r.json["error"]["message"], r
+    # One second before the end it still works, and the refresh extends the session.
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=60)
+    t = auth.login(name).json
+    mongo.sessions.update_one({"_id": t["session_id"]}, {"$set": {"expires_at": soon}})
+    r = auth.call("POST", "/v1/auth/refresh", {"refresh_token": t["refresh_token"]})
+    assert r.status == 200, r
+    s = mongo.sessions.find_one({"_id": t["session_id"]})
+    assert s["expires_at"].replace(tzinfo=datetime.timezone.utc) > soon + datetime.timedelta(days=1)
 
 
 def test_refresh_with_garbage_is_401(auth):

@@ -214,6 +214,25 @@ def test_tokens_refused(edge, auth):
     assert raw.expect_close() == 1008
 
 
+def test_socket_closed_when_its_access_token_expires(edge):
+    """A socket opened with a token that was still valid (inside the 30 s leeway) is closed
+    with 1008 once the token is past it, without any frame from the client."""
+    name, _ = user_with_token(edge, "exp")
+    now = int(time.time())
+    almost = sign_token({"iss": "parley", "aud": "parley", "sub": name, "sid": "e" * 32,
+                         "jti": "j2", "iat": now - 900, "exp": now - 26})
+
+    async def go():
+        c = await Chat.connect(almost)
+        t0 = time.time()
+        await c.wait(lambda: c.closed is not None, timeout=15)
+        assert c.closed == 1008
+        # exp + 30 s of leeway, checked once a second.
+        assert 2.0 <= time.time() - t0 <= 8.0, time.time() - t0
+
+    run(go())
+
+
 def test_logout_closes_open_socket_within_a_second(edge):
     name, token = user_with_token(edge, "bye")
 

@@ -1,5 +1,6 @@
 """The parley command-line client against the real cluster, through the edge."""
 import os
+import re
 import stat
 import subprocess
 import time
@@ -7,9 +8,9 @@ import time
 from conftest import unique_name
 
 
-def cli(home, *args, stdin=None, timeout=30):
+def cli(home, *args, stdin=None, timeout=30, tz="Asia/Tokyo"):
     env = dict(os.environ, PARLEY_URL=f"http://127.0.0.1:{os.environ['PARLEY_EDGE_PORT']}",
-               PARLEY_CONFIG_DIR=home, TZ="Asia/Tokyo")
+               PARLEY_CONFIG_DIR=home, TZ=tz)
     return subprocess.run([os.path.join(os.environ["PARLEY_BIN"], "parley"), *args], input=stdin,
                           capture_output=True, text=True, env=env, timeout=timeout)
 
@@ -41,6 +42,12 @@ def test_cli_register_login_send_history(tmp_path):
     assert len(lines) == 2, r.stdout
     assert f"#1 {a} -> {b}: hello from the cli" in lines[0]
     assert f"#2 {b} -> {a}: and back" in lines[1]
+    # Times are shown in the reader's zone: Tokyo is UTC+9 all year (no daylight saving).
+    utc = cli(hb, "history", a, tz="UTC").stdout.strip().splitlines()
+    for tokyo_line, utc_line in zip(lines, utc):
+        th, tm = map(int, re.match(r"\[(?:\S+ )?(\d\d):(\d\d)\]", tokyo_line).groups())
+        uh, um = map(int, re.match(r"\[(?:\S+ )?(\d\d):(\d\d)\]", utc_line).groups())
+        assert (th, tm) == ((uh + 9) % 24, um), (tokyo_line, utc_line)
     r = cli(ha, "recent", "1")
     assert "and back" in r.stdout and "hello" not in r.stdout
     r = cli(ha, "send", "nosuchuser_q1", "x")
