@@ -9,6 +9,7 @@
 #define PARLEY_CONSUME_H
 
 #include "parley/kafka.h"
+#include "parley/metrics.h"
 
 #include <signal.h>
 #include <stddef.h>
@@ -25,8 +26,10 @@ typedef struct pl_consume_cfg_s {
      * backoff (100 ms, growing to 1 s). Records are valid during the call only.
      */
     int (*work)(void *ud, const pl_kafka_rec_t *recs, size_t n, int attempt);
-    /* Called after every poll, batch or not (metrics, serving a producer). May be NULL. */
+    /* Called after every poll, batch or not (serving a producer, say). May be NULL. */
     void (*idle)(void *ud);
+    /* A gauge set to the consumer's lag once a second. May be NULL. */
+    pl_metric_t *lag;
 } pl_consume_cfg_t;
 
 /*

@@ -41,6 +41,10 @@ int pl_mongo_delete_one(pl_mongo_t *m, const char *coll, const bson_t *filter);
 int pl_mongo_find_one(pl_mongo_t *m, const char *coll, const bson_t *filter, const bson_t *opts,
                       bson_t **doc);
 
+/* pl_mongo_find_one() of the document whose _id is the string id: the one query shape every
+ * MongoDB-compatible server answers from an index. Same results. */
+int pl_mongo_find_id(pl_mongo_t *m, const char *coll, const char *id, bson_t **doc);
+
 /*
  * Updates the first document matching filter with the update operators in update; upsert
  * inserts when none matches. *matched (may be NULL) gets the number matched. Errors as

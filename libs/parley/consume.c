@@ -53,6 +53,7 @@ int pl_consume_run(const pl_consume_cfg_t *cfg)
     if (recs == NULL) {
         return PL_ERR_NOMEM;
     }
+    time_t lag_at = 0;
     while (!stop_signal(cfg->stop, 0)) {
         long n = pl_kafka_consume(cfg->consumer, recs, cfg->batch_max, cfg->poll_ms);
         int done = 1;
@@ -62,6 +63,10 @@ int pl_consume_run(const pl_consume_cfg_t *cfg)
         }
         if (cfg->idle != NULL) {
             cfg->idle(cfg->ud);
+        }
+        if (cfg->lag != NULL && time(NULL) != lag_at) {
+            lag_at = time(NULL);
+            pl_metric_set(cfg->lag, pl_kafka_lag(cfg->consumer));
         }
         if (!done) {
             break;

@@ -171,6 +171,15 @@ int pl_mongo_find_one(pl_mongo_t *m, const char *coll, const bson_t *filter, con
     return rc;
 }
 
+int pl_mongo_find_id(pl_mongo_t *m, const char *coll, const char *id, bson_t **doc)
+{
+    bson_t filter = BSON_INITIALIZER;
+    BSON_APPEND_UTF8(&filter, "_id", id);
+    int rc = pl_mongo_find_one(m, coll, &filter, NULL, doc);
+    bson_destroy(&filter);
+    return rc;
+}
+
 static int update(pl_mongo_t *m, const char *coll, const bson_t *filter, const bson_t *upd,
                   int upsert, int many, long *matched)
 {

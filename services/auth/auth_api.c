@@ -88,11 +88,7 @@ static json_t *profile_json(const bson_t *user, int full)
 
 static int find_user(auth_ctx_t *ctx, const char *name, bson_t **doc)
 {
-    bson_t filter = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&filter, "_id", name);
-    int rc = pl_mongo_find_one(ctx->mongo, "users", &filter, NULL, doc);
-    bson_destroy(&filter);
-    return rc;
+    return pl_mongo_find_id(ctx->mongo, "users", name, doc);
 }
 
 static void h_register(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
@@ -293,16 +289,6 @@ static int revoke_session(auth_ctx_t *ctx, const char *sid, const char *user)
     return rc;
 }
 
-/* The session document sid: PL_OK with *doc (the caller destroys it), or PL_ERR_NOTFOUND. */
-static int find_session(auth_ctx_t *ctx, const char *sid, bson_t **doc)
-{
-    bson_t filter = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&filter, "_id", sid);
-    int rc = pl_mongo_find_one(ctx->mongo, "sessions", &filter, NULL, doc);
-    bson_destroy(&filter);
-    return rc;
-}
-
 /* 1 when hash is among the session's rotated-out refresh hashes. */
 static int was_rotated_out(const bson_t *doc, const char *hash)
 {
@@ -399,7 +385,7 @@ static void h_refresh(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
         return;
     }
     auth_refresh_hash(token, hash);
-    int rc = find_session(ctx, sid, &doc);
+    int rc = pl_mongo_find_id(ctx->mongo, "sessions", sid, &doc);
     if (rc == PL_ERR_NOTFOUND) {
         pl_http_fail(resp, PL_ERR_UNAUTH, "invalid refresh token");
         return;
@@ -743,10 +729,7 @@ int auth_session_live(void *ud, const pl_jwt_claims_t *c)
 {
     auth_ctx_t *ctx = ud;
     bson_t *doc = NULL;
-    bson_t filter = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&filter, "_id", c->sid);
-    int rc = pl_mongo_find_one(ctx->mongo, "sessions", &filter, NULL, &doc);
-    bson_destroy(&filter);
+    int rc = pl_mongo_find_id(ctx->mongo, "sessions", c->sid, &doc);
     if (rc == PL_ERR_NOTFOUND) {
         return PL_ERR_REVOKED;
     }

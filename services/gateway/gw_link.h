@@ -17,9 +17,9 @@
 typedef struct gw_sess_s gw_sess_t;
 
 /*
- * What a session may ask of its link. Every operation only queues or flags: none of them
- * closes the link or reports on_closed before it returns, so a session stays valid across
- * them (except resume, see there). All run on the gateway's loop thread.
+ * What a session may ask of its link. No operation reports on_closed before it returns (a
+ * link found dead is released at the end of the loop turn), so a session stays valid across
+ * every call. All run on the gateway's loop thread.
  */
 typedef struct gw_link_ops_s {
     /* Queues one text frame (copied). PL_OK; PL_ERR_UNAVAIL once the link is closing;
@@ -32,7 +32,7 @@ typedef struct gw_link_ops_s {
     /* Stops taking frames from the client (what it sends waits in the kernel) until resume. */
     void (*hold)(void *link);
     /* Takes frames again, at once: on_text may run for frames that waited, before this
-     * returns. The session must not be used after this call (it may have been closed). */
+     * returns (so the session may be closing when it does). */
     void (*resume)(void *link);
     /* Over budget: frames already read are still delivered (and refused), nothing more is
      * read for ms milliseconds. */

@@ -275,7 +275,7 @@ static void on_revocation_checked(gw_sessions_t *S, uint64_t id, void *arg, int 
     json_decref(ready);
     send_text(s, f);
     free(f);
-    /* Frames that arrived during the check are taken now; s may be gone after this. */
+    /* Frames that arrived during the check are taken now (see gw_link_ops_t.resume). */
     s->ops->resume(s->link);
 }
 

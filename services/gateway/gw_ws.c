@@ -522,15 +522,13 @@ static void op_resume(void *link)
     ws_conn_t *c = link;
     CHECK(c);
     c->held = 0;
-    update_interest(c);
     /* Frames that arrived while it was held are in pend or the socket: read them now. A
-     * failure is settled at the end of the turn, never inside the session's call. */
+     * failure, and the new interest in EPOLLIN, are settled at the end of the turn: never
+     * inside the session's call, which must not see its session freed under it. */
     if (c->fd >= 0 && read_frames(c) != 0) {
         c->doomed = 1;
     }
-    if (c->fd >= 0) {
-        mark_dirty(c);
-    }
+    mark_dirty(c);
 }
 
 static void op_throttle(void *link, long ms)

@@ -31,18 +31,6 @@ static int work(void *ud, const pl_kafka_rec_t *recs, size_t n, int attempt)
     return rt_route_batch(ud, recs, n, attempt);
 }
 
-/* Once a second: the consumer's lag. */
-static void idle(void *ud)
-{
-    rt_ctx_t *ctx = ud;
-    static time_t lag_at; /* the consumer's thread only */
-    time_t now = time(NULL);
-    if (now != lag_at) {
-        lag_at = now;
-        pl_metric_set(ctx->m_lag, pl_kafka_lag(ctx->consumer));
-    }
-}
-
 int main(void)
 {
     int rc = 1;
@@ -106,7 +94,7 @@ int main(void)
         .stop = &sigs,
         .ud = &ctx,
         .work = work,
-        .idle = idle,
+        .lag = ctx.m_lag,
     };
     if (pl_consume_run(&cc) != PL_OK) {
         goto out;

@@ -96,16 +96,10 @@ static int work(void *ud, const pl_kafka_rec_t *recs, size_t n, int attempt)
     return st_write_batch(ctx, recs, n, attempt);
 }
 
-/* After every poll: delivery reports of parley.committed, and once a second the lag. */
+/* After every poll: delivery reports of parley.committed. */
 static void idle(void *ud)
 {
-    st_ctx_t *ctx = ud;
-    static time_t lag_at; /* the consumer's thread only */
-    pl_kafka_poll(ctx->producer, 0);
-    if (time(NULL) != lag_at) {
-        lag_at = time(NULL);
-        pl_metric_set(ctx->m_lag, pl_kafka_lag(ctx->consumer));
-    }
+    pl_kafka_poll(((st_ctx_t *)ud)->producer, 0);
 }
 
 int main(void)
@@ -191,6 +185,7 @@ int main(void)
         .ud = &ctx,
         .work = work,
         .idle = idle,
+        .lag = ctx.m_lag,
     };
     if (pl_consume_run(&cc) != PL_OK) {
         goto out;

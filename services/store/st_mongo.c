@@ -69,20 +69,10 @@ static bson_t *msg_doc(const pl_msg_t *m)
     return d;
 }
 
-/* A document by _id: PL_OK with *doc (the caller destroys it), or PL_ERR_NOTFOUND. */
-static int find_by_id(pl_mongo_t *mg, const char *coll, const char *id, bson_t **doc)
-{
-    bson_t filter = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&filter, "_id", id);
-    int rc = pl_mongo_find_one(mg, coll, &filter, NULL, doc);
-    bson_destroy(&filter);
-    return rc;
-}
-
 static int db_find_msg(void *ud, const char *msg_id, long long *seq, long long *ts_ms)
 {
     bson_t *doc = NULL;
-    int rc = find_by_id(ud, MESSAGES, msg_id, &doc);
+    int rc = pl_mongo_find_id(ud, MESSAGES, msg_id, &doc);
     if (rc == PL_OK) {
         pl_msg_t found;
         rc = st_msg_from_bson(doc, &found) == PL_OK ? PL_OK : PL_ERR_INTERNAL;
@@ -149,7 +139,7 @@ static int db_seq_taken(void *ud, const char *conv, long long seq, int *taken)
 static int db_conv_hint(void *ud, const char *conv, long long *last_seq, char *last_msg_id)
 {
     bson_t *doc = NULL;
-    int rc = find_by_id(ud, CONVERSATIONS, conv, &doc);
+    int rc = pl_mongo_find_id(ud, CONVERSATIONS, conv, &doc);
     *last_seq = 0;
     last_msg_id[0] = '\0';
     if (rc == PL_OK) {
@@ -205,7 +195,7 @@ static int db_read_intent(void *ud, int partition, long long *end)
     char id[PL_KEY_LEN];
     bson_t *doc = NULL;
     pl_key_intent(id, partition);
-    int rc = find_by_id(ud, INTENTS, id, &doc);
+    int rc = pl_mongo_find_id(ud, INTENTS, id, &doc);
     *end = -1;
     if (rc == PL_OK) {
         bson_iter_t it;
@@ -217,24 +207,22 @@ static int db_read_intent(void *ud, int partition, long long *end)
     return rc == PL_ERR_NOTFOUND ? PL_OK : rc;
 }
 
-static int db_write_intents(void *ud, const int *partitions, const long long *ends, size_t n)
+/* Fills the filter and update of upsert k of a bulk. */
+typedef void (*fill_fn)(const void *arg, size_t k, bson_t *filter, bson_t *upd);
+
+/* n upserts into coll in one bulk write, each built by fill. */
+static int upsert_all(pl_mongo_t *mg, const char *coll, size_t n, fill_fn fill, const void *arg)
 {
     bson_t **filters = calloc(n ? n : 1, sizeof(*filters));
     bson_t **upds = calloc(n ? n : 1, sizeof(*upds));
     int rc = filters != NULL && upds != NULL ? PL_OK : PL_ERR_NOMEM;
     for (size_t k = 0; k < n && rc == PL_OK; k++) {
-        char id[PL_KEY_LEN];
-        bson_t set;
-        pl_key_intent(id, partitions[k]);
         filters[k] = bson_new();
         upds[k] = bson_new();
-        BSON_APPEND_UTF8(filters[k], "_id", id);
-        BSON_APPEND_DOCUMENT_BEGIN(upds[k], "$set", &set);
-        BSON_APPEND_INT64(&set, "end", ends[k]);
-        bson_append_document_end(upds[k], &set);
+        fill(arg, k, filters[k], upds[k]);
     }
     if (rc == PL_OK) {
-        rc = pl_mongo_upsert_each(ud, INTENTS, filters, upds, n);
+        rc = pl_mongo_upsert_each(mg, coll, filters, upds, n);
     }
     for (size_t k = 0; k < n && filters != NULL && upds != NULL; k++) {
         bson_destroy(filters[k]);
@@ -243,6 +231,29 @@ static int db_write_intents(void *ud, const int *partitions, const long long *en
     free(filters);
     free(upds);
     return rc;
+}
+
+struct intents {
+    const int *partitions;
+    const long long *ends;
+};
+
+static void fill_intent(const void *arg, size_t k, bson_t *filter, bson_t *upd)
+{
+    const struct intents *in = arg;
+    char id[PL_KEY_LEN];
+    bson_t set;
+    pl_key_intent(id, in->partitions[k]);
+    BSON_APPEND_UTF8(filter, "_id", id);
+    BSON_APPEND_DOCUMENT_BEGIN(upd, "$set", &set);
+    BSON_APPEND_INT64(&set, "end", in->ends[k]);
+    bson_append_document_end(upd, &set);
+}
+
+static int db_write_intents(void *ud, const int *partitions, const long long *ends, size_t n)
+{
+    struct intents in = {partitions, ends};
+    return upsert_all(ud, INTENTS, n, fill_intent, &in);
 }
 
 void st_mongo_db(pl_mongo_t *m, st_db_t *out)
@@ -261,9 +272,10 @@ void st_mongo_db(pl_mongo_t *m, st_db_t *out)
     };
 }
 
-/* Fills filter and upd with the upsert of m's conversation document. */
-static void conversation_upsert(const pl_msg_t *m, bson_t *filter, bson_t *upd)
+/* Fills filter and upd with the upsert of the conversation document of tops[k]. */
+static void fill_conversation(const void *arg, size_t k, bson_t *filter, bson_t *upd)
 {
+    const pl_msg_t *m = ((const pl_msg_t *const *)arg)[k];
     bson_t set, max, members;
     const char *a = strcmp(m->sender, m->receiver) <= 0 ? m->sender : m->receiver;
     const char *b = a == m->sender ? m->receiver : m->sender;
@@ -286,25 +298,8 @@ static void conversation_upsert(const pl_msg_t *m, bson_t *filter, bson_t *upd)
 
 int st_mongo_upsert_conversations(pl_mongo_t *mg, const pl_msg_t *const *tops, size_t n)
 {
-    bson_t **filters = calloc(n ? n : 1, sizeof(*filters));
-    bson_t **upds = calloc(n ? n : 1, sizeof(*upds));
-    int rc = filters != NULL && upds != NULL ? PL_OK : PL_ERR_NOMEM;
-    for (size_t k = 0; k < n && rc == PL_OK; k++) {
-        filters[k] = bson_new();
-        upds[k] = bson_new();
-        conversation_upsert(tops[k], filters[k], upds[k]);
-    }
     /* Each upsert is idempotent, so a retry after a partial bulk is harmless. */
-    if (rc == PL_OK) {
-        rc = pl_mongo_upsert_each(mg, CONVERSATIONS, filters, upds, n);
-    }
-    for (size_t k = 0; k < n && filters != NULL && upds != NULL; k++) {
-        bson_destroy(filters[k]);
-        bson_destroy(upds[k]);
-    }
-    free(filters);
-    free(upds);
-    return rc;
+    return upsert_all(mg, CONVERSATIONS, n, fill_conversation, tops);
 }
 
 static int make_index(pl_mongo_t *mg, const char *coll, const char *name, int unique,

@@ -9,9 +9,11 @@
 #include "parley/proto.h"
 #include "parley/ws.h"
 
+#include "test_keys.h"
+
 #include <CUnit/Basic.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,30 +149,12 @@ static void o_user_exists(void *ud, const char *name, gw_sessions_t *s, uint64_t
 static pl_jwt_signer_t *signer;
 static pl_jwt_verifier_t *verifier;
 
-static char *pem_of(EVP_PKEY *k, int priv, size_t *len)
-{
-    BIO *b = BIO_new(BIO_s_mem());
-    if (priv) {
-        PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL);
-    } else {
-        PEM_write_bio_PUBKEY(b, k);
-    }
-    char *data;
-    long n = BIO_get_mem_data(b, &data);
-    char *s = malloc((size_t)n + 1);
-    memcpy(s, data, (size_t)n);
-    s[n] = '\0';
-    *len = (size_t)n;
-    BIO_free(b);
-    return s;
-}
-
 static int suite_setup(void)
 {
     metrics = pl_metrics_new();
     EVP_PKEY *k = EVP_EC_gen("P-256");
     size_t priv_len, pub_len;
-    char *priv = pem_of(k, 1, &priv_len), *pub = pem_of(k, 0, &pub_len);
+    char *priv = test_pem_of(k, 1, &priv_len), *pub = test_pem_of(k, 0, &pub_len);
     int rc = pl_jwt_signer_new(priv, priv_len, ISS, AUD, 900, &signer) ||
              pl_jwt_verifier_new(pub, pub_len, ISS, AUD, 30, NULL, NULL, &verifier);
     free(priv);
@@ -188,10 +172,8 @@ static int suite_teardown(void)
     return 0;
 }
 
-static void fresh(double rate, double burst)
+static gw_sessions_t *new_sessions(double rate, double burst, long auth_timeout_ms)
 {
-    gw_sessions_free(&S);
-    memset(&out, 0, sizeof(out));
     gw_sessions_cfg_t cfg = {
         .gw_id = "gw-test",
         .verifier = verifier,
@@ -201,9 +183,16 @@ static void fresh(double rate, double burst)
         .inflight_max = 4,
         .user_rate = rate,
         .user_burst = burst,
-        .auth_timeout_ms = 10000,
+        .auth_timeout_ms = auth_timeout_ms,
     };
-    S = gw_sessions_new(&cfg);
+    return gw_sessions_new(&cfg);
+}
+
+static void fresh(double rate, double burst)
+{
+    gw_sessions_free(&S);
+    memset(&out, 0, sizeof(out));
+    S = new_sessions(rate, burst, 10000);
 }
 
 static void claims_for(const char *user, const char *sid, pl_jwt_claims_t *c, char **token)
@@ -443,18 +432,7 @@ static void test_expiry(void)
     out.rev_done(S, out.rev_id, NULL, PL_OK);
     CU_ASSERT_EQUAL(a.closed, 0);
     /* One that has not authenticated within the timeout is closed too. */
-    gw_sessions_cfg_t cfg = {
-        .gw_id = "gw-test",
-        .verifier = verifier,
-        .outside = {NULL, o_produce, o_presence_add, o_presence_del, o_check_revoked,
-                    o_user_exists},
-        .metrics = metrics,
-        .inflight_max = 4,
-        .user_rate = 1,
-        .user_burst = 1,
-        .auth_timeout_ms = 0,
-    };
-    gw_sessions_t *T = gw_sessions_new(&cfg);
+    gw_sessions_t *T = new_sessions(1, 1, 0);
     memset(&w, 0, sizeof(w));
     w.sess = gw_sessions_link_cbs.on_open(T, &w, &link_ops, NULL);
     struct timespec ms = {0, 2000000};

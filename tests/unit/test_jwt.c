@@ -10,6 +10,8 @@
 #include "parley/jwt.h"
 #include "parley/log.h"
 
+#include "test_keys.h"
+
 #include <CUnit/Basic.h>
 #include <openssl/ec.h>
 #include <openssl/evp.h>
@@ -28,24 +30,6 @@ static char *priv1, *pub1, *priv2;
 static size_t priv1_len, pub1_len, priv2_len;
 static pl_jwt_verifier_t *ver;
 static long now;
-
-static char *pem_of(EVP_PKEY *k, int priv, size_t *len)
-{
-    BIO *b = BIO_new(BIO_s_mem());
-    if (priv) {
-        PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL);
-    } else {
-        PEM_write_bio_PUBKEY(b, k);
-    }
-    char *data;
-    long n = BIO_get_mem_data(b, &data);
-    char *s = malloc((size_t)n + 1);
-    memcpy(s, data, (size_t)n);
-    s[n] = '\0';
-    *len = (size_t)n;
-    BIO_free(b);
-    return s;
-}
 
 /* Appends base64url(text) to out. */
 static void b64_append(char *out, const void *p, size_t n)
@@ -133,9 +117,9 @@ static int setup(void)
 {
     key1 = EVP_EC_gen("P-256");
     key2 = EVP_EC_gen("P-256");
-    priv1 = pem_of(key1, 1, &priv1_len);
-    pub1 = pem_of(key1, 0, &pub1_len);
-    priv2 = pem_of(key2, 1, &priv2_len);
+    priv1 = test_pem_of(key1, 1, &priv1_len);
+    pub1 = test_pem_of(key1, 0, &pub1_len);
+    priv2 = test_pem_of(key2, 1, &priv2_len);
     now = (long)time(NULL);
     return pl_jwt_verifier_new(pub1, pub1_len, ISS, AUD, 30, NULL, NULL, &ver) != PL_OK;
 }
@@ -360,10 +344,10 @@ static void test_key_types(void)
     EVP_PKEY *p384 = EVP_EC_gen("secp384r1");
     EVP_PKEY *rsa = EVP_RSA_gen(2048);
     size_t n = 0;
-    char *pem = pem_of(p384, 0, &n);
+    char *pem = test_pem_of(p384, 0, &n);
     CU_ASSERT_EQUAL(pl_jwt_verifier_new(pem, n, ISS, AUD, 0, NULL, NULL, &v), PL_ERR_CONFIG);
     free(pem);
-    pem = pem_of(rsa, 0, &n);
+    pem = test_pem_of(rsa, 0, &n);
     CU_ASSERT_EQUAL(pl_jwt_verifier_new(pem, n, ISS, AUD, 0, NULL, NULL, &v), PL_ERR_CONFIG);
     free(pem);
     const char *bad = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
