@@ -370,6 +370,10 @@ static void test_budget_and_inflight(void)
     CU_ASSERT_EQUAL(out.nrec, 2); /* the burst */
     CU_ASSERT_TRUE(has(&a, 1, "\"code\":\"rate_limited\""));
     CU_ASSERT_TRUE(a.throttled_ms > 0 && a.throttled_ms <= 1001);
+    for (int i = 0; i < out.nrec; i++) {
+        gw_sessions_delivered(S, out.rec[i].opaque, PL_OK); /* the producer's reports */
+    }
+    gw_sessions_link_cbs.on_closed(S, a.sess);
 
     fresh(1000, 1000);
     open_as(&a, "alice", "0123456789abcdef0123456789abcdef");
