@@ -1,0 +1,136 @@
+"""The committed docker-compose.yml, running (make compose-test only: deploy/compose-test/run.sh
+brings it up with every health check passed, then runs this file with PARLEY_COMPOSE set to
+its compose command). A user registers, logs in and chats through the compose edge, on 8000
+and over TLS on 8443; then the gateways are scaled to 3, one of them is killed under traffic,
+and its clients go on on the others with nothing lost (the fault ledger's checks)."""
+import asyncio
+import json
+import os
+import ssl
+import subprocess
+import time
+import urllib.request
+
+import pytest
+import websockets
+
+from conftest import Api, unique_name, wait_until
+from ledger import Ledger, run_scenario
+from wsclient import Chat
+
+COMPOSE = os.environ.get("PARLEY_COMPOSE")
+pytestmark = pytest.mark.skipif(not COMPOSE, reason="make compose-test only")
+HTTP = f"http://127.0.0.1:{os.environ.get('PARLEY_EDGE_PORT', '8000')}"
+TLS_PORT = os.environ.get("PARLEY_EDGE_TLS_PORT", "8443")
+
+
+def compose(*args):
+    r = subprocess.run(COMPOSE.split() + list(args), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def tls_context():
+    """Trusts the self-signed certificate the compose `keys` job made for the edge."""
+    cert = compose("exec", "-T", "edge", "cat", "/etc/nginx/tls/cert.pem")
+    ctx = ssl.create_default_context(cadata=cert)
+    return ctx
+
+
+def gateway_containers():
+    """Full container ids of the running gateway replicas."""
+    return [c for c in compose("ps", "-q", "gateway").split() if c]
+
+
+@pytest.fixture(scope="module")
+def edge():
+    return Api(HTTP)
+
+
+@pytest.fixture(scope="module")
+def mongo():
+    import pymongo
+
+    client = pymongo.MongoClient(f"mongodb://127.0.0.1:{os.environ['PARLEY_MONGO_PORT']}",
+                                 serverSelectionTimeoutMS=5000)
+    yield client[os.environ["PARLEY_MONGO_DB"]]
+    client.close()
+
+
+def test_chat_through_the_edge_on_8000_and_8443(edge):
+    alice, bob = unique_name("ca"), unique_name("cb")
+    for name in (alice, bob):
+        assert edge.register(name).status == 201
+    ta = edge.login(alice).json["access_token"]
+    ctx = tls_context()
+    # The REST login over TLS, with HSTS.
+    req = urllib.request.Request(
+        f"https://localhost:{TLS_PORT}/v1/auth/login", method="POST",
+        data=json.dumps({"username": bob, "password": "correct horse battery"}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, context=ctx, timeout=15) as r:
+        assert r.status == 200
+        assert "max-age" in r.headers.get("Strict-Transport-Security", "")
+        tb = json.loads(r.read())["access_token"]
+
+    async def go():
+        a = await Chat.connect(ta, url=f"ws://127.0.0.1:{HTTP.rsplit(':', 1)[1]}/ws")
+        # Bob over wss:// through the TLS listener.
+        ws = await websockets.connect(f"wss://localhost:{TLS_PORT}/ws", ssl=ctx,
+                                      additional_headers={"Authorization": "Bearer " + tb},
+                                      open_timeout=10)
+        ready = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert ready["type"] == "ready" and ready["user"] == bob
+        b = Chat(ws, bob, ready["gateway"])
+        cid = await a.send(bob, "hello over compose")
+        await a.wait(lambda: cid in a.acks, timeout=20)
+        await b.wait(lambda: any(m["client_id"] == cid for m in b.msgs), timeout=20)
+        await b.ws.send(json.dumps({"type": "send", "client_id": "r1", "to": alice,
+                                    "content": "and back over TLS"}))
+        await a.wait(lambda: any(m["content"] == "and back over TLS" for m in a.msgs), timeout=20)
+        await a.close()
+        await b.close()
+
+    asyncio.run(go())
+    conv = f"d:{min(alice, bob)}:{max(alice, bob)}"
+    r = wait_until(lambda: (lambda r: r if len(r.json["messages"]) == 2 else None)(
+        edge.call("GET", f"/v1/conversations/{conv}/messages?after_seq=0", token=ta)), timeout=20)
+    assert [m["seq"] for m in r.json["messages"]] == [1, 2]
+
+
+def test_scale_to_three_gateways_and_kill_one(edge, mongo):
+    compose("up", "-d", "--no-build", "--no-recreate", "--scale", "gateway=3", "--wait",
+            "--wait-timeout", "180")
+    assert len(gateway_containers()) == 3
+    ledger = Ledger(edge, mongo, 8)
+    ledger.setup()
+    # The edge re-resolves the gateway name every 5 s: wait until it spreads new sockets.
+    time.sleep(6)
+    killed = {}
+
+    async def fault():
+        devices = [d for devs in ledger.devices.values() for d in devs]
+        held = {}
+        for d in devices:
+            held.setdefault(d.gateway, []).append(d)
+        gw, victims = max(held.items(), key=lambda kv: len(kv[1]))
+        # A gateway's id is "<host name>-<random>", and a container's host name is its id.
+        cid = next(c for c in gateway_containers() if gw.startswith(c[:12]))
+        killed.update(gateway=gw, container=cid[:12], devices=len(victims),
+                      spread=sorted(len(v) for v in held.values()),
+                      reconnects_before=sum(d.reconnects for d in victims), victims=victims)
+        await asyncio.to_thread(subprocess.run, ["podman", "kill", cid], check=True,
+                                capture_output=True)
+
+    t0 = time.monotonic()
+    recovery = asyncio.run(run_scenario(ledger, 300, 30, fault, fault_at=2.0))
+    r = ledger.check("compose_kill_gateway",
+                     f" recovery_s={recovery or 0:.2f} duration_s={time.monotonic() - t0:.1f}")
+    print(f"compose: killed gateway container {killed['container']} holding "
+          f"{killed['devices']} of {sum(killed['spread'])} devices (spread {killed['spread']})")
+    assert r["acked"] > 0
+    assert (r["lost"], r["stored_dups"], r["shown_dups"], r["seq_gaps"], r["order_violations"]) == \
+        (0, 0, 0, 0, 0), r
+    assert len(killed["spread"]) >= 2, killed  # the edge spread the sockets over the gateways
+    # Its clients reconnected (to another gateway, or to the same one restarted) and went on.
+    assert sum(d.reconnects for d in killed["victims"]) > killed["reconnects_before"]
