@@ -31,8 +31,8 @@ typedef struct gw_link_ops_s {
     void (*close)(void *link, uint16_t status, const char *reason);
     /* Stops taking frames from the client (what it sends waits in the kernel) until resume. */
     void (*hold)(void *link);
-    /* Takes frames again, at once: on_text may run for frames that waited, before this
-     * returns (so the session may be closing when it does). */
+    /* Takes frames again, from the end of the current loop turn on (frames that waited are
+     * delivered then, in order; never inside this call). */
     void (*resume)(void *link);
     /* Over budget: frames already read are still delivered (and refused), nothing more is
      * read for ms milliseconds. */

@@ -64,7 +64,6 @@ struct ws_conn_s {
     unsigned char rx_failed;    /* the socket failed or reached EOF, or a protocol error */
     unsigned char tx_partial;   /* the wire is inside a frame we are writing */
     unsigned char held;         /* the session holds it: nothing is read or parsed */
-    unsigned char doomed;       /* release at the end of the turn */
     unsigned char dirty;        /* on the flush list */
     long long last_rx_ms, ping_ms;
     /* Over its user's send budget: nothing more is read from the socket until this time, so
@@ -522,12 +521,9 @@ static void op_resume(void *link)
     ws_conn_t *c = link;
     CHECK(c);
     c->held = 0;
-    /* Frames that arrived while it was held are in pend or the socket: read them now. A
-     * failure, and the new interest in EPOLLIN, are settled at the end of the turn: never
-     * inside the session's call, which must not see its session freed under it. */
-    if (c->fd >= 0 && read_frames(c) != 0) {
-        c->doomed = 1;
-    }
+    /* Frames that arrived while it was held (in pend or in the socket) are read at the end of
+     * this turn, not inside the session's call: the session may be in the middle of opening
+     * (an answer that came during on_open, when the transport does not know it yet). */
     mark_dirty(c);
 }
 
@@ -662,10 +658,6 @@ void gw_ws_end_turn(gw_ws_t *ws)
         ws->flush = c->flush_next;
         c->dirty = 0;
         if (c->w.cb == NULL) {
-            continue;
-        }
-        if (c->doomed) {
-            release(c);
             continue;
         }
         /* Frames left in pend while c was throttled or held: the socket may have nothing

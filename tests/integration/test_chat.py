@@ -233,6 +233,26 @@ def test_socket_closed_when_its_access_token_expires(edge):
     run(go())
 
 
+def test_frames_pipelined_behind_the_handshake_while_redis_is_down(edge):
+    """A client that writes its first send in the same packet as its upgrade request, while
+    Redis is down: the revocation check fails open at once (inside the socket's opening), and
+    the send that waited behind it is still served, acked, not dropped."""
+    name, token = user_with_token(edge, "pipe")
+    send = json.dumps({"type": "send", "client_id": "p1", "to": name, "content": "early"})
+    infra("stop", "redis")
+    try:
+        raw = RawWS(gateway_ports()[0], token=token, early=[send])
+        assert raw.status == 101
+        ready = raw.recv_json()
+        assert ready["type"] == "ready", ready
+        answer = raw.recv_json()
+        assert answer["type"] == "ack" and answer["client_id"] == "p1", answer
+        raw.close()
+    finally:
+        infra("start", "redis")
+        wait_cluster_ready()
+
+
 def test_logout_closes_open_socket_within_a_second(edge):
     name, token = user_with_token(edge, "bye")
 

@@ -116,7 +116,9 @@ class Chat:
 class RawWS:
     """A WebSocket client over a bare socket, for malformed input."""
 
-    def __init__(self, port, token=None, host="127.0.0.1", headers=None, rcvbuf=None):
+    def __init__(self, port, token=None, host="127.0.0.1", headers=None, rcvbuf=None, early=()):
+        """early: text frames written right behind the request, in the same send (pipelined,
+        before the 101 is read)."""
         self.s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             # Before connect, so the advertised window stays small: a genuinely slow reader.
@@ -130,7 +132,8 @@ class RawWS:
             lines.append(f"Authorization: Bearer {token}")
         for k, v in (headers or {}).items():
             lines.append(f"{k}: {v}")
-        self.s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() +
+                       b"".join(self.frame(1, t.encode()) for t in early))
         resp = b""
         while b"\r\n\r\n" not in resp:
             chunk = self.s.recv(4096)
@@ -141,7 +144,9 @@ class RawWS:
         self.head = head.decode("latin-1")
         self.status = int(head.split(b" ")[1]) if head else 0
 
-    def send_frame(self, opcode, payload, fin=True, mask=True, rsv=0):
+    @staticmethod
+    def frame(opcode, payload, fin=True, mask=True, rsv=0):
+        """A client frame's bytes."""
         b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
         n = len(payload)
         if n < 126:
@@ -154,7 +159,10 @@ class RawWS:
             m = os.urandom(4)
             payload = bytes(c ^ m[i % 4] for i, c in enumerate(payload))
             hdr += m
-        self.s.sendall(hdr + payload)
+        return hdr + payload
+
+    def send_frame(self, opcode, payload, fin=True, mask=True, rsv=0):
+        self.s.sendall(self.frame(opcode, payload, fin, mask, rsv))
 
     def send_text(self, text):
         self.send_frame(1, text.encode() if isinstance(text, str) else text)
