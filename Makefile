@@ -79,7 +79,7 @@ chaos: build
 # The committed Dockerfile and docker-compose.yml run for real: Podman behind its Docker API,
 # Docker Compose v5, local stand-ins for the images that cannot be pulled here, then chat,
 # scale to 3 gateways and kill one (deploy/compose-test/run.sh). About a minute once the
-# images are built, a few the first time (docs/operations.md).
+# images are built, a few the first time. Not yet in make test: see docs/operations.md.
 compose-test:
 	@deploy/compose-test/run.sh
 
@@ -98,7 +98,7 @@ fuzz-smoke: deps
 bench: build
 	@python3 bench/run.py
 
-test: deps format-check lint deploy-check unit unit-asan fuzz-smoke integration faults compose-test
+test: deps format-check lint deploy-check unit unit-asan fuzz-smoke integration faults
 	@echo "make test: all checks passed"
 
 clean:

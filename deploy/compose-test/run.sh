@@ -72,8 +72,12 @@ dc() {
 cleanup() {
   local rc=$?
   if [ $rc -ne 0 ] && [ -S "$sock" ]; then
-    step "failed; the services' last lines:"
+    step "failed; the services' last lines, and the gateways' counters:"
     dc logs --no-color --tail 30 2>&1 | tail -150 >&2 || true
+    for c in $(podman ps -q --filter "label=com.docker.compose.service=gateway" 2>/dev/null); do
+      podman exec "$c" curl -fsS http://127.0.0.1:8080/metrics 2>/dev/null |
+        grep -E '^parley_gateway_(errors|acks|frames_in|pushes|authenticated)' | sed "s/^/$c /" >&2
+    done
   fi
   [ -S "$sock" ] && { dc down -v --remove-orphans >/dev/null 2>&1 || true; }
   [ -n "$ticker_pid" ] && kill "$ticker_pid" 2>/dev/null
