@@ -61,6 +61,7 @@ struct user_s {
 
 /* A send between its frame and its delivery report. */
 typedef struct send_s {
+    gw_sessions_t *S;
     uint64_t sess_id;
     char client_id[PL_MAX_CLIENT_ID + 1];
     char msg_id[PL_MSG_ID_LEN];
@@ -236,7 +237,7 @@ static void send_error(gw_sessions_t *S, gw_sess_t *s, int err, const char *msg,
 
 /* ---- opening and authentication ---- */
 
-static void on_revocation_checked(gw_sessions_t *S, uint64_t id, void *arg, int rc);
+static void on_revocation_checked(gw_sessions_t *S, uint64_t id, int rc);
 
 static void start_auth(gw_sessions_t *S, gw_sess_t *s, const pl_jwt_claims_t *claims)
 {
@@ -253,10 +254,9 @@ static void start_auth(gw_sessions_t *S, gw_sess_t *s, const pl_jwt_claims_t *cl
     S->cfg.outside.check_revoked(S->cfg.outside.ud, s->sid, S, s->id, on_revocation_checked);
 }
 
-static void on_revocation_checked(gw_sessions_t *S, uint64_t id, void *arg, int rc)
+static void on_revocation_checked(gw_sessions_t *S, uint64_t id, int rc)
 {
     gw_sess_t *s = find(S, id);
-    (void)arg;
     if (s == NULL || s->state != CHECKING) {
         return;
     }
@@ -409,10 +409,10 @@ static void produce(gw_sessions_t *S, send_t *d)
     }
 }
 
-static void on_recipient(gw_sessions_t *S, uint64_t id, void *arg, int rc)
+static void on_recipient(void *arg, int rc)
 {
     send_t *d = arg;
-    (void)id;
+    gw_sessions_t *S = d->S;
     if (rc == PL_OK) {
         produce(S, d);
     } else if (rc == PL_ERR_NOTFOUND) {
@@ -455,6 +455,7 @@ static void on_send_frame(gw_sessions_t *S, gw_sess_t *s, const pl_frame_t *f)
     }
     memcpy(d->content, f->content, f->content_len);
     d->content_len = f->content_len;
+    d->S = S;
     d->sess_id = s->id;
     snprintf(d->client_id, sizeof(d->client_id), "%s", f->client_id);
     snprintf(d->sender, sizeof(d->sender), "%s", s->user);
@@ -463,7 +464,7 @@ static void on_send_frame(gw_sessions_t *S, gw_sess_t *s, const pl_frame_t *f)
     d->ts_ms = pl_now_ms();
     clock_gettime(CLOCK_MONOTONIC, &d->started);
     s->inflight++;
-    S->cfg.outside.user_exists(S->cfg.outside.ud, d->to, S, s->id, d, on_recipient);
+    S->cfg.outside.user_exists(S->cfg.outside.ud, d->to, on_recipient, d);
 }
 
 static void on_auth_frame(gw_sessions_t *S, gw_sess_t *s, const pl_frame_t *f)
@@ -553,11 +554,11 @@ void gw_sessions_delivered(gw_sessions_t *S, void *opaque, int err)
     send_done(S, d);
 }
 
-static void push_to(gw_sessions_t *S, const char *user, const char *text)
+static void push_to(gw_sessions_t *S, const char *user, const char *text, size_t len)
 {
     user_t *u = user_find(S, user);
     for (gw_sess_t *s = u ? u->sessions : NULL; s != NULL; s = s->u_next) {
-        if (s->state == OPEN && s->ops->send_text(s->link, text, strlen(text)) == PL_OK) {
+        if (s->state == OPEN && s->ops->send_text(s->link, text, len) == PL_OK) {
             pl_metric_inc(S->m_pushes);
         }
     }
@@ -576,9 +577,10 @@ void gw_sessions_push(gw_sessions_t *S, json_t *msg)
     if (text == NULL) {
         return;
     }
-    push_to(S, m.receiver, text);
+    size_t len = strlen(text);
+    push_to(S, m.receiver, text, len);
     if (strcmp(m.sender, m.receiver) != 0) {
-        push_to(S, m.sender, text);
+        push_to(S, m.sender, text, len);
     }
     free(text);
 }

@@ -22,7 +22,9 @@
 typedef struct gw_sessions_s gw_sessions_t;
 
 /* Completion of an asynchronous question to the outside: rc is PL_OK or a PL_ERR_* code. */
-typedef void (*gw_done_fn)(gw_sessions_t *S, uint64_t sess_id, void *arg, int rc);
+typedef void (*gw_done_fn)(gw_sessions_t *S, uint64_t sess_id, int rc);
+/* The same for a question whose arg carries everything its answer needs. */
+typedef void (*gw_answer_fn)(void *arg, int rc);
 
 /*
  * What the session layer needs from outside the gateway, filled by main() (or a test). Each
@@ -40,9 +42,9 @@ typedef struct gw_outside_s {
     /* Is session sid revoked? done(rc): PL_OK live, PL_ERR_REVOKED revoked. */
     void (*check_revoked)(void *ud, const char *sid, gw_sessions_t *S, uint64_t sess_id,
                           gw_done_fn done);
-    /* Does user name exist? done(rc): PL_OK, PL_ERR_NOTFOUND or PL_ERR_UNAVAIL; arg passed. */
-    void (*user_exists)(void *ud, const char *name, gw_sessions_t *S, uint64_t sess_id, void *arg,
-                        gw_done_fn done);
+    /* Does user name exist? done(arg, rc): PL_OK, PL_ERR_NOTFOUND or PL_ERR_UNAVAIL. Asked for
+     * every send (answered from a cache mostly), so it takes no allocation of its own. */
+    void (*user_exists)(void *ud, const char *name, gw_answer_fn done, void *arg);
 } gw_outside_t;
 
 typedef struct gw_sessions_cfg_s {

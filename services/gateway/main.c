@@ -70,15 +70,14 @@ static void out_presence_del(void *ud, const char *user, uint64_t id)
 struct asked {
     gw_sessions_t *S;
     uint64_t sess_id;
-    void *arg;
     gw_done_fn done;
 };
 
-static struct asked *asked_new(gw_sessions_t *S, uint64_t id, void *arg, gw_done_fn done)
+static struct asked *asked_new(gw_sessions_t *S, uint64_t id, gw_done_fn done)
 {
     struct asked *a = malloc(sizeof(*a));
     if (a != NULL) {
-        *a = (struct asked){S, id, arg, done};
+        *a = (struct asked){S, id, done};
     }
     return a;
 }
@@ -86,30 +85,24 @@ static struct asked *asked_new(gw_sessions_t *S, uint64_t id, void *arg, gw_done
 static void on_answer(void *arg, int rc)
 {
     struct asked *a = arg;
-    a->done(a->S, a->sess_id, a->arg, rc);
+    a->done(a->S, a->sess_id, rc);
     free(a);
 }
 
 static void out_check_revoked(void *ud, const char *sid, gw_sessions_t *S, uint64_t id,
                               gw_done_fn done)
 {
-    struct asked *a = asked_new(S, id, NULL, done);
+    struct asked *a = asked_new(S, id, done);
     if (a == NULL) {
-        done(S, id, NULL, PL_ERR_NOMEM);
+        done(S, id, PL_ERR_NOMEM);
         return;
     }
     gw_redis_check_revoked(((gw_main_t *)ud)->redis, sid, on_answer, a);
 }
 
-static void out_user_exists(void *ud, const char *name, gw_sessions_t *S, uint64_t id, void *arg,
-                            gw_done_fn done)
+static void out_user_exists(void *ud, const char *name, gw_answer_fn done, void *arg)
 {
-    struct asked *a = asked_new(S, id, arg, done);
-    if (a == NULL) {
-        done(S, id, arg, PL_ERR_UNAVAIL);
-        return;
-    }
-    gw_users_ask(((gw_main_t *)ud)->users, name, on_answer, a);
+    gw_users_ask(((gw_main_t *)ud)->users, name, done, arg);
 }
 
 /* ---- reports from below ---- */

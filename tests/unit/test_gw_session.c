@@ -136,12 +136,11 @@ static void o_check_revoked(void *ud, const char *sid, gw_sessions_t *s, uint64_
     out.rev_asked++;
 }
 
-static void o_user_exists(void *ud, const char *name, gw_sessions_t *s, uint64_t id, void *arg,
-                          gw_done_fn done)
+static void o_user_exists(void *ud, const char *name, gw_answer_fn done, void *arg)
 {
     (void)ud;
     (void)name;
-    done(s, id, arg, out.user_rc);
+    done(arg, out.user_rc);
 }
 
 /* ---- keys and tokens ---- */
@@ -220,7 +219,7 @@ static void open_as(struct link *l, const char *user, const char *sid)
     l->sess = gw_sessions_link_cbs.on_open(S, l, &link_ops, &c);
     CU_ASSERT_PTR_NOT_NULL_FATAL(l->sess);
     CU_ASSERT_EQUAL(l->held, 1);
-    out.rev_done(S, out.rev_id, NULL, PL_OK);
+    out.rev_done(S, out.rev_id, PL_OK);
 }
 
 static int has(const struct link *l, int i, const char *needle)
@@ -251,7 +250,7 @@ static void test_first_frame_auth(void)
     CU_ASSERT_EQUAL(l.held, 1); /* nothing more is read during the revocation check */
     CU_ASSERT_EQUAL(out.rev_asked, 1);
     CU_ASSERT_EQUAL(out.presence, 0);
-    out.rev_done(S, out.rev_id, NULL, PL_OK);
+    out.rev_done(S, out.rev_id, PL_OK);
     CU_ASSERT_EQUAL(l.resumed, 1);
     CU_ASSERT_TRUE(has(&l, 0, "\"type\":\"ready\""));
     CU_ASSERT_TRUE(has(&l, 0, "\"user\":\"alice\""));
@@ -276,13 +275,13 @@ static void test_bad_and_revoked_tokens(void)
     memset(&l, 0, sizeof(l));
     claims_for("alice", "fedcba9876543210fedcba9876543210", &c, NULL);
     l.sess = gw_sessions_link_cbs.on_open(S, &l, &link_ops, &c);
-    out.rev_done(S, out.rev_id, NULL, PL_ERR_REVOKED);
+    out.rev_done(S, out.rev_id, PL_ERR_REVOKED);
     CU_ASSERT_EQUAL(l.closed, PL_WS_POLICY);
     CU_ASSERT_EQUAL(l.resumed, 0);
     CU_ASSERT_EQUAL(out.presence, 0);
     gw_sessions_link_cbs.on_closed(S, l.sess);
     /* An answer for a session that is gone is ignored. */
-    out.rev_done(S, out.rev_id, NULL, PL_OK);
+    out.rev_done(S, out.rev_id, PL_OK);
     CU_ASSERT_EQUAL(out.presence, 0);
 }
 
@@ -433,7 +432,7 @@ static void test_expiry(void)
                           PL_OK);
     free(t);
     a.sess = gw_sessions_link_cbs.on_open(S, &a, &link_ops, &c);
-    out.rev_done(S, out.rev_id, NULL, PL_OK);
+    out.rev_done(S, out.rev_id, PL_OK);
     CU_ASSERT_EQUAL(a.closed, 0);
     /* One that has not authenticated within the timeout is closed too. */
     gw_sessions_t *T = new_sessions(1, 1, 0);
