@@ -26,6 +26,15 @@ int pl_username_normalize(const char *in, char *out);
 /* The 1:1 conversation id "d:<smaller>:<larger>" into out (PL_CONV_ID_LEN bytes). */
 void pl_conv_id(const char *a, const char *b, char out[PL_CONV_ID_LEN]);
 
+/* A user's own control stream "u:<user>" (DESIGN 7.1) into out (PL_CONV_ID_LEN bytes). */
+void pl_user_conv(const char *user, char out[PL_CONV_ID_LEN]);
+
+/*
+ * Server-made client_ids (the system items of a u: stream) start with this; a client's send
+ * may not, so a client cannot make its own message collide with one of them.
+ */
+#define PL_SYSTEM_CLIENT_ID_PREFIX "sys:"
+
 /*
  * The msg_id of (sender, client_id): 32 hex digits of SHA-256 over both, so a client's retry
  * of the same send maps to the same message everywhere. out holds PL_MSG_ID_LEN bytes.
@@ -63,7 +72,12 @@ typedef struct pl_frame_s {
 int pl_frame_parse(const char *data, size_t len, pl_frame_t *f, const char **why);
 void pl_frame_clear(pl_frame_t *f);
 
-/* A message as it travels through Kafka and out to clients. */
+/* Kinds of stream item (DESIGN 7.1). A record or document without one is a text item. */
+#define PL_KIND_TEXT   "text"
+#define PL_KIND_SYSTEM "system"
+#define PL_KIND_LEN    8
+
+/* A message (any stream item) as it travels through Kafka and out to clients. */
 typedef struct pl_msg_s {
     char msg_id[PL_MSG_ID_LEN];
     char conv[PL_CONV_ID_LEN];
@@ -76,7 +90,12 @@ typedef struct pl_msg_s {
     long long seq;   /* 0 until the store numbers it */
     char origin_gw[PL_GATEWAY_ID_LEN];
     unsigned long long origin_conn;
-    json_t *root; /* owns content after pl_msg_parse() */
+    char kind[PL_KIND_LEN]; /* PL_KIND_TEXT or PL_KIND_SYSTEM; never empty once parsed */
+    json_t *event;          /* system items: what happened (an object); borrowed like content */
+    /* parley.committed only: the store refused the message (an error code such as
+     * "forbidden"); it was not stored, has no seq, and goes back to its sender only. */
+    char refused[16];
+    json_t *root; /* owns content and event after pl_msg_parse() */
 } pl_msg_t;
 
 /*
@@ -86,13 +105,15 @@ typedef struct pl_msg_s {
 int pl_msg_parse(const char *data, size_t len, pl_msg_t *m);
 void pl_msg_clear(pl_msg_t *m);
 
-/* As pl_msg_parse() for an object already parsed; strings are borrowed from o (m->root NULL). */
+/* As pl_msg_parse() for an object already parsed; strings and event are borrowed from o
+ * (m->root NULL). */
 int pl_msg_from_json(json_t *o, pl_msg_t *m);
 
 /* The Kafka record value of m (with "seq" when m->seq > 0). New string; caller frees. */
 char *pl_msg_record(const pl_msg_t *m);
 
-/* m as a new JSON object of the DESIGN's msg frame and REST form (type "msg" when frame). */
+/* m as a new JSON object of the DESIGN's msg frame and REST form (type "msg" when frame), with
+ * its kind, and its event for a system item. */
 json_t *pl_msg_json(const pl_msg_t *m, int frame);
 
 /* Server frames, as new strings the caller frees. retry_after_ms <= 0 omits it. */

@@ -50,6 +50,14 @@ typedef void (*pl_redis_field_fn)(void *ud, size_t idx, const char *field, const
 int pl_redis_hgetall_multi(pl_redis_t *r, const char *const *keys, size_t n, pl_redis_field_fn fn,
                            void *ud);
 
+/* GET of n keys in one pipelined round trip: fn(ud, idx, NULL, value) for each key holding a
+ * string (absent keys are skipped). Returns PL_OK or PL_ERR_UNAVAIL. */
+int pl_redis_get_multi(pl_redis_t *r, const char *const *keys, size_t n, pl_redis_field_fn fn,
+                       void *ud);
+
+/* SET key value NX EX ttl_s: *set = 1 when the key was absent and is now value. */
+int pl_redis_set_nx(pl_redis_t *r, const char *key, const char *value, long ttl_s, int *set);
+
 /* EXISTS of n keys in one round trip; out[i] is 1 when keys[i] exists. */
 int pl_redis_exists_multi(pl_redis_t *r, const char *const *keys, size_t n, int *out);
 

@@ -41,6 +41,10 @@ int pl_key_deliver(char *out, const char *gw_id);
 int pl_key_revoked(char *out, const char *sid);
 /* "parley:rl:<what>:<who>": a rate-limit window of parley-auth. */
 int pl_key_ratelimit(char *out, const char *what, const char *who);
+/* "parley:policy:<user>": a token changed by parley-auth whenever something that decides who
+ * may message user changes (a contact, a block, a setting); the store's permission cache
+ * holds an answer only while the token it was read under is unchanged. */
+int pl_key_policy(char *out, const char *user);
 /* The store's write intent document id of a partition of PL_TOPIC_MESSAGES. */
 int pl_key_intent(char *out, int partition);
 

@@ -41,6 +41,11 @@ void pl_conv_id(const char *a, const char *b, char out[PL_CONV_ID_LEN])
     }
 }
 
+void pl_user_conv(const char *user, char out[PL_CONV_ID_LEN])
+{
+    snprintf(out, PL_CONV_ID_LEN, "u:%s", user);
+}
+
 void pl_msg_id(const char *sender, const char *client_id, char out[PL_MSG_ID_LEN])
 {
     unsigned char h[SHA256_DIGEST_LENGTH];
@@ -119,7 +124,8 @@ int pl_utf8_valid(const unsigned char *p, size_t len)
 
 static int client_id_ok(const char *s, size_t len)
 {
-    if (len == 0 || len > PL_MAX_CLIENT_ID) {
+    if (len == 0 || len > PL_MAX_CLIENT_ID ||
+        strncmp(s, PL_SYSTEM_CLIENT_ID_PREFIX, sizeof(PL_SYSTEM_CLIENT_ID_PREFIX) - 1) == 0) {
         return 0;
     }
     for (size_t i = 0; i < len; i++) {
@@ -176,7 +182,8 @@ int pl_frame_parse(const char *data, size_t len, pl_frame_t *f, const char **why
     json_t *to = json_object_get(f->root, "to");
     json_t *content = json_object_get(f->root, "content");
     if (!json_is_string(cid) || !client_id_ok(json_string_value(cid), json_string_length(cid))) {
-        *why = "client_id must be 1 to 64 printable ASCII characters";
+        *why = "client_id must be 1 to 64 printable ASCII characters, not starting with "
+               "\"" PL_SYSTEM_CLIENT_ID_PREFIX "\"";
         goto bad;
     }
     memcpy(f->client_id, json_string_value(cid), json_string_length(cid) + 1);
@@ -225,6 +232,24 @@ void pl_msg_clear(pl_msg_t *m)
     memset(m, 0, sizeof(*m));
 }
 
+/* kind (absent: text), event (system items only, an object) and refused. 0 when malformed. */
+static int kind_from_json(json_t *o, pl_msg_t *m)
+{
+    json_t *event = json_object_get(o, "event");
+    if (!copy_field(o, "kind", m->kind, sizeof(m->kind), 0) ||
+        !copy_field(o, "refused", m->refused, sizeof(m->refused), 0)) {
+        return 0;
+    }
+    if (m->kind[0] == '\0') {
+        memcpy(m->kind, PL_KIND_TEXT, sizeof(PL_KIND_TEXT));
+    }
+    if (strcmp(m->kind, PL_KIND_SYSTEM) == 0) {
+        m->event = event;
+        return json_is_object(event);
+    }
+    return strcmp(m->kind, PL_KIND_TEXT) == 0 && event == NULL;
+}
+
 int pl_msg_from_json(json_t *o, pl_msg_t *m)
 {
     memset(m, 0, sizeof(*m));
@@ -246,6 +271,10 @@ int pl_msg_from_json(json_t *o, pl_msg_t *m)
     m->content_len = json_string_length(content);
     m->ts_ms = (long long)json_integer_value(ts);
     m->seq = seq ? (long long)json_integer_value(seq) : 0;
+    if (!kind_from_json(o, m)) {
+        memset(m, 0, sizeof(*m));
+        return PL_ERR_INVAL;
+    }
     if (json_is_object(origin)) {
         copy_field(origin, "gateway", m->origin_gw, sizeof(m->origin_gw), 0);
         json_t *conn = json_object_get(origin, "conn");
@@ -269,6 +298,18 @@ int pl_msg_parse(const char *data, size_t len, pl_msg_t *m)
     return PL_OK;
 }
 
+/* Adds m's kind (text when unset) and its event to o (NULL accepted). */
+static void add_kind(json_t *o, const pl_msg_t *m)
+{
+    if (o == NULL) {
+        return;
+    }
+    json_object_set_new(o, "kind", json_string(m->kind[0] ? m->kind : PL_KIND_TEXT));
+    if (m->event != NULL) {
+        json_object_set(o, "event", m->event);
+    }
+}
+
 char *pl_msg_record(const pl_msg_t *m)
 {
     json_t *o =
@@ -278,6 +319,10 @@ char *pl_msg_record(const pl_msg_t *m)
                   "origin", "gateway", m->origin_gw, "conn", (json_int_t)m->origin_conn);
     if (o != NULL && m->seq > 0) {
         json_object_set_new(o, "seq", json_integer((json_int_t)m->seq));
+    }
+    add_kind(o, m);
+    if (o != NULL && m->refused[0]) {
+        json_object_set_new(o, "refused", json_string(m->refused));
     }
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
@@ -292,6 +337,7 @@ json_t *pl_msg_json(const pl_msg_t *m, int frame)
         json_pack("{s:s,s:s,s:I,s:s,s:s,s:s%,s:s,s:s}", "msg_id", m->msg_id, "conv", m->conv, "seq",
                   (json_int_t)m->seq, "sender", m->sender, "receiver", m->receiver, "content",
                   m->content, m->content_len, "timestamp", when, "client_id", m->client_id);
+    add_kind(o, m);
     if (o != NULL && frame) {
         json_object_set_new(o, "type", json_string("msg"));
     }

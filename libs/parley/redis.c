@@ -369,6 +369,41 @@ int pl_redis_exists_multi(pl_redis_t *r, const char *const *keys, size_t n, int 
     return pipeline(r, n, 2, "EXISTS", keys, NULL, on_exists, out);
 }
 
+struct get_ctx {
+    pl_redis_field_fn fn;
+    void *ud;
+};
+
+static void on_get(void *ud, size_t idx, redisReply *rep)
+{
+    struct get_ctx *g = ud;
+    if (rep->type == REDIS_REPLY_STRING) {
+        g->fn(g->ud, idx, NULL, rep->str);
+    }
+}
+
+int pl_redis_get_multi(pl_redis_t *r, const char *const *keys, size_t n, pl_redis_field_fn fn,
+                       void *ud)
+{
+    struct get_ctx g = {fn, ud};
+    return pipeline(r, n, 2, "GET", keys, NULL, on_get, &g);
+}
+
+int pl_redis_set_nx(pl_redis_t *r, const char *key, const char *value, long ttl_s, int *set)
+{
+    char ttl[24];
+    snprintf(ttl, sizeof(ttl), "%ld", ttl_s);
+    const char *argv[] = {"SET", key, value, "NX", "EX", ttl};
+    redisReply *rep;
+    int rc = run(r, &rep, 6, argv);
+    if (rc != PL_OK) {
+        return PL_ERR_UNAVAIL;
+    }
+    *set = rep->type == REDIS_REPLY_STATUS;
+    freeReplyObject(rep);
+    return PL_OK;
+}
+
 static void on_receivers(void *ud, size_t idx, redisReply *rep)
 {
     long *out = ud;

@@ -48,6 +48,11 @@ int pl_key_ratelimit(char *out, const char *what, const char *who)
     return build(out, "parley:rl:%s:%s", what, who);
 }
 
+int pl_key_policy(char *out, const char *user)
+{
+    return build(out, "parley:policy:%s", user);
+}
+
 int pl_key_intent(char *out, int partition)
 {
     return build(out, PL_TOPIC_MESSAGES "/%d", partition);

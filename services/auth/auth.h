@@ -8,6 +8,7 @@
 
 #include "parley/http.h"
 #include "parley/jwt.h"
+#include "parley/kafka.h"
 #include "parley/metrics.h"
 #include "parley/mongo.h"
 #include "parley/redis.h"
@@ -26,11 +27,13 @@ typedef struct auth_limits_s {
     long login_per_user; /* login attempts per username per window */
     long login_per_addr; /* login attempts per client address per window */
     long register_per_addr;
+    long contact_per_user; /* contact requests per user per window */
 } auth_limits_t;
 
 typedef struct auth_ctx_s {
     pl_mongo_t *mongo;
     pl_redis_t *redis;
+    pl_kafka_t *producer; /* system items of the users' own streams, to parley.messages */
     pl_jwt_signer_t *signer;
     pl_jwt_verifier_t *verifier;     /* checks the session in MongoDB */
     pl_jwt_verifier_t *verifier_lax; /* signature and claims only: logout is idempotent */
@@ -47,7 +50,39 @@ typedef struct auth_ctx_s {
     pl_metric_t *m_reuse;
     pl_metric_t *m_rate_limited;
     pl_metric_t *m_logouts;
+    pl_metric_t *m_social_changes;
 } auth_ctx_t;
+
+/*
+ * Counts one attempt in a rate-limit window. Returns PL_OK to go on; otherwise the response is
+ * already filled (429 with Retry-After, or 503 when Redis does not answer).
+ */
+int auth_rate_check(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *what, const char *who,
+                    long limit);
+
+/* A string member of doc, or NULL. */
+const char *auth_bson_str(const bson_t *doc, const char *key);
+
+/* PL_OK when the account name exists and is not disabled, PL_ERR_NOTFOUND, or the database's
+ * error. */
+int auth_user_active(auth_ctx_t *ctx, const char *name);
+
+/* The delivery report callback of ctx->producer (ud is the context). */
+void auth_social_delivered(void *ud, void *opaque, int err);
+
+/* Creates the contacts collection's indexes; PL_OK when they exist. */
+int auth_social_indexes(auth_ctx_t *ctx);
+
+/* The handlers of contacts, blocks and settings (auth_social.c, DESIGN 7.2). */
+void auth_h_contacts(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_contact_add(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_contact_accept(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_contact_delete(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_blocks(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_block(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_unblock(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_settings(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_settings_patch(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 
 /*
  * Copies a username into out (AUTH_USERNAME_MAX + 1 bytes) folded to lowercase, and checks it

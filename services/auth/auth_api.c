@@ -18,8 +18,8 @@
  * Counts one attempt in a rate-limit window. Returns PL_OK to go on; otherwise the response is
  * already filled (429 with Retry-After, or 503 when Redis does not answer).
  */
-static int rate_check(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *what, const char *who,
-                      long limit)
+int auth_rate_check(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *what, const char *who,
+                    long limit)
 {
     char key[PL_KEY_LEN];
     long count = 0;
@@ -43,7 +43,7 @@ static int rate_check(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *what, c
     return PL_OK;
 }
 
-static const char *bson_str(const bson_t *doc, const char *key)
+const char *auth_bson_str(const bson_t *doc, const char *key)
 {
     bson_iter_t it;
     if (bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it)) {
@@ -70,14 +70,14 @@ static int bson_flag(const bson_t *doc, const char *key)
 /* A user's profile as JSON; full adds what only the user sees. New reference. */
 static json_t *profile_json(const bson_t *user, int full)
 {
-    const char *name = bson_str(user, "_id");
-    const char *display = bson_str(user, "display_name");
+    const char *name = auth_bson_str(user, "_id");
+    const char *display = auth_bson_str(user, "display_name");
     json_t *j = json_pack("{s:s,s:s}", "username", name ? name : "", "display_name",
                           display ? display : (name ? name : ""));
     if (j != NULL && full) {
         char when[32];
-        const char *locale = bson_str(user, "locale");
-        const char *tz = bson_str(user, "time_zone");
+        const char *locale = auth_bson_str(user, "locale");
+        const char *tz = auth_bson_str(user, "time_zone");
         pl_iso8601_ms(bson_ms(user, "created_at"), when);
         json_object_set_new(j, "locale", json_string(locale ? locale : "en"));
         json_object_set_new(j, "time_zone", json_string(tz ? tz : "UTC"));
@@ -100,8 +100,8 @@ static void h_register(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
         pl_http_fail(resp, PL_ERR_INVAL, why);
         return;
     }
-    if (rate_check(ctx, resp, "register:a", pl_http_client_addr(req),
-                   ctx->limits.register_per_addr) != PL_OK) {
+    if (auth_rate_check(ctx, resp, "register:a", pl_http_client_addr(req),
+                        ctx->limits.register_per_addr) != PL_OK) {
         return;
     }
     char hash[256];
@@ -171,9 +171,9 @@ static void h_login(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     }
     /* A malformed name or password cannot belong to an account: same answer as a wrong one. */
     const char *user = l.user;
-    if (rate_check(ctx, resp, "login:a", pl_http_client_addr(req), ctx->limits.login_per_addr) !=
-            PL_OK ||
-        rate_check(ctx, resp, "login:u", user, ctx->limits.login_per_user) != PL_OK) {
+    if (auth_rate_check(ctx, resp, "login:a", pl_http_client_addr(req),
+                        ctx->limits.login_per_addr) != PL_OK ||
+        auth_rate_check(ctx, resp, "login:u", user, ctx->limits.login_per_user) != PL_OK) {
         return;
     }
     int rc = l.shape_ok ? find_user(ctx, user, &doc) : PL_ERR_NOTFOUND;
@@ -182,7 +182,7 @@ static void h_login(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
         return;
     }
     /* An unknown user costs one argon2id verification too, so timing does not tell. */
-    const char *hash = doc ? bson_str(doc, "password_hash") : NULL;
+    const char *hash = doc ? auth_bson_str(doc, "password_hash") : NULL;
     int ok = auth_pw_verify(hash ? hash : ctx->dummy_hash, l.pw, l.pw_len) == PL_OK && hash != NULL;
     if (ok && bson_flag(doc, "disabled")) {
         pl_metric_inc(ctx->m_logins_failed);
@@ -394,8 +394,8 @@ static void h_refresh(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
         pl_http_fail_dep(resp, rc);
         return;
     }
-    const char *user = bson_str(doc, "user");
-    const char *current = bson_str(doc, "refresh_hash");
+    const char *user = auth_bson_str(doc, "user");
+    const char *current = auth_bson_str(doc, "refresh_hash");
     long long now = pl_now_ms();
     char refresh[80];
     char rhash[65];
@@ -446,7 +446,7 @@ static void h_logout(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 /* Appends a found document's _id (a string) to the JSON array ud. */
 static int collect_id(void *ud, const bson_t *doc)
 {
-    const char *id = bson_str(doc, "_id");
+    const char *id = auth_bson_str(doc, "_id");
     if (id != NULL) {
         json_array_append_new(ud, json_string(id));
     }
@@ -490,7 +490,7 @@ static int revoke_all(auth_ctx_t *ctx, const char *user)
 static int check_password(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *user, const char *pw,
                           size_t pw_len, bson_t **doc)
 {
-    int rc = rate_check(ctx, resp, "login:u", user, ctx->limits.login_per_user);
+    int rc = auth_rate_check(ctx, resp, "login:u", user, ctx->limits.login_per_user);
     if (rc != PL_OK) {
         return rc;
     }
@@ -503,7 +503,7 @@ static int check_password(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *use
         pl_http_fail_dep(resp, rc);
         return rc;
     }
-    const char *hash = bson_str(*doc, "password_hash");
+    const char *hash = auth_bson_str(*doc, "password_hash");
     if (hash == NULL || auth_pw_verify(hash, pw, pw_len) != PL_OK) {
         pl_metric_inc(ctx->m_logins_failed);
         pl_http_fail(resp, PL_ERR_FORBIDDEN, "current password is wrong");
@@ -690,19 +690,12 @@ static void h_user(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
  * gateway asks on behalf of a verified sender; the edge never routes /internal/ to clients
  * (existence is no secret anyway: registration answers 409 for a taken name).
  */
-static void h_internal_user(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+int auth_user_active(auth_ctx_t *ctx, const char *name)
 {
-    auth_ctx_t *ctx = ud;
-    char name[AUTH_USERNAME_MAX + 1];
-    bson_t *doc = NULL;
-    const char *p = pl_http_path(req) + strlen("/internal/users/");
-    if (auth_username_normalize(p, name) != PL_OK || strcmp(p, name) != 0) {
-        pl_http_fail(resp, PL_ERR_NOTFOUND, "no such user");
-        return;
-    }
     bson_t filter = BSON_INITIALIZER;
     bson_t opts = BSON_INITIALIZER;
     bson_t proj;
+    bson_t *doc = NULL;
     BSON_APPEND_UTF8(&filter, "_id", name);
     BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
     BSON_APPEND_INT32(&proj, "_id", 1);
@@ -716,6 +709,19 @@ static void h_internal_user(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
         bson_destroy(doc);
         rc = disabled ? PL_ERR_NOTFOUND : PL_OK; /* a disabled account receives nothing */
     }
+    return rc;
+}
+
+static void h_internal_user(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    auth_ctx_t *ctx = ud;
+    char name[AUTH_USERNAME_MAX + 1];
+    const char *p = pl_http_path(req) + strlen("/internal/users/");
+    if (auth_username_normalize(p, name) != PL_OK || strcmp(p, name) != 0) {
+        pl_http_fail(resp, PL_ERR_NOTFOUND, "no such user");
+        return;
+    }
+    int rc = auth_user_active(ctx, name);
     if (rc == PL_OK) {
         pl_http_reply(resp, 200, json_pack("{s:s}", "username", name));
     } else if (rc == PL_ERR_NOTFOUND) {
@@ -736,7 +742,7 @@ int auth_session_live(void *ud, const pl_jwt_claims_t *c)
     if (rc != PL_OK) {
         return rc == PL_ERR_UNAVAIL ? PL_ERR_UNAVAIL : PL_ERR_INTERNAL;
     }
-    const char *user = bson_str(doc, "user");
+    const char *user = auth_bson_str(doc, "user");
     rc = (user == NULL || strcmp(user, c->sub) != 0 || bson_flag(doc, "revoked")) ? PL_ERR_REVOKED
                                                                                   : PL_OK;
     bson_destroy(doc);
@@ -753,6 +759,9 @@ int auth_ensure_indexes(auth_ctx_t *ctx)
     int rc = pl_mongo_create_index(ctx->mongo, "sessions", &keys, "user_1", 0);
     bson_destroy(&keys);
     if (rc == PL_OK) {
+        rc = auth_social_indexes(ctx);
+    }
+    if (rc == PL_OK) {
         atomic_store(&ctx->indexes_ready, 1);
     }
     return rc;
@@ -766,6 +775,15 @@ const pl_http_route_t auth_routes[] = {
     {"POST", "/v1/auth/password", h_password},
     {"POST", "/v1/auth/disable", h_disable},
     {"GET", "/v1/users/me", h_me},
+    {"GET", "/v1/users/me/settings", auth_h_settings},
+    {"PATCH", "/v1/users/me/settings", auth_h_settings_patch},
+    {"GET", "/v1/contacts", auth_h_contacts},
+    {"POST", "/v1/contacts", auth_h_contact_add},
+    {"POST", "/v1/contacts/", auth_h_contact_accept},
+    {"DELETE", "/v1/contacts/", auth_h_contact_delete},
+    {"GET", "/v1/blocks", auth_h_blocks},
+    {"PUT", "/v1/blocks/", auth_h_block},
+    {"DELETE", "/v1/blocks/", auth_h_unblock},
     {"GET", "/v1/users/", h_user},
     {"GET", "/internal/users/", h_internal_user},
     {"POST", "/internal/users/", h_internal_disable},

@@ -55,6 +55,8 @@ static void init_metrics(auth_ctx_t *ctx)
                                              "Requests refused by a rate limit", NULL);
     ctx->m_logouts =
         pl_metrics_counter(m, "parley_auth_logouts_total", "Sessions logged out", NULL);
+    ctx->m_social_changes = pl_metrics_counter(m, "parley_auth_social_changes_total",
+                                               "Contact, block and settings changes made", NULL);
 }
 
 int main(void)
@@ -86,6 +88,7 @@ int main(void)
         pl_cfg_int("PARLEY_LOGIN_LIMIT_USER", 10, 1, 1000000, &ctx.limits.login_per_user) ||
         pl_cfg_int("PARLEY_LOGIN_LIMIT_ADDR", 60, 1, 1000000, &ctx.limits.login_per_addr) ||
         pl_cfg_int("PARLEY_REGISTER_LIMIT_ADDR", 20, 1, 1000000, &ctx.limits.register_per_addr) ||
+        pl_cfg_int("PARLEY_CONTACT_LIMIT_USER", 30, 1, 1000000, &ctx.limits.contact_per_user) ||
         pl_cfg_bool("PARLEY_TRUST_FORWARDED", 0, &trust)) {
         goto out;
     }
@@ -120,7 +123,9 @@ int main(void)
                      pl_cfg_str("PARLEY_MONGO_DB", "parley"), &ctx.mongo) != PL_OK ||
         pl_redis_new(pl_cfg_str("PARLEY_REDIS_HOST", "127.0.0.1"), (int)redis_port, 1000,
                      &ctx.redis) != PL_OK ||
-        (ctx.metrics = pl_metrics_new()) == NULL) {
+        (ctx.metrics = pl_metrics_new()) == NULL ||
+        pl_kafka_producer_new(pl_cfg_str("PARLEY_KAFKA_BROKERS", "127.0.0.1:9092"), NULL,
+                              auth_social_delivered, &ctx, &ctx.producer) != PL_OK) {
         goto out;
     }
     init_metrics(&ctx);
@@ -161,6 +166,10 @@ int main(void)
     rc = 0;
 out:
     pl_http_stop(&http);
+    if (ctx.producer != NULL) {
+        pl_kafka_flush(ctx.producer, 5000);
+    }
+    pl_kafka_free(&ctx.producer);
     pl_jwt_signer_free(&ctx.signer);
     pl_jwt_verifier_free(&ctx.verifier);
     pl_jwt_verifier_free(&ctx.verifier_lax);

@@ -564,10 +564,26 @@ static void push_to(gw_sessions_t *S, const char *user, const char *text, size_t
     }
 }
 
+/* The store refused a message this gateway accepted (st_policy.h): its device is told. */
+static void push_refusal(gw_sessions_t *S, const pl_msg_t *m)
+{
+    gw_sess_t *s = strcmp(m->origin_gw, S->gw_id) == 0 ? find(S, m->origin_conn) : NULL;
+    if (s == NULL || s->state != OPEN || strcmp(s->user, m->sender) != 0) {
+        return; /* gone: its retry after a reconnect is refused again */
+    }
+    int err =
+        strcmp(m->refused, pl_errcode(PL_ERR_FORBIDDEN)) == 0 ? PL_ERR_FORBIDDEN : PL_ERR_INTERNAL;
+    send_error(S, s, err, "you cannot message this user", m->client_id, 0);
+}
+
 void gw_sessions_push(gw_sessions_t *S, json_t *msg)
 {
     pl_msg_t m;
-    if (pl_msg_from_json(msg, &m) != PL_OK || m.seq <= 0) {
+    if (pl_msg_from_json(msg, &m) == PL_OK && m.refused[0]) {
+        push_refusal(S, &m);
+        return;
+    }
+    if (m.seq <= 0) {
         pl_log_warn("bad_push", "malformed message from the router");
         return;
     }

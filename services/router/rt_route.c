@@ -104,6 +104,23 @@ static void add_targets(struct batch *b, const char *name, json_t *rec, int *see
     }
 }
 
+/* Gives a refused message to the gateway it came from, if that one holds its sender. */
+static void add_origin(struct batch *b, json_t *rec)
+{
+    const char *origin =
+        json_string_value(json_object_get(json_object_get(rec, "origin"), "gateway"));
+    struct user *u = find_user(b, json_string_value(json_object_get(rec, "sender")));
+    for (int i = 0; origin != NULL && u != NULL && i < u->ngw; i++) {
+        struct gateway *g = &b->gws[u->gw[i]];
+        if (g->alive && strcmp(g->id, origin) == 0) {
+            if (g->msgs == NULL) {
+                g->msgs = json_array();
+            }
+            json_array_append(g->msgs, rec);
+        }
+    }
+}
+
 /* True while gateway g is remembered as deaf (see publish()). */
 static int deaf(rt_ctx_t *ctx, const char *id, long long now)
 {
@@ -307,6 +324,10 @@ static int assign(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n)
             continue;
         }
         memset(seen, 0, (b->ngws ? b->ngws : 1) * sizeof(*seen));
+        if (json_object_get(recs[i], "refused") != NULL) {
+            add_origin(b, recs[i]); /* a refusal goes back to the sending device only */
+            continue;
+        }
         add_targets(b, json_string_value(json_object_get(recs[i], "receiver")), recs[i], seen);
         int receiver_online = 0;
         for (size_t g = 0; g < b->ngws; g++) {
@@ -356,7 +377,8 @@ int rt_route_batch(rt_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n, int atte
     size_t valid = 0;
     for (size_t i = 0; i < n; i++) {
         pl_msg_t m;
-        if (pl_msg_parse(recs[i].value, recs[i].vlen, &m) != PL_OK || m.seq <= 0) {
+        if (pl_msg_parse(recs[i].value, recs[i].vlen, &m) != PL_OK ||
+            (m.seq <= 0 && m.refused[0] == '\0')) {
             if (attempt == 0) {
                 pl_metric_inc(ctx->m_invalid);
                 pl_log_error("invalid_record",

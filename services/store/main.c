@@ -69,6 +69,9 @@ static void init_metrics(st_ctx_t *ctx)
                                          "Records whose message was already stored", NULL);
     ctx->m_invalid = pl_metrics_counter(m, "parley_store_invalid_records_total",
                                         "Records skipped as malformed", NULL);
+    ctx->m_refused =
+        pl_metrics_counter(m, "parley_store_refused_total",
+                           "Messages refused before numbering (blocked, or contacts only)", NULL);
     static const double sizes[] = {1, 2, 5, 10, 20, 50, 100, 200, 500};
     ctx->m_batch = pl_metrics_histogram(m, "parley_store_batch_size", "Records per batch", NULL,
                                         sizes, sizeof(sizes) / sizeof(sizes[0]));
@@ -146,7 +149,8 @@ int main(void)
     init_metrics(&ctx);
     st_db_t db;
     st_mongo_db(ctx.mongo, &db);
-    if ((ctx.seq = st_seq_new(&db, (int)cold, ctx.metrics)) == NULL) {
+    if ((ctx.seq = st_seq_new(&db, (int)cold, ctx.metrics)) == NULL ||
+        (ctx.policy = st_policy_new(ctx.mongo, ctx.redis, 200000)) == NULL) {
         goto out;
     }
 
@@ -201,6 +205,7 @@ out:
     pl_mongo_free(&ctx.mongo);
     pl_redis_free(&ctx.redis);
     st_seq_free(&ctx.seq);
+    st_policy_free(&ctx.policy);
     pl_metrics_free(&ctx.metrics);
     free(pub);
     if (rc == 0) {

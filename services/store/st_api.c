@@ -41,6 +41,7 @@ static int on_msg(void *ud, const bson_t *doc)
     pl_msg_t m;
     if (st_msg_from_bson(doc, &m) == PL_OK) {
         json_array_append_new(c->arr, pl_msg_json(&m, 0));
+        pl_msg_clear(&m);
     }
     return 1;
 }
@@ -133,6 +134,14 @@ static void h_conversations(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 int st_conv_parse(const char *conv, char *a, char *b)
 {
     char tmp[PL_CONV_ID_LEN];
+    if (strncmp(conv, "u:", 2) == 0) {
+        /* A user's own stream: its one member is both a and b. */
+        if (pl_username_normalize(conv + 2, a) != PL_OK || strcmp(conv + 2, a) != 0) {
+            return 0;
+        }
+        memcpy(b, a, strlen(a) + 1);
+        return 1;
+    }
     if (strncmp(conv, "d:", 2) != 0 || strlen(conv) >= sizeof(tmp)) {
         return 0;
     }
@@ -217,7 +226,7 @@ static void h_recent(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     }
     bson_t filter = BSON_INITIALIZER;
     bson_t opts = BSON_INITIALIZER;
-    bson_t any, one, two, sort;
+    bson_t any, one, two, notsys, sort;
     BSON_APPEND_ARRAY_BEGIN(&filter, "$or", &any);
     BSON_APPEND_DOCUMENT_BEGIN(&any, "0", &one);
     BSON_APPEND_UTF8(&one, "sender", c.sub);
@@ -226,6 +235,10 @@ static void h_recent(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     BSON_APPEND_UTF8(&two, "receiver", c.sub);
     bson_append_document_end(&any, &two);
     bson_append_array_end(&filter, &any);
+    /* The seed's recent messages: a user's own stream (u:) holds no messages. */
+    BSON_APPEND_DOCUMENT_BEGIN(&filter, "kind", &notsys);
+    BSON_APPEND_UTF8(&notsys, "$ne", PL_KIND_SYSTEM);
+    bson_append_document_end(&filter, &notsys);
     BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
     /* Messages accepted in the same millisecond keep their conversation order. */
     BSON_APPEND_INT32(&sort, "timestamp", -1);

@@ -15,6 +15,29 @@
 #define CONVERSATIONS "conversations"
 #define INTENTS       "store_intents"
 
+/* A system item's event document as JSON, owned by m (m->root). */
+static void event_from_bson(bson_iter_t *it, pl_msg_t *m)
+{
+    uint32_t len = 0;
+    const uint8_t *data = NULL;
+    bson_t sub;
+    bson_iter_document(it, &len, &data);
+    if (!bson_init_static(&sub, data, len)) {
+        return;
+    }
+    size_t jlen = 0;
+    char *text = bson_as_relaxed_extended_json(&sub, &jlen);
+    json_t *ev = text ? json_loadb(text, jlen, 0, NULL) : NULL;
+    bson_free(text);
+    if (json_is_object(ev)) {
+        json_decref(m->root);
+        m->root = ev;
+        m->event = ev;
+    } else {
+        json_decref(ev);
+    }
+}
+
 int st_msg_from_bson(const bson_t *doc, pl_msg_t *m)
 {
     bson_iter_t it;
@@ -39,6 +62,8 @@ int st_msg_from_bson(const bson_t *doc, pl_msg_t *m)
                 snprintf(m->receiver, sizeof(m->receiver), "%s", v);
             } else if (strcmp(k, "client_id") == 0) {
                 snprintf(m->client_id, sizeof(m->client_id), "%s", v);
+            } else if (strcmp(k, "kind") == 0) {
+                snprintf(m->kind, sizeof(m->kind), "%s", v);
             } else if (strcmp(k, "content") == 0) {
                 m->content = v;
                 m->content_len = len;
@@ -49,9 +74,18 @@ int st_msg_from_bson(const bson_t *doc, pl_msg_t *m)
         } else if (strcmp(k, "seq") == 0 && BSON_ITER_HOLDS_NUMBER(&it)) {
             m->seq = bson_iter_as_int64(&it);
             have |= 4;
+        } else if (strcmp(k, "event") == 0 && BSON_ITER_HOLDS_DOCUMENT(&it)) {
+            event_from_bson(&it, m);
         }
     }
-    return have == 7 ? PL_OK : PL_ERR_INVAL;
+    if (m->kind[0] == '\0') {
+        memcpy(m->kind, PL_KIND_TEXT, sizeof(PL_KIND_TEXT)); /* stored before kinds existed */
+    }
+    if (have != 7) {
+        pl_msg_clear(m);
+        return PL_ERR_INVAL;
+    }
+    return PL_OK;
 }
 
 /* The message document: the seed's schema first (sender, receiver, content, timestamp). */
@@ -66,6 +100,17 @@ static bson_t *msg_doc(const pl_msg_t *m)
     BSON_APPEND_UTF8(d, "conv", m->conv);
     BSON_APPEND_INT64(d, "seq", m->seq);
     BSON_APPEND_UTF8(d, "client_id", m->client_id);
+    BSON_APPEND_UTF8(d, "kind", m->kind[0] ? m->kind : PL_KIND_TEXT);
+    if (m->event != NULL) {
+        /* Events are small objects made by parley-auth: JSON → BSON once, at the write. */
+        char *text = json_dumps(m->event, JSON_COMPACT);
+        bson_t *ev = text ? bson_new_from_json((const uint8_t *)text, -1, NULL) : NULL;
+        if (ev != NULL) {
+            BSON_APPEND_DOCUMENT(d, "event", ev);
+        }
+        bson_destroy(ev);
+        free(text);
+    }
     return d;
 }
 
@@ -78,6 +123,7 @@ static int db_find_msg(void *ud, const char *msg_id, long long *seq, long long *
         rc = st_msg_from_bson(doc, &found) == PL_OK ? PL_OK : PL_ERR_INTERNAL;
         *seq = found.seq;
         *ts_ms = found.ts_ms;
+        pl_msg_clear(&found);
         bson_destroy(doc);
     }
     return rc;
@@ -94,6 +140,7 @@ static int on_found(void *ud, const bson_t *doc)
     pl_msg_t m;
     if (st_msg_from_bson(doc, &m) == PL_OK) {
         f->fn(f->arg, m.msg_id, m.seq, m.ts_ms);
+        pl_msg_clear(&m);
     }
     return 1;
 }
@@ -283,7 +330,9 @@ static void fill_conversation(const void *arg, size_t k, bson_t *filter, bson_t 
     BSON_APPEND_DOCUMENT_BEGIN(upd, "$set", &set);
     BSON_APPEND_ARRAY_BEGIN(&set, "members", &members);
     BSON_APPEND_UTF8(&members, "0", a);
-    BSON_APPEND_UTF8(&members, "1", b);
+    if (strcmp(a, b) != 0) {
+        BSON_APPEND_UTF8(&members, "1", b); /* u:<user> has one member */
+    }
     bson_append_array_end(&set, &members);
     /* The message at last_seq, for the sequence allocator's check by _id. Replays can leave
      * it behind last_seq; the check then fails and falls back to probing. */

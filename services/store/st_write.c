@@ -38,8 +38,15 @@ static void parse_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, st_rec_t *out
         if (pl_msg_parse(recs[i].value, recs[i].vlen, &r->m) != PL_OK) {
             continue;
         }
-        pl_conv_id(r->m.sender, r->m.receiver, conv);
-        r->valid = strcmp(conv, r->m.conv) == 0;
+        if (strcmp(r->m.kind, PL_KIND_SYSTEM) == 0) {
+            /* A user's own stream (made by parley-auth): its one member is both ends. */
+            pl_user_conv(r->m.receiver, conv);
+            r->valid = strcmp(r->m.sender, r->m.receiver) == 0;
+        } else {
+            pl_conv_id(r->m.sender, r->m.receiver, conv);
+            r->valid = 1;
+        }
+        r->valid = r->valid && strcmp(conv, r->m.conv) == 0 && r->m.refused[0] == '\0';
         r->first = r->valid;
         for (size_t j = 0; r->first && j < i; j++) {
             r->first = !(out[j].first && strcmp(out[j].m.msg_id, r->m.msg_id) == 0);
@@ -121,14 +128,19 @@ static int announce_one(st_ctx_t *ctx, const pl_msg_t *m)
     return rc;
 }
 
-/* Produces the batch's messages and waits for every acknowledgement. */
-static int announce(st_ctx_t *ctx, const st_rec_t *recs, size_t n)
+/* Produces the batch's messages, and its refusals for their senders, and waits for every
+ * acknowledgement. */
+static int announce(st_ctx_t *ctx, st_rec_t *recs, size_t n)
 {
     double t0 = monotonic_s();
     int rc = PL_OK;
     atomic_store(&ctx->batch_failed, 0);
     for (size_t i = 0; i < n && rc == PL_OK; i++) {
         if (recs[i].first) {
+            rc = announce_one(ctx, &recs[i].m);
+        } else if (recs[i].refused) {
+            snprintf(recs[i].m.refused, sizeof(recs[i].m.refused), "%s",
+                     pl_errcode(PL_ERR_FORBIDDEN));
             rc = announce_one(ctx, &recs[i].m);
         }
     }
@@ -142,6 +154,31 @@ static int announce(st_ctx_t *ctx, const st_rec_t *recs, size_t n)
     return rc;
 }
 
+/*
+ * Who may write to whom, before anything takes a seq (st_policy.h). A refused message that is
+ * already stored (a replay of a batch cut short before a block) keeps its place: refusing it
+ * now would take back what its receiver may have seen.
+ */
+static int check_policy(st_ctx_t *ctx, st_rec_t *r, size_t n)
+{
+    int rc = st_policy_check(ctx->policy, r, n);
+    for (size_t i = 0; i < n && rc == PL_OK; i++) {
+        bson_t *doc = NULL;
+        if (!r[i].refused) {
+            continue;
+        }
+        int found = pl_mongo_find_id(ctx->mongo, "messages", r[i].m.msg_id, &doc);
+        bson_destroy(doc);
+        if (found == PL_OK) {
+            r[i].refused = 0;
+            r[i].first = 1;
+        } else if (found != PL_ERR_NOTFOUND) {
+            rc = found;
+        }
+    }
+    return rc;
+}
+
 int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n, int attempt)
 {
     st_rec_t *r = calloc(n ? n : 1, sizeof(*r));
@@ -149,7 +186,10 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n, int atte
         return PL_ERR_NOMEM;
     }
     parse_batch(ctx, recs, r, n, attempt);
-    int rc = st_seq_write(ctx->seq, r, n, attempt);
+    int rc = check_policy(ctx, r, n);
+    if (rc == PL_OK) {
+        rc = st_seq_write(ctx->seq, r, n, attempt);
+    }
     if (rc == PL_OK) {
         rc = upsert_conversations(ctx, r, n);
     }
@@ -160,6 +200,8 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n, int atte
         for (size_t i = 0; i < n; i++) {
             if (r[i].first) {
                 pl_metric_inc(r[i].replayed ? ctx->m_replayed : ctx->m_stored);
+            } else if (r[i].refused) {
+                pl_metric_inc(ctx->m_refused);
             }
         }
         pl_metric_observe(ctx->m_batch, (double)n);

@@ -15,6 +15,7 @@
 #include "parley/redis.h"
 #include "parley/wire.h"
 #include "st_mongo.h"
+#include "st_policy.h"
 #include "st_seq.h"
 
 #include <stdatomic.h>
@@ -27,11 +28,13 @@ typedef struct st_ctx_s {
     pl_jwt_verifier_t *verifier;
     pl_metrics_t *metrics;
     st_seq_t *seq;           /* the sequence allocator; consumer thread only */
+    st_policy_t *policy;     /* who may write to whom; consumer thread only */
     atomic_int batch_failed; /* a committed record of the current batch was not delivered */
     atomic_int indexes_ready;
     pl_metric_t *m_stored;
     pl_metric_t *m_replayed;
     pl_metric_t *m_invalid;
+    pl_metric_t *m_refused;
     pl_metric_t *m_batch;
     pl_metric_t *m_upsert_seconds;
     pl_metric_t *m_consume_delay;
@@ -54,8 +57,9 @@ int st_ensure_indexes(st_ctx_t *ctx);
  * is not a number in range. Pure. */
 long long st_query_num(const char *v, long long def);
 
-/* Checks a conversation id "d:<a>:<b>" with a <= b, both lowercase usernames; fills a and b
- * (PL_USERNAME_LEN bytes each). 1 when well formed, else 0. Pure. */
+/* Checks a conversation id "d:<a>:<b>" with a <= b, both lowercase usernames, or a user's own
+ * stream "u:<a>" (b = a); fills a and b (PL_USERNAME_LEN bytes each). 1 when well formed,
+ * else 0. Pure. */
 int st_conv_parse(const char *conv, char *a, char *b);
 
 extern const pl_http_route_t st_routes[];

@@ -25,6 +25,7 @@ class Chat:
         self.user = user
         self.gateway = gateway
         self.msgs = []
+        self.system = []
         self.acks = {}
         self.errors = []
         self.closed = None
@@ -46,7 +47,9 @@ class Chat:
             async for raw in self.ws:
                 f = json.loads(raw)
                 f["_rx"] = time.perf_counter()  # arrival, for latency measurements
-                if f["type"] == "msg":
+                if f["type"] == "msg" and f.get("kind", "text") == "system":
+                    self.system.append(f)  # the user's own stream (u:): contact changes…
+                elif f["type"] == "msg":
                     self.msgs.append(f)
                 elif f["type"] == "ack":
                     self.acks[f["client_id"]] = f
