@@ -7,6 +7,11 @@
  *   parley chat <user>            interactive: live messages in, typed lines out
  *   parley history <user> [n]     the last n messages with <user> (default 20)
  *   parley recent [n]             your n most recent messages (default 20)
+ *   parley contacts               your contacts and requests, and whom you blocked
+ *   parley add <user>             ask <user> to be a contact (accepts if they asked you)
+ *   parley accept <user>          accept <user>'s request
+ *   parley remove <user>          remove a contact, or decline or cancel a request
+ *   parley block|unblock <user>   stop or allow messages and presence between you
  * The server is $PARLEY_URL (default http://127.0.0.1:8000); the session file lives in
  * $PARLEY_CONFIG_DIR, else $XDG_CONFIG_HOME/parley, else ~/.config/parley.
  */
@@ -212,13 +217,49 @@ static void fmt_time(const char *iso, char *out, size_t cap)
              &local);
 }
 
+/* A system item of the user's own stream in words, into out. */
+static void describe_event(json_t *ev, char *out, size_t cap)
+{
+    const char *type = json_string_value(json_object_get(ev, "type"));
+    const char *user = json_string_value(json_object_get(ev, "user"));
+    const char *state = json_string_value(json_object_get(ev, "state"));
+    const char *by = json_string_value(json_object_get(ev, "by"));
+    user = user ? user : "?";
+    if (type && strcmp(type, "contact") == 0 && state && strcmp(state, "incoming") == 0) {
+        snprintf(out, cap, "%s asks to be your contact (parley accept %s)", user, user);
+    } else if (type && strcmp(type, "contact") == 0 && state && strcmp(state, "outgoing") == 0) {
+        snprintf(out, cap, "contact request sent to %s", user);
+    } else if (type && strcmp(type, "contact") == 0 && state && strcmp(state, "accepted") == 0) {
+        snprintf(out, cap, "%s is now a contact", user);
+    } else if (type && strcmp(type, "contact") == 0) {
+        snprintf(out, cap, "%s is no longer a contact (%s)", user,
+                 by && strcmp(by, user) == 0 ? "by them" : "by you");
+    } else if (type && strcmp(type, "block") == 0) {
+        snprintf(out, cap, "you %s %s",
+                 json_is_true(json_object_get(ev, "blocked")) ? "blocked" : "unblocked", user);
+    } else if (type && strcmp(type, "settings") == 0) {
+        char *text = json_dumps(json_object_get(ev, "settings"), JSON_COMPACT);
+        snprintf(out, cap, "settings changed: %s", text ? text : "?");
+        free(text);
+    } else {
+        snprintf(out, cap, "%s", type ? type : "change");
+    }
+}
+
 static void print_msg(void *ud, json_t *m)
 {
     (void)ud;
     char when[32];
     fmt_time(json_string_value(json_object_get(m, "timestamp")), when, sizeof(when));
-    printf("[%s] %s: %s\n", when, json_string_value(json_object_get(m, "sender")),
-           json_string_value(json_object_get(m, "content")));
+    const char *kind = json_string_value(json_object_get(m, "kind"));
+    if (kind != NULL && strcmp(kind, PL_KIND_SYSTEM) == 0) {
+        char what[256];
+        describe_event(json_object_get(m, "event"), what, sizeof(what));
+        printf("[%s] -- %s --\n", when, what);
+    } else {
+        printf("[%s] %s: %s\n", when, json_string_value(json_object_get(m, "sender")),
+               json_string_value(json_object_get(m, "content")));
+    }
     fflush(stdout);
 }
 
@@ -447,6 +488,98 @@ static int cmd_list(const char *path)
     return 0;
 }
 
+/* One REST call of a social command; prints done on the expected status. */
+static int social_call(const char *method, const char *path, json_t *body, const char *done)
+{
+    int status;
+    json_t *resp = NULL;
+    pc_client_t *c = client(1);
+    int rc = rest(c, method, path, body, &status, &resp);
+    json_decref(body);
+    pc_free(&c);
+    if (rc != PL_OK || status >= 300) {
+        print_error(rc == PL_OK ? status : 0, resp);
+        json_decref(resp);
+        return 1;
+    }
+    const char *state = json_string_value(json_object_get(resp, "state"));
+    printf("%s%s%s\n", done, state ? ": " : "", state ? state : "");
+    json_decref(resp);
+    return 0;
+}
+
+static void print_contacts(json_t *list, json_t *blocks)
+{
+    size_t i;
+    json_t *e;
+    if (json_array_size(list) == 0) {
+        printf("no contacts yet: parley add <user>\n");
+    }
+    json_array_foreach(list, i, e)
+    {
+        const char *state = json_string_value(json_object_get(e, "state"));
+        printf("%-32s %s%s\n", json_string_value(json_object_get(e, "user")), state ? state : "?",
+               state && strcmp(state, "incoming") == 0 ? " (parley accept <user>)" : "");
+    }
+    json_array_foreach(blocks, i, e)
+    {
+        printf("%-32s blocked\n", json_string_value(json_object_get(e, "user")));
+    }
+}
+
+static int cmd_contacts(void)
+{
+    int s1 = 0, s2 = 0;
+    json_t *contacts = NULL, *blocks = NULL;
+    pc_client_t *c = client(1);
+    rest(c, "GET", "/v1/contacts", NULL, &s1, &contacts);
+    if (s1 == 200) {
+        rest(c, "GET", "/v1/blocks", NULL, &s2, &blocks);
+    }
+    pc_free(&c);
+    int ok = s1 == 200 && s2 == 200;
+    if (ok) {
+        print_contacts(json_object_get(contacts, "contacts"), json_object_get(blocks, "blocks"));
+    } else {
+        print_error(s1 != 200 ? s1 : s2, s1 != 200 ? contacts : blocks);
+    }
+    json_decref(contacts);
+    json_decref(blocks);
+    return ok ? 0 : 1;
+}
+
+/* parley add|accept|remove|block|unblock <user>; -1 when cmd is none of them. */
+static int cmd_social(const char *cmd, int argc, char **argv)
+{
+    static const char *const cmds[] = {"add", "accept", "remove", "block", "unblock"};
+    int which = -1;
+    for (int i = 0; i < 5; i++) {
+        which = strcmp(cmd, cmds[i]) == 0 ? i : which;
+    }
+    if (which < 0) {
+        return -1;
+    }
+    char user[PL_USERNAME_MAX + 1], path[128];
+    if (argc < 1 || pl_username_normalize(argv[0], user) != PL_OK) {
+        fprintf(stderr, "usage: parley %s <user>\n", cmd);
+        return 2;
+    }
+    switch (which) {
+    case 0:
+        return social_call("POST", "/v1/contacts", json_pack("{s:s}", "user", user), user);
+    case 1:
+        snprintf(path, sizeof(path), "/v1/contacts/%s/accept", user);
+        return social_call("POST", path, NULL, user);
+    case 2:
+        snprintf(path, sizeof(path), "/v1/contacts/%s", user);
+        return social_call("DELETE", path, NULL, "removed");
+    default:
+        snprintf(path, sizeof(path), "/v1/blocks/%s", user);
+        return social_call(which == 3 ? "PUT" : "DELETE", path, NULL,
+                           which == 3 ? "blocked" : "unblocked");
+    }
+}
+
 /* A count given on the command line; 0 (the caller's default then applies) when it is not one. */
 static int count_arg(const char *s)
 {
@@ -458,7 +591,8 @@ static int count_arg(const char *s)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: parley register|login|logout|send|chat|history|recent …\n");
+        fprintf(stderr, "usage: parley register|login|logout|send|chat|history|recent|"
+                        "contacts|add|accept|remove|block|unblock …\n");
         return 2;
     }
     config_path();
@@ -491,6 +625,13 @@ int main(int argc, char **argv)
         snprintf(path, sizeof(path), "/v1/conversations/%s/messages?limit=%d", conv,
                  n > 0 && n <= 200 ? n : 20);
         return cmd_list(path);
+    }
+    if (strcmp(cmd, "contacts") == 0) {
+        return cmd_contacts();
+    }
+    int social = cmd_social(cmd, argc - 2, argv + 2);
+    if (social >= 0) {
+        return social;
     }
     if (strcmp(cmd, "recent") == 0) {
         n = argc > 2 ? count_arg(argv[2]) : 20;

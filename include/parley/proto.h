@@ -72,6 +72,19 @@ typedef struct pl_frame_s {
 int pl_frame_parse(const char *data, size_t len, pl_frame_t *f, const char **why);
 void pl_frame_clear(pl_frame_t *f);
 
+/* What decides whether one user may message another (DESIGN 7.2): the pair's contacts document
+ * and the receiver's settings. The store decides with it before numbering, parley-auth when a
+ * gateway asks before producing. */
+typedef struct pl_policy_facts_s {
+    int accepted;         /* the two are contacts */
+    int blocked;          /* either blocked the other */
+    int contacts_only;    /* the receiver's who_can_message is "contacts" */
+    int receiver_missing; /* no such account (existence is checked elsewhere) */
+} pl_policy_facts_t;
+
+/* 1 when a text message may go from the sender to the receiver given f. Pure. */
+int pl_policy_allows(const pl_policy_facts_t *f);
+
 /* Kinds of stream item (DESIGN 7.1). A record or document without one is a text item. */
 #define PL_KIND_TEXT   "text"
 #define PL_KIND_SYSTEM "system"

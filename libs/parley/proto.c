@@ -46,6 +46,14 @@ void pl_user_conv(const char *user, char out[PL_CONV_ID_LEN])
     snprintf(out, PL_CONV_ID_LEN, "u:%s", user);
 }
 
+int pl_policy_allows(const pl_policy_facts_t *f)
+{
+    if (f->receiver_missing) {
+        return 1; /* existence is the gateway's question; nothing to protect here */
+    }
+    return !f->blocked && (f->accepted || !f->contacts_only);
+}
+
 void pl_msg_id(const char *sender, const char *client_id, char out[PL_MSG_ID_LEN])
 {
     unsigned char h[SHA256_DIGEST_LENGTH];

@@ -67,6 +67,11 @@ const char *auth_bson_str(const bson_t *doc, const char *key);
  * error. */
 int auth_user_active(auth_ctx_t *ctx, const char *name);
 
+/* Publishes note (stolen; NULL counts as out of memory) on the channel the gateways listen to
+ * (PL_CHANNEL_REVOKE): {"sid","user"} closes a session's sockets; {"user","forget":true}
+ * drops what gateways cached about who may message user. */
+int auth_announce(auth_ctx_t *ctx, json_t *note);
+
 /* The delivery report callback of ctx->producer (ud is the context). */
 void auth_social_delivered(void *ud, void *opaque, int err);
 

@@ -8,6 +8,7 @@
 #include "parley/enc.h"
 #include "parley/err.h"
 #include "parley/log.h"
+#include "parley/policy.h"
 
 #include <bson/bson.h>
 #include <stdio.h>
@@ -252,8 +253,7 @@ static int flag_by_id(auth_ctx_t *ctx, const char *coll, const char *id, const c
     return rc;
 }
 
-/* Publishes note (stolen; NULL counts as out of memory) on the channel gateways listen to. */
-static int announce(auth_ctx_t *ctx, json_t *note)
+int auth_announce(auth_ctx_t *ctx, json_t *note)
 {
     char *text = note ? json_dumps(note, JSON_COMPACT) : NULL;
     json_decref(note);
@@ -281,7 +281,7 @@ static int revoke_session(auth_ctx_t *ctx, const char *sid, const char *user)
     if (rc != PL_OK) {
         return rc;
     }
-    rc = announce(ctx, json_pack("{s:s,s:s}", "sid", sid, "user", user));
+    rc = auth_announce(ctx, json_pack("{s:s,s:s}", "sid", sid, "user", user));
     if (rc == PL_OK) {
         pl_log_fields(PL_LOG_INFO, "session_revoked",
                       json_pack("{s:s,s:s}", "user", user, "session", sid), "session revoked");
@@ -576,7 +576,7 @@ static int disable_account(auth_ctx_t *ctx, const char *user)
     rc = rc == PL_OK ? revoke_all(ctx, user) : rc;
     if (rc == PL_OK) {
         /* Gateways cache that a recipient exists for minutes: tell them it no longer does. */
-        rc = announce(ctx, json_pack("{s:s,s:b}", "user", user, "disabled", 1));
+        rc = auth_announce(ctx, json_pack("{s:s,s:b}", "user", user, "disabled", 1));
     }
     if (rc == PL_OK) {
         pl_log_fields(PL_LOG_INFO, "account_disabled", json_pack("{s:s}", "user", user),
@@ -721,9 +721,20 @@ static void h_internal_user(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
         pl_http_fail(resp, PL_ERR_NOTFOUND, "no such user");
         return;
     }
+    /* ?from=<sender>: may the sender write to name (DESIGN 7.2)? The store decides again
+     * before numbering; this answer spares a refused sender its ack. */
+    const char *from = pl_http_query(req, "from");
+    char sender[AUTH_USERNAME_MAX + 1];
     int rc = auth_user_active(ctx, name);
+    if (rc == PL_OK && from != NULL && auth_username_normalize(from, sender) == PL_OK) {
+        pl_policy_facts_t f;
+        rc = pl_policy_read(ctx->mongo, sender, name, &f);
+        rc = rc == PL_OK && !pl_policy_allows(&f) ? PL_ERR_FORBIDDEN : rc;
+    }
     if (rc == PL_OK) {
         pl_http_reply(resp, 200, json_pack("{s:s}", "username", name));
+    } else if (rc == PL_ERR_FORBIDDEN) {
+        pl_http_fail(resp, PL_ERR_FORBIDDEN, "you cannot message this user");
     } else if (rc == PL_ERR_NOTFOUND) {
         pl_http_fail(resp, PL_ERR_NOTFOUND, "no such user");
     } else {

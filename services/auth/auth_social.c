@@ -131,14 +131,20 @@ static void add_item(json_t *change, const char *owner, json_t *event)
                           json_pack("{s:s,s:o}", "owner", owner, "event", event));
 }
 
-/* Moves the token the store's permission cache is keyed on (see st_policy.h). */
+/* Moves the token the store's permission cache is keyed on (see st_policy.h), and tells the
+ * gateways to forget their answers about messages to user (a lost notice costs only an ack
+ * before the store's refusal, until their answers expire). */
 static int bump_policy(auth_ctx_t *ctx, const char *user)
 {
     char key[PL_KEY_LEN];
     char token[33];
     pl_random_hex(token, 16);
     int rc = pl_key_policy(key, user);
-    return rc == PL_OK ? pl_redis_set_ex(ctx->redis, key, token, POLICY_TTL_S) : rc;
+    rc = rc == PL_OK ? pl_redis_set_ex(ctx->redis, key, token, POLICY_TTL_S) : rc;
+    if (rc == PL_OK) {
+        auth_announce(ctx, json_pack("{s:s,s:b}", "user", user, "forget", 1));
+    }
+    return rc;
 }
 
 /* ---- the pair document ---- */

@@ -119,8 +119,10 @@ static void on_revoke_msg(gw_redis_t *g, json_t *j)
 {
     const char *user = json_string_value(json_object_get(j, "user"));
     const char *sid = json_string_value(json_object_get(j, "sid"));
-    if (user != NULL && sid != NULL) {
-        g->cbs.on_revoke(g->cbs.ud, user, sid, json_is_true(json_object_get(j, "disabled")));
+    int forget =
+        json_is_true(json_object_get(j, "disabled")) || json_is_true(json_object_get(j, "forget"));
+    if (user != NULL && (sid != NULL || forget)) {
+        g->cbs.on_revoke(g->cbs.ud, user, sid, forget);
     }
 }
 

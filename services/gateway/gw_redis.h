@@ -20,8 +20,10 @@ typedef struct gw_redis_cbs_s {
     void *ud;
     /* A committed message published to this gateway's channel. */
     void (*on_push)(void *ud, json_t *msg);
-    /* parley-auth revoked a session (disabled: the account too). */
-    void (*on_revoke)(void *ud, const char *user, const char *sid, int disabled);
+    /* A notice of parley-auth about user: a revoked session (sid, else NULL), and whether
+     * what is cached about messages to user is stale (forget: the account was disabled, or a
+     * contact, block or setting changed who may message user). */
+    void (*on_revoke)(void *ud, const char *user, const char *sid, int forget);
     /* The command connection is up and subscribed again (after a start or an outage):
      * everything this gateway registers should be registered again. */
     void (*on_resync)(void *ud);

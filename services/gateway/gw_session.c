@@ -417,6 +417,10 @@ static void on_recipient(void *arg, int rc)
         produce(S, d);
     } else if (rc == PL_ERR_NOTFOUND) {
         send_fail(S, d, PL_ERR_NOTFOUND, "no such user", 0);
+    } else if (rc == PL_ERR_FORBIDDEN) {
+        /* The same words as the store's refusal (push_refusal): a blocked sender cannot tell
+         * a block from a receiver who takes messages from contacts only. */
+        send_fail(S, d, PL_ERR_FORBIDDEN, "you cannot message this user", 0);
     } else {
         send_fail(S, d, PL_ERR_UNAVAIL, "cannot check the recipient now; retry", 1000);
     }
@@ -464,7 +468,7 @@ static void on_send_frame(gw_sessions_t *S, gw_sess_t *s, const pl_frame_t *f)
     d->ts_ms = pl_now_ms();
     clock_gettime(CLOCK_MONOTONIC, &d->started);
     s->inflight++;
-    S->cfg.outside.user_exists(S->cfg.outside.ud, d->to, on_recipient, d);
+    S->cfg.outside.may_write(S->cfg.outside.ud, d->sender, d->to, on_recipient, d);
 }
 
 static void on_auth_frame(gw_sessions_t *S, gw_sess_t *s, const pl_frame_t *f)

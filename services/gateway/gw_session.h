@@ -42,9 +42,10 @@ typedef struct gw_outside_s {
     /* Is session sid revoked? done(rc): PL_OK live, PL_ERR_REVOKED revoked. */
     void (*check_revoked)(void *ud, const char *sid, gw_sessions_t *S, uint64_t sess_id,
                           gw_done_fn done);
-    /* Does user name exist? done(arg, rc): PL_OK, PL_ERR_NOTFOUND or PL_ERR_UNAVAIL. Asked for
+    /* May user from write to user to (to exists, is not disabled, and allows it: DESIGN 7.2)?
+     * done(arg, rc): PL_OK, PL_ERR_NOTFOUND, PL_ERR_FORBIDDEN or PL_ERR_UNAVAIL. Asked for
      * every send (answered from a cache mostly), so it takes no allocation of its own. */
-    void (*user_exists)(void *ud, const char *name, gw_answer_fn done, void *arg);
+    void (*may_write)(void *ud, const char *from, const char *to, gw_answer_fn done, void *arg);
 } gw_outside_t;
 
 typedef struct gw_sessions_cfg_s {

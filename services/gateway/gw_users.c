@@ -1,8 +1,10 @@
 /*
- * Does the recipient exist? (see gw_users.h) The worker asks parley-auth
- * (GET /internal/users/<name>, answered 200 or 404 without a token) with a blocking HTTP/1.1
- * request, and the loop caches the answer: existence for ten minutes (accounts are never
- * renamed), absence for five seconds (a user may register any moment).
+ * May the sender write to the recipient? (see gw_users.h) The worker asks parley-auth
+ * (GET /internal/users/<name>?from=<sender>, answered 200, 403 or 404 without a token) with a
+ * blocking HTTP/1.1 request, and the loop caches the answer per pair: a yes or a no for a
+ * minute (parley-auth's notices make the gateways forget sooner, and the store decides again
+ * before numbering), absence for five seconds (a user may register any moment). Answers are
+ * bucketed by recipient, so forgetting a recipient reads one bucket.
  */
 #include "gw_users.h"
 #include "parley/enc.h"
@@ -24,7 +26,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define KNOWN_TTL_MS    (10 * 60 * 1000)
+#define KNOWN_TTL_MS    (60 * 1000)
 #define UNKNOWN_TTL_MS  5000
 #define KNOWN_MAX       100000
 #define HTTP_TIMEOUT_MS 2000
@@ -32,7 +34,8 @@
 
 typedef struct known_s {
     char name[PL_USERNAME_LEN];
-    int exists;
+    char from[PL_USERNAME_LEN];
+    int result; /* PL_OK, PL_ERR_NOTFOUND or PL_ERR_FORBIDDEN */
     long long until_ms;
     struct known_s *next;
 } known_t;
@@ -47,6 +50,7 @@ typedef struct waiter_s {
 /* A lookup: one per name in flight, with every question waiting on it. */
 typedef struct lookup_s {
     char name[PL_USERNAME_LEN];
+    char from[PL_USERNAME_LEN];
     int result;
     waiter_t *waiting;
     struct lookup_s *next;
@@ -81,8 +85,8 @@ static int wait_fd(int fd, short events, int ms)
     return n == 1;
 }
 
-/* One blocking lookup. Returns PL_OK, PL_ERR_NOTFOUND or PL_ERR_UNAVAIL. */
-static int ask_auth(const char *host, int port, const char *name)
+/* One blocking lookup. Returns PL_OK, PL_ERR_NOTFOUND, PL_ERR_FORBIDDEN or PL_ERR_UNAVAIL. */
+static int ask_auth(const char *host, int port, const char *name, const char *from)
 {
     int rc = PL_ERR_UNAVAIL;
     char portstr[8];
@@ -105,10 +109,11 @@ static int ask_auth(const char *host, int port, const char *name)
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 || soerr != 0) {
         goto out;
     }
-    char req[256];
+    char req[384];
     int n = snprintf(req, sizeof(req),
-                     "GET /internal/users/%s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n",
-                     name, host);
+                     "GET /internal/users/%s?from=%s HTTP/1.1\r\nHost: %s\r\n"
+                     "Connection: close\r\n\r\n",
+                     name, from, host);
     if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
         goto out;
     }
@@ -126,6 +131,8 @@ static int ask_auth(const char *host, int port, const char *name)
         rc = PL_OK;
     } else if (strncmp(resp, "HTTP/1.1 404", 12) == 0) {
         rc = PL_ERR_NOTFOUND;
+    } else if (strncmp(resp, "HTTP/1.1 403", 12) == 0) {
+        rc = PL_ERR_FORBIDDEN;
     }
 out:
     close(fd);
@@ -147,7 +154,7 @@ static void *worker(void *arg)
         lookup_t *l = u->todo;
         u->todo = l->next;
         pthread_mutex_unlock(&u->lock);
-        l->result = ask_auth(u->host, u->port, l->name);
+        l->result = ask_auth(u->host, u->port, l->name, l->from);
         pthread_mutex_lock(&u->lock);
         l->next = u->done;
         u->done = l;
@@ -243,19 +250,19 @@ void gw_users_free(gw_users_t **pu)
     *pu = NULL;
 }
 
-static known_t *known_find(gw_users_t *u, const char *name)
+static known_t *known_find(gw_users_t *u, const char *name, const char *from)
 {
     for (known_t *k = u->known[pl_hash_str(name) % KNOWN_BUCKETS]; k; k = k->next) {
-        if (strcmp(k->name, name) == 0) {
+        if (strcmp(k->name, name) == 0 && strcmp(k->from, from) == 0) {
             return k;
         }
     }
     return NULL;
 }
 
-static void known_set(gw_users_t *u, const char *name, int exists)
+static void known_set(gw_users_t *u, const char *name, const char *from, int result)
 {
-    known_t *k = known_find(u, name);
+    known_t *k = known_find(u, name, from);
     if (k == NULL) {
         if (u->nknown >= KNOWN_MAX) {
             forget_all(u); /* bounded: dropping the cache costs one lookup per name */
@@ -265,20 +272,22 @@ static void known_set(gw_users_t *u, const char *name, int exists)
             return;
         }
         snprintf(k->name, sizeof(k->name), "%s", name);
+        snprintf(k->from, sizeof(k->from), "%s", from);
         size_t h = pl_hash_str(name) % KNOWN_BUCKETS;
         k->next = u->known[h];
         u->known[h] = k;
         u->nknown++;
     }
-    k->exists = exists;
-    k->until_ms = pl_now_ms() + (exists ? KNOWN_TTL_MS : UNKNOWN_TTL_MS);
+    k->result = result;
+    k->until_ms = pl_now_ms() + (result == PL_ERR_NOTFOUND ? UNKNOWN_TTL_MS : KNOWN_TTL_MS);
 }
 
 void gw_users_forget(gw_users_t *u, const char *name)
 {
-    known_t *k = known_find(u, name);
-    if (k != NULL) {
-        k->until_ms = 0;
+    for (known_t *k = u->known[pl_hash_str(name) % KNOWN_BUCKETS]; k; k = k->next) {
+        if (strcmp(k->name, name) == 0) {
+            k->until_ms = 0;
+        }
     }
 }
 
@@ -299,15 +308,16 @@ static int add_waiter(lookup_t *l, gw_users_answer_fn fn, void *arg)
     return PL_OK;
 }
 
-void gw_users_ask(gw_users_t *u, const char *name, gw_users_answer_fn fn, void *arg)
+void gw_users_ask(gw_users_t *u, const char *name, const char *from, gw_users_answer_fn fn,
+                  void *arg)
 {
-    known_t *k = known_find(u, name);
+    known_t *k = known_find(u, name, from);
     if (k != NULL && k->until_ms > pl_now_ms()) {
-        fn(arg, k->exists ? PL_OK : PL_ERR_NOTFOUND);
+        fn(arg, k->result);
         return;
     }
     for (lookup_t *l = u->pending; l != NULL; l = l->next) {
-        if (strcmp(l->name, name) == 0) {
+        if (strcmp(l->name, name) == 0 && strcmp(l->from, from) == 0) {
             if (add_waiter(l, fn, arg) != PL_OK) {
                 fn(arg, PL_ERR_UNAVAIL);
             }
@@ -324,7 +334,9 @@ void gw_users_ask(gw_users_t *u, const char *name, gw_users_answer_fn fn, void *
     }
     /* The loop keeps l (with its waiters); the worker gets a copy of the name only. */
     snprintf(l->name, sizeof(l->name), "%s", name);
+    snprintf(l->from, sizeof(l->from), "%s", from);
     snprintf(job->name, sizeof(job->name), "%s", name);
+    snprintf(job->from, sizeof(job->from), "%s", from);
     l->next = u->pending;
     u->pending = l;
     pthread_mutex_lock(&u->lock);
@@ -349,10 +361,10 @@ static void on_done(gw_watch_t *w, uint32_t events)
         lookup_t *job = done;
         done = job->next;
         if (job->result != PL_ERR_UNAVAIL) {
-            known_set(u, job->name, job->result == PL_OK);
+            known_set(u, job->name, job->from, job->result);
         }
         for (lookup_t **pp = &u->pending; *pp != NULL; pp = &(*pp)->next) {
-            if (strcmp((*pp)->name, job->name) == 0) {
+            if (strcmp((*pp)->name, job->name) == 0 && strcmp((*pp)->from, job->from) == 0) {
                 lookup_t *l = *pp;
                 *pp = l->next;
                 answer_all(l, job->result);

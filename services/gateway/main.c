@@ -100,9 +100,9 @@ static void out_check_revoked(void *ud, const char *sid, gw_sessions_t *S, uint6
     gw_redis_check_revoked(((gw_main_t *)ud)->redis, sid, on_answer, a);
 }
 
-static void out_user_exists(void *ud, const char *name, gw_answer_fn done, void *arg)
+static void out_may_write(void *ud, const char *from, const char *to, gw_answer_fn done, void *arg)
 {
-    gw_users_ask(((gw_main_t *)ud)->users, name, done, arg);
+    gw_users_ask(((gw_main_t *)ud)->users, to, from, done, arg);
 }
 
 /* ---- reports from below ---- */
@@ -127,12 +127,14 @@ static void on_push(void *ud, json_t *msg)
     gw_sessions_push(((gw_main_t *)ud)->sessions, msg);
 }
 
-static void on_revoke(void *ud, const char *user, const char *sid, int disabled)
+static void on_revoke(void *ud, const char *user, const char *sid, int forget)
 {
     gw_main_t *g = ud;
-    gw_sessions_revoke(g->sessions, user, sid);
-    if (disabled) {
-        gw_users_forget(g->users, user); /* sends to a disabled user: not_found from now on */
+    if (sid != NULL) {
+        gw_sessions_revoke(g->sessions, user, sid);
+    }
+    if (forget) {
+        gw_users_forget(g->users, user); /* the next send to user asks parley-auth again */
     }
 }
 
@@ -296,7 +298,7 @@ static int assemble(gw_main_t *g, const struct settings *c)
         .gw_id = g->gw_id,
         .verifier = g->verifier,
         .outside = {g, out_produce, out_presence_add, out_presence_del, out_check_revoked,
-                    out_user_exists},
+                    out_may_write},
         .metrics = g->metrics,
         .inflight_max = (unsigned)c->inflight,
         .user_rate = (double)c->rate,

@@ -2,12 +2,13 @@
  * The permission check before numbering (see st_policy.h). Per batch: one pipelined GET of
  * the receivers' policy tokens, then MongoDB only for pairs whose cached answer was read
  * under another token: the pair's contacts document and the receiver's settings, both by _id
- * (the one lookup every MongoDB-compatible server answers from an index).
+ * (pl_policy_read: the one lookup every MongoDB-compatible server answers from an index).
  */
 #include "st_policy.h"
 #include "parley/enc.h"
 #include "parley/err.h"
 #include "parley/log.h"
+#include "parley/policy.h"
 #include "parley/wire.h"
 
 #include <stdio.h>
@@ -36,14 +37,6 @@ struct st_policy_s {
     unsigned long batch;
     answer_t *table[BUCKETS];
 };
-
-int st_policy_allows(const st_policy_facts_t *f)
-{
-    if (f->receiver_missing) {
-        return 1; /* the gateway's existence check decides that; nothing to protect here */
-    }
-    return !f->blocked && (f->accepted || !f->contacts_only);
-}
 
 st_policy_t *st_policy_new(pl_mongo_t *mg, pl_redis_t *rd, size_t max)
 {
@@ -125,53 +118,6 @@ static void remember(st_policy_t *p, const char *receiver, const char *sender, c
     a->allowed = allowed;
 }
 
-static int holds(const bson_t *doc, const char *key, const char *value)
-{
-    bson_iter_t root, it, arr;
-    if (!bson_iter_init(&root, doc) || !bson_iter_find_descendant(&root, key, &it)) {
-        return 0; /* key may be a dotted path */
-    }
-    if (BSON_ITER_HOLDS_UTF8(&it)) {
-        return strcmp(bson_iter_utf8(&it, NULL), value) == 0;
-    }
-    if (BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &arr)) {
-        while (bson_iter_next(&arr)) {
-            if (BSON_ITER_HOLDS_UTF8(&arr) && value == NULL) {
-                return 1; /* any element */
-            }
-            if (BSON_ITER_HOLDS_UTF8(&arr) && strcmp(bson_iter_utf8(&arr, NULL), value) == 0) {
-                return 1;
-            }
-        }
-    }
-    return 0;
-}
-
-/* Reads the facts of (sender -> receiver) in conversation conv from MongoDB. */
-static int read_facts(st_policy_t *p, const char *conv, const char *receiver, st_policy_facts_t *f)
-{
-    bson_t *pair = NULL, *user = NULL;
-    memset(f, 0, sizeof(*f));
-    int rc = pl_mongo_find_id(p->mongo, CONTACTS, conv, &pair);
-    if (rc == PL_OK) {
-        f->accepted = holds(pair, "state", "accepted");
-        f->blocked = holds(pair, "blocks", NULL);
-        bson_destroy(pair);
-    } else if (rc != PL_ERR_NOTFOUND) {
-        return rc;
-    }
-    rc = pl_mongo_find_id(p->mongo, USERS, receiver, &user);
-    if (rc == PL_ERR_NOTFOUND) {
-        f->receiver_missing = 1;
-        return PL_OK;
-    }
-    if (rc == PL_OK) {
-        f->contacts_only = holds(user, "settings.who_can_message", "contacts");
-        bson_destroy(user);
-    }
-    return rc;
-}
-
 struct tokens {
     char (*tok)[TOKEN_LEN];
 };
@@ -249,9 +195,9 @@ int st_policy_check(st_policy_t *p, st_rec_t *recs, size_t n)
         if (a != NULL && ((tok[i][0] && strcmp(a->token, tok[i]) == 0) || a->batch == p->batch)) {
             allowed = a->allowed;
         } else {
-            st_policy_facts_t f;
-            rc = read_facts(p, r->m.conv, r->m.receiver, &f);
-            allowed = st_policy_allows(&f);
+            pl_policy_facts_t f;
+            rc = pl_policy_read(p->mongo, r->m.sender, r->m.receiver, &f);
+            allowed = pl_policy_allows(&f);
             if (rc == PL_OK) {
                 remember(p, r->m.receiver, r->m.sender, tok[i], allowed);
             }

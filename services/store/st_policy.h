@@ -12,23 +12,13 @@
 #define PARLEY_ST_POLICY_H
 
 #include "parley/mongo.h"
+#include "parley/proto.h"
 #include "parley/redis.h"
 #include "st_seq.h"
 
 #include <stddef.h>
 
 typedef struct st_policy_s st_policy_t;
-
-/* Settings and contact state that decide one (sender, receiver) pair. */
-typedef struct st_policy_facts_s {
-    int accepted;         /* the two are contacts */
-    int blocked;          /* either blocked the other */
-    int contacts_only;    /* the receiver's who_can_message is "contacts" */
-    int receiver_missing; /* no such account (the gateway checked; it may have gone since) */
-} st_policy_facts_t;
-
-/* 1 when a text message may go from sender to receiver given f. Pure. */
-int st_policy_allows(const st_policy_facts_t *f);
 
 /* Creates the checker over mg and rd (borrowed), caching at most max answers. */
 st_policy_t *st_policy_new(pl_mongo_t *mg, pl_redis_t *rd, size_t max);

@@ -83,3 +83,28 @@ def test_cli_chat_two_terminals(tmp_path):
         lines = [l for l in out.splitlines() if l.startswith("[")]
         assert [l.split("] ", 1)[1] for l in lines] == [f"{a}: hi from a", f"{b}: hi from b"], out
         assert time.strftime("%H:", time.gmtime()) in lines[0] or lines[0][1:3].isdigit()
+
+
+def test_cli_contacts_and_blocks(tmp_path):
+    a, b = unique_name("clc"), unique_name("clc")
+    ha, hb = str(tmp_path / "a"), str(tmp_path / "b")
+    for name, home in ((a, ha), (b, hb)):
+        assert cli(home, "register", name, stdin="correct horse battery\n").returncode == 0
+        assert cli(home, "login", name, stdin="correct horse battery\n").returncode == 0
+    assert "no contacts yet" in cli(ha, "contacts").stdout
+    r = cli(ha, "add", b)
+    assert r.returncode == 0 and r.stdout.strip() == f"{b}: outgoing", r.stderr
+    r = cli(hb, "contacts")
+    assert re.search(rf"^{a}\s+incoming", r.stdout, re.M), r.stdout
+    assert cli(hb, "accept", a).stdout.strip() == f"{a}: accepted"
+    assert re.search(rf"^{b}\s+accepted", cli(ha, "contacts").stdout, re.M)
+    r = cli(ha, "accept", "nosuchuser_q1")
+    assert r.returncode == 1 and "no contact request" in r.stderr
+    assert cli(hb, "block", a).stdout.strip() == "blocked"
+    assert re.search(rf"^{a}\s+blocked", cli(hb, "contacts").stdout, re.M)
+    r = cli(ha, "send", b, "are you there?")
+    assert r.returncode == 1 and "cannot message" in r.stderr, (r.stdout, r.stderr)
+    assert cli(hb, "unblock", a).stdout.strip() == "unblocked"
+    assert cli(ha, "send", b, "are you there now?").returncode == 0
+    assert cli(ha, "remove", b).stdout.strip() == "removed"
+    assert "no contacts yet" in cli(hb, "contacts").stdout

@@ -2,12 +2,14 @@
 the users' own streams (u:<user>), and who may message whom, decided by the store before a
 message takes a seq. Real binaries, Kafka, Redis and FerretDB."""
 import asyncio
+import os
+import signal
 import threading
 import time
 
 import pytest
 
-from conftest import cluster, kill9, user_with_token, wait_until
+from conftest import Api, cluster, kill9, pid_of, user_with_token, wait_until
 from wsclient import Chat
 
 
@@ -215,9 +217,9 @@ def test_privacy_matrix_for_sends(edge, mongo):
 
 
 def test_a_block_applies_to_the_next_message_whatever_was_cached(edge, mongo):
-    """The store caches who may message whom; once PUT /v1/blocks has answered, the very next
-    message is refused (the block moved the receiver's policy token), and unblocking lets the
-    next one through."""
+    """Gateways and the store cache who may message whom; once PUT /v1/blocks has answered,
+    the very next message is refused (the block moved the receiver's policy token and told
+    the gateways), and unblocking lets the next one through."""
     alice, ta = user_with_token(edge, "ba")
     bob, tb = user_with_token(edge, "bb")
 
@@ -239,6 +241,43 @@ def test_a_block_applies_to_the_next_message_whatever_was_cached(edge, mongo):
         [(1, "warm the cache"), (2, "and again"), (3, "after the unblock")], "no gap either"
     r = edge.call("GET", "/v1/blocks", token=tb)
     assert (r.status, r.json) == (200, {"blocks": []})
+
+
+def test_the_store_refuses_what_was_accepted_before_a_block(edge, mongo):
+    """The race the gateway cannot see: messages acked (in Kafka) while the store is paused,
+    then the receiver blocks the sender, then the store resumes. The block came before their
+    seq, so none is numbered, stored or delivered, and the sending device gets forbidden for
+    each, after its ack."""
+    alice, ta = user_with_token(edge, "sr")
+    bob, tb = user_with_token(edge, "ss")
+    store = pid_of("store")
+
+    async def go():
+        a = await Chat.connect(ta)
+        b = await Chat.connect(tb)
+        assert await attempt(a, bob, "before") == "delivered"
+        os.kill(store, signal.SIGSTOP)
+        try:
+            cids = [await a.send(bob, f"in flight {i}") for i in range(5)]
+            await a.wait(lambda: all(c in a.acks for c in cids))
+            assert edge.call("PUT", f"/v1/blocks/{alice}", token=tb).status == 204
+        finally:
+            os.kill(store, signal.SIGCONT)
+        await a.wait(lambda: len([e for e in a.errors if e.get("client_id") in cids]) == 5,
+                     timeout=30)
+        assert {e["code"] for e in a.errors} == {"forbidden"}
+        await asyncio.sleep(1.0)
+        assert [m["content"] for m in b.msgs] == ["before"], "nothing after the block"
+        assert [m["content"] for m in a.msgs] == ["before"]
+        await a.close()
+        await b.close()
+
+    run(go())
+    assert [d["content"] for d in mongo.messages.find({"conv": conv_of(alice, bob)})] == ["before"]
+    text = Api(f"http://127.0.0.1:{os.environ['PARLEY_STORE_PORT']}").call("GET", "/metrics")
+    refused = [ln for ln in text.raw.decode().splitlines()
+               if ln.startswith("parley_store_refused_total ")]
+    assert refused and float(refused[0].split()[1]) >= 5, refused
 
 
 def test_store_killed_during_contact_changes_loses_none(edge):

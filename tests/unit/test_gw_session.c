@@ -136,10 +136,11 @@ static void o_check_revoked(void *ud, const char *sid, gw_sessions_t *s, uint64_
     out.rev_asked++;
 }
 
-static void o_user_exists(void *ud, const char *name, gw_answer_fn done, void *arg)
+static void o_may_write(void *ud, const char *from, const char *to, gw_answer_fn done, void *arg)
 {
     (void)ud;
-    (void)name;
+    (void)from;
+    (void)to;
     done(arg, out.user_rc);
 }
 
@@ -176,8 +177,7 @@ static gw_sessions_t *new_sessions(double rate, double burst, long auth_timeout_
     gw_sessions_cfg_t cfg = {
         .gw_id = "gw-test",
         .verifier = verifier,
-        .outside = {NULL, o_produce, o_presence_add, o_presence_del, o_check_revoked,
-                    o_user_exists},
+        .outside = {NULL, o_produce, o_presence_add, o_presence_del, o_check_revoked, o_may_write},
         .metrics = metrics,
         .inflight_max = 4,
         .user_rate = rate,
@@ -348,6 +348,30 @@ static void test_send_failures(void)
     text(&a, "{\"type\":\"send\",\"client_id\":\"c4\",\"to\":\"bob\"}");
     CU_ASSERT_TRUE(has(&a, 4, "\"code\":\"invalid\""));
     CU_ASSERT_TRUE(has(&a, 4, "\"client_id\":\"c4\""));
+    /* Not allowed (a block, or contacts only): refused before Kafka, with one wording. */
+    int produced = out.nrec;
+    out.user_rc = PL_ERR_FORBIDDEN;
+    text(&a, "{\"type\":\"send\",\"client_id\":\"c5\",\"to\":\"bob\",\"content\":\"x\"}");
+    CU_ASSERT_TRUE(has(&a, 5, "\"code\":\"forbidden\""));
+    CU_ASSERT_TRUE(has(&a, 5, "\"client_id\":\"c5\""));
+    CU_ASSERT_EQUAL(out.nrec, produced);
+    out.user_rc = PL_OK;
+    /* The store's refusal of an acked send comes back as a push to its device. */
+    /* Its origin, as the gateway wrote it into the record of c2. */
+    const char *conn = strstr(out.rec[0].value, "\"conn\":");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(conn);
+    unsigned long long id = strtoull(conn + 7, NULL, 10);
+    char push[512];
+    snprintf(push, sizeof(push),
+             "{\"msg_id\":\"m\",\"conv\":\"d:alice:bob\",\"sender\":\"alice\","
+             "\"receiver\":\"bob\",\"content\":\"x\",\"client_id\":\"c6\",\"timestamp\":1,"
+             "\"refused\":\"forbidden\",\"origin\":{\"gateway\":\"gw-test\",\"conn\":%llu}}",
+             id);
+    json_t *j = json_loads(push, 0, NULL);
+    gw_sessions_push(S, j);
+    json_decref(j);
+    CU_ASSERT_TRUE(has(&a, 6, "\"code\":\"forbidden\""));
+    CU_ASSERT_TRUE(has(&a, 6, "\"client_id\":\"c6\""));
     CU_ASSERT_EQUAL(a.closed, 0);
     gw_sessions_link_cbs.on_closed(S, a.sess);
 }

@@ -429,6 +429,64 @@ static void test_ws_header(void)
                     PL_WS_PROTOCOL_ERROR); /* 2999 */
 }
 
+/* Stream items of kind system carry an event; refusals travel without a seq; the rule of who
+ * may message whom; server-made client_ids cannot be sent by a client. */
+static void test_kinds_and_policy(void)
+{
+    const char *sys = "{\"msg_id\":\"m\",\"conv\":\"u:bob\",\"sender\":\"bob\","
+                      "\"receiver\":\"bob\",\"content\":\"\",\"client_id\":\"sys:1\","
+                      "\"timestamp\":1,\"kind\":\"system\",\"event\":{\"type\":\"contact\"}}";
+    pl_msg_t m;
+    CU_ASSERT_EQUAL_FATAL(pl_msg_parse(sys, strlen(sys), &m), PL_OK);
+    CU_ASSERT_STRING_EQUAL(m.kind, PL_KIND_SYSTEM);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(m.event, "type")), "contact");
+    char *rec = pl_msg_record(&m);
+    CU_ASSERT_PTR_NOT_NULL(strstr(rec, "\"event\":{\"type\":\"contact\"}"));
+    free(rec);
+    pl_msg_clear(&m);
+    const char *bad[] = {
+        /* a system item without its event, an event on a text item, an unknown kind */
+        "{\"msg_id\":\"m\",\"conv\":\"u:b\",\"sender\":\"b\",\"receiver\":\"b\",\"content\":"
+        "\"\",\"client_id\":\"c\",\"timestamp\":1,\"kind\":\"system\"}",
+        "{\"msg_id\":\"m\",\"conv\":\"u:b\",\"sender\":\"b\",\"receiver\":\"b\",\"content\":"
+        "\"\",\"client_id\":\"c\",\"timestamp\":1,\"event\":{}}",
+        "{\"msg_id\":\"m\",\"conv\":\"u:b\",\"sender\":\"b\",\"receiver\":\"b\",\"content\":"
+        "\"\",\"client_id\":\"c\",\"timestamp\":1,\"kind\":\"poll\"}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CU_ASSERT_EQUAL(pl_msg_parse(bad[i], strlen(bad[i]), &m), PL_ERR_INVAL);
+    }
+    const char *text = "{\"msg_id\":\"m\",\"conv\":\"d:a:b\",\"sender\":\"a\",\"receiver\":"
+                       "\"b\",\"content\":\"x\",\"client_id\":\"c\",\"timestamp\":1,"
+                       "\"refused\":\"forbidden\"}";
+    CU_ASSERT_EQUAL_FATAL(pl_msg_parse(text, strlen(text), &m), PL_OK);
+    CU_ASSERT_STRING_EQUAL(m.kind, PL_KIND_TEXT);
+    CU_ASSERT_STRING_EQUAL(m.refused, "forbidden");
+    json_t *j = pl_msg_json(&m, 0);
+    CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(j, "kind")), "text");
+    json_decref(j);
+    pl_msg_clear(&m);
+
+    /* contact x blocked x contacts-only */
+    for (int acc = 0; acc < 2; acc++) {
+        for (int blk = 0; blk < 2; blk++) {
+            for (int only = 0; only < 2; only++) {
+                pl_policy_facts_t f = {.accepted = acc, .blocked = blk, .contacts_only = only};
+                CU_ASSERT_EQUAL(pl_policy_allows(&f), !blk && (acc || !only));
+            }
+        }
+    }
+
+    pl_frame_t f;
+    const char *why = NULL;
+    const char *forged = "{\"type\":\"send\",\"client_id\":\"sys:abc\",\"to\":\"bob\","
+                         "\"content\":\"x\"}";
+    CU_ASSERT_EQUAL(pl_frame_parse(forged, strlen(forged), &f, &why), PL_ERR_INVAL);
+    char conv[PL_CONV_ID_LEN];
+    pl_user_conv("bob", conv);
+    CU_ASSERT_STRING_EQUAL(conv, "u:bob");
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS) {
@@ -441,6 +499,7 @@ int main(void)
     CU_add_test(s, "sizes and depth", test_sizes_and_depth);
     CU_add_test(s, "UTF-8 at every split", test_utf8);
     CU_add_test(s, "records and server frames", test_records);
+    CU_add_test(s, "stream item kinds, refusals, who may message whom", test_kinds_and_policy);
     CU_add_test(s, "WebSocket handshake", test_handshake);
     CU_add_test(s, "WebSocket frames in", test_ws_rx);
     CU_add_test(s, "WebSocket frames out", test_ws_header);
