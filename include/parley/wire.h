@@ -15,6 +15,10 @@
 
 /* Redis pub/sub channel on which parley-auth announces revoked sessions to the gateways. */
 #define PL_CHANNEL_REVOKE "parley:revoke"
+/* Redis pub/sub channel every gateway hears: presence changes with the users who may see them. */
+#define PL_CHANNEL_PRESENCE "parley:presence"
+/* Set of the gateways that ever said they were alive (the presence reaper's list). */
+#define PL_KEY_GATEWAYS "parley:gateways"
 
 /* Identifier buffers, terminating NUL included. */
 #define PL_USERNAME_MAX   32 /* [a-z0-9_.-]{3,32} */
@@ -33,6 +37,12 @@
 
 /* Hash "parley:presence:<user>": field "<gateway>:<conn>" -> gateway, one per live device. */
 int pl_key_presence(char *out, const char *user);
+/* "parley:pstate:<user>": the presence last announced for user, "on" or "off:<ms>". */
+int pl_key_pstate(char *out, const char *user);
+/* Set "parley:gwusers:<gateway>": users with at least one device on the gateway. */
+int pl_key_gwusers(char *out, const char *gw_id);
+/* "parley:reap:<gateway>": held by the gateway that announces a dead gateway's users offline. */
+int pl_key_reap(char *out, const char *gw_id);
 /* "parley:gw:<gateway>": set while the gateway is alive and subscribed (short TTL). */
 int pl_key_gateway(char *out, const char *gw_id);
 /* Channel "parley:deliver:<gateway>": router -> gateway pushes. */

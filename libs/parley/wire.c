@@ -28,6 +28,21 @@ int pl_key_presence(char *out, const char *user)
     return build(out, "parley:presence:%s", user);
 }
 
+int pl_key_pstate(char *out, const char *user)
+{
+    return build(out, "parley:pstate:%s", user);
+}
+
+int pl_key_gwusers(char *out, const char *gw_id)
+{
+    return build(out, "parley:gwusers:%s", gw_id);
+}
+
+int pl_key_reap(char *out, const char *gw_id)
+{
+    return build(out, "parley:reap:%s", gw_id);
+}
+
 int pl_key_gateway(char *out, const char *gw_id)
 {
     return build(out, "parley:gw:%s", gw_id);

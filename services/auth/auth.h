@@ -89,6 +89,12 @@ void auth_h_unblock(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 void auth_h_settings(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 void auth_h_settings_patch(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 
+/* Presence (auth_presence.c, DESIGN 7.3). */
+void auth_h_presence(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_internal_presence(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+/* Adds "presence" to each entry of contacts ([{user, …}]) that me may see. */
+int auth_presence_fill(auth_ctx_t *ctx, const char *me, json_t *contacts);
+
 /*
  * Copies a username into out (AUTH_USERNAME_MAX + 1 bytes) folded to lowercase, and checks it
  * against [a-z0-9_.-]{3,32}. Returns PL_OK or PL_ERR_INVAL.

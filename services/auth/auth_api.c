@@ -793,6 +793,8 @@ const pl_http_route_t auth_routes[] = {
     {"POST", "/v1/contacts/", auth_h_contact_accept},
     {"DELETE", "/v1/contacts/", auth_h_contact_delete},
     {"GET", "/v1/blocks", auth_h_blocks},
+    {"GET", "/v1/presence", auth_h_presence},
+    {"POST", "/internal/presence/", auth_h_internal_presence},
     {"PUT", "/v1/blocks/", auth_h_block},
     {"DELETE", "/v1/blocks/", auth_h_unblock},
     {"GET", "/v1/users/", h_user},

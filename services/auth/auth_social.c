@@ -681,6 +681,9 @@ void auth_h_contacts(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     if (rc == PL_OK) {
         rc = add_display_names(ctx, list);
     }
+    if (rc == PL_OK) {
+        rc = auth_presence_fill(ctx, c.sub, list);
+    }
     if (rc != PL_OK) {
         json_decref(list);
         pl_http_fail_dep(resp, rc);

@@ -162,6 +162,8 @@ static void on_sub_msg(redisAsyncContext *ac, void *reply, void *priv)
     }
     if (strcmp(channel, PL_CHANNEL_REVOKE) == 0) {
         on_revoke_msg(g, j);
+    } else if (strcmp(channel, PL_CHANNEL_PRESENCE) == 0) {
+        g->cbs.on_presence(g->cbs.ud, j);
     } else {
         json_t *msgs = json_object_get(j, "msgs");
         size_t i;
@@ -238,7 +240,8 @@ static int connect_one(gw_redis_t *g, rconn_t *r)
     if (r->is_sub) {
         char ch[PL_KEY_LEN];
         pl_key_deliver(ch, g->gw_id);
-        redisAsyncCommand(ac, on_sub_msg, r, "SUBSCRIBE %s %s", ch, PL_CHANNEL_REVOKE);
+        redisAsyncCommand(ac, on_sub_msg, r, "SUBSCRIBE %s %s %s", ch, PL_CHANNEL_REVOKE,
+                          PL_CHANNEL_PRESENCE);
     } else {
         redisAsyncCommand(ac, NULL, NULL, "PING");
     }
@@ -339,6 +342,8 @@ void gw_redis_heartbeat(gw_redis_t *g)
     if (ac != NULL && !g->draining && atomic_load(&g->sub_ok) &&
         pl_key_gateway(key, g->gw_id) == PL_OK) {
         redisAsyncCommand(ac, NULL, NULL, "SET %s %lld EX %d", key, pl_now_ms(), GW_TTL_S);
+        /* Listed for the presence reaper, which announces a dead gateway's users offline. */
+        redisAsyncCommand(ac, NULL, NULL, "SADD %s %s", PL_KEY_GATEWAYS, g->gw_id);
     }
 }
 
@@ -397,5 +402,191 @@ void gw_redis_check_revoked(gw_redis_t *g, const char *sid, gw_redis_answer_fn f
     if (redisAsyncCommand(ac, on_revoked_reply, q, "EXISTS %s", key) != REDIS_OK) {
         free(q);
         fn(arg, PL_OK);
+    }
+}
+
+/* ---- presence as people see it (DESIGN 7.3) ----
+ * Each change is one script, so deciding it and recording it are one atomic step: two
+ * gateways racing on one user's first and last device cannot both announce, nor lose the
+ * change. parley:pstate:<user> holds what was last announced ("on:<ms>" or "off:<ms>"); a
+ * missing one (Redis lost its data) announces nothing until a device comes or goes. Keys built
+ * inside a script get their prefixes from wire.h through ARGV. Standalone Redis only (the
+ * scripts touch keys they do not declare). */
+
+#define PSTATE_TTL "2592000" /* an offline user's last_seen, kept 30 days in Redis */
+
+/* HSET the device, SADD the user to this gateway's users, and say "on" unless it was. */
+static const char ONLINE_LUA[] = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) "
+                                 "redis.call('EXPIRE', KEYS[1], ARGV[3]) "
+                                 "redis.call('SADD', KEYS[3], ARGV[5]) "
+                                 "local st = redis.call('GET', KEYS[2]) "
+                                 "if st and string.sub(st, 1, 3) == 'on:' then return 0 end "
+                                 "redis.call('SET', KEYS[2], 'on:' .. ARGV[4]) "
+                                 "if ARGV[6] == '1' and not st then return 0 end "
+                                 "return 1";
+
+/* No device on a live gateway any more: say "off" if it said "on". */
+static const char OFFLINE_LUA[] =
+    "redis.call('SREM', KEYS[3], ARGV[3]) "
+    "local f = redis.call('HGETALL', KEYS[1]) "
+    "for i = 2, #f, 2 do "
+    "  if redis.call('EXISTS', ARGV[1] .. f[i]) == 1 then return 0 end "
+    "end "
+    "local st = redis.call('GET', KEYS[2]) "
+    "if not st or string.sub(st, 1, 3) ~= 'on:' then return 0 end "
+    "redis.call('SET', KEYS[2], 'off:' .. ARGV[2], 'EX', " PSTATE_TTL ") "
+    "return 1";
+
+/* Gateways dead for longer than the grace: their devices are dropped, and their users with no
+ * device left on a live gateway go "off". Returns those users. */
+static const char REAP_LUA[] =
+    "local out = {} "
+    "local now = tonumber(ARGV[6]) "
+    "for _, g in ipairs(redis.call('SMEMBERS', KEYS[1])) do "
+    "  if redis.call('EXISTS', ARGV[1] .. g) == 1 then "
+    "    redis.call('DEL', ARGV[5] .. g) "
+    "  else "
+    "    local seen = redis.call('GET', ARGV[5] .. g) "
+    "    if not seen then redis.call('SET', ARGV[5] .. g, ARGV[6], 'EX', 300) "
+    "    elseif now - tonumber(seen) >= tonumber(ARGV[7]) then "
+    "      for _, u in ipairs(redis.call('SMEMBERS', ARGV[2] .. g)) do "
+    "        local pk = ARGV[3] .. u "
+    "        local f = redis.call('HGETALL', pk) "
+    "        local live = false "
+    "        for i = 1, #f, 2 do "
+    "          if f[i + 1] == g then redis.call('HDEL', pk, f[i]) "
+    "          elseif redis.call('EXISTS', ARGV[1] .. f[i + 1]) == 1 then live = true end "
+    "        end "
+    "        local st = redis.call('GET', ARGV[4] .. u) "
+    "        if not live and st and string.sub(st, 1, 3) == 'on:' then "
+    "          redis.call('SET', ARGV[4] .. u, 'off:' .. ARGV[6], 'EX', " PSTATE_TTL ") "
+    "          table.insert(out, u) "
+    "        end "
+    "      end "
+    "      redis.call('DEL', ARGV[2] .. g, ARGV[5] .. g) "
+    "      redis.call('SREM', KEYS[1], g) "
+    "    end "
+    "  end "
+    "end "
+    "return out";
+
+struct change_q {
+    gw_redis_change_fn fn;
+    void *arg;
+    long long at;
+};
+
+static void on_change_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct change_q *q = priv;
+    redisReply *rep = reply;
+    (void)ac;
+    int announce = rep != NULL && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
+    if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
+        pl_log_warn("presence_script_failed", "%.200s", rep->str);
+    }
+    q->fn(q->arg, announce, q->at);
+    free(q);
+}
+
+/* Runs a change script with argv (already holding EVAL, the script and its keys); the answer
+ * comes to fn, or at once (nothing to announce) while Redis is away. */
+static void run_change(gw_redis_t *g, int argc, const char **argv, gw_redis_change_fn fn, void *arg,
+                       long long at)
+{
+    redisAsyncContext *ac = cmd_ac(g);
+    struct change_q *q = ac ? malloc(sizeof(*q)) : NULL;
+    if (q == NULL) {
+        fn(arg, 0, at);
+        return;
+    }
+    *q = (struct change_q){fn, arg, at};
+    if (redisAsyncCommandArgv(ac, on_change_reply, q, argc, argv, NULL) != REDIS_OK) {
+        free(q);
+        fn(arg, 0, at);
+    }
+}
+
+void gw_redis_went_online(gw_redis_t *g, const char *user, uint64_t id, int quiet,
+                          gw_redis_change_fn fn, void *arg)
+{
+    char presence[PL_KEY_LEN], pstate[PL_KEY_LEN], gwusers[PL_KEY_LEN];
+    char field[PL_GATEWAY_ID_LEN + 24], ttl[16], now[24];
+    long long at = pl_now_ms();
+    if (pl_key_presence(presence, user) != PL_OK || pl_key_pstate(pstate, user) != PL_OK ||
+        pl_key_gwusers(gwusers, g->gw_id) != PL_OK) {
+        fn(arg, 0, at);
+        return;
+    }
+    presence_field(g, id, field, sizeof(field));
+    snprintf(ttl, sizeof(ttl), "%d", PRESENCE_TTL_S);
+    snprintf(now, sizeof(now), "%lld", at);
+    const char *argv[] = {"EVAL", ONLINE_LUA, "3", presence, pstate, gwusers,
+                          field,  g->gw_id,   ttl, now,      user,   quiet ? "1" : "0"};
+    run_change(g, 12, argv, fn, arg, at);
+}
+
+void gw_redis_went_offline(gw_redis_t *g, const char *user, gw_redis_change_fn fn, void *arg)
+{
+    char presence[PL_KEY_LEN], pstate[PL_KEY_LEN], gwusers[PL_KEY_LEN], gwp[PL_KEY_LEN], now[24];
+    long long at = pl_now_ms();
+    if (pl_key_presence(presence, user) != PL_OK || pl_key_pstate(pstate, user) != PL_OK ||
+        pl_key_gwusers(gwusers, g->gw_id) != PL_OK || pl_key_gateway(gwp, "") != PL_OK) {
+        fn(arg, 0, at);
+        return;
+    }
+    snprintf(now, sizeof(now), "%lld", at);
+    const char *argv[] = {"EVAL", OFFLINE_LUA, "3", presence, pstate, gwusers, gwp, now, user};
+    run_change(g, 9, argv, fn, arg, at);
+}
+
+struct reap_q {
+    gw_redis_user_fn fn;
+    void *arg;
+    long long at;
+};
+
+static void on_reap_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct reap_q *q = priv;
+    redisReply *rep = reply;
+    (void)ac;
+    for (size_t i = 0; rep != NULL && rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+        if (rep->element[i]->type == REDIS_REPLY_STRING) {
+            q->fn(q->arg, rep->element[i]->str, q->at);
+        }
+    }
+    free(q);
+}
+
+void gw_redis_reap(gw_redis_t *g, long long grace_ms, gw_redis_user_fn fn, void *arg)
+{
+    char gwp[PL_KEY_LEN], usersp[PL_KEY_LEN], presp[PL_KEY_LEN], statep[PL_KEY_LEN],
+        reapp[PL_KEY_LEN], now[24], grace[24];
+    redisAsyncContext *ac = cmd_ac(g);
+    struct reap_q *q = ac ? malloc(sizeof(*q)) : NULL;
+    if (q == NULL) {
+        return;
+    }
+    *q = (struct reap_q){fn, arg, pl_now_ms()};
+    pl_key_gateway(gwp, "");
+    pl_key_gwusers(usersp, "");
+    pl_key_presence(presp, "");
+    pl_key_pstate(statep, "");
+    pl_key_reap(reapp, "");
+    snprintf(now, sizeof(now), "%lld", q->at);
+    snprintf(grace, sizeof(grace), "%lld", grace_ms);
+    const char *argv[] = {"EVAL", REAP_LUA, "1",  PL_KEY_GATEWAYS, gwp, usersp, presp, statep,
+                          reapp,  now,      grace};
+    if (redisAsyncCommandArgv(ac, on_reap_reply, q, 11, argv, NULL) != REDIS_OK) {
+        free(q);
+    }
+}
+
+void gw_redis_publish(gw_redis_t *g, const char *channel, const char *text)
+{
+    redisAsyncContext *ac = cmd_ac(g);
+    if (ac != NULL) {
+        redisAsyncCommand(ac, NULL, NULL, "PUBLISH %s %s", channel, text);
     }
 }

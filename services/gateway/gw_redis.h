@@ -24,6 +24,8 @@ typedef struct gw_redis_cbs_s {
      * what is cached about messages to user is stale (forget: the account was disabled, or a
      * contact, block or setting changed who may message user). */
     void (*on_revoke)(void *ud, const char *user, const char *sid, int forget);
+    /* A presence change published by a gateway: {user, status, last_seen, viewers}. */
+    void (*on_presence)(void *ud, json_t *note);
     /* The command connection is up and subscribed again (after a start or an outage):
      * everything this gateway registers should be registered again. */
     void (*on_resync)(void *ud);
@@ -50,6 +52,26 @@ void gw_redis_presence_del(gw_redis_t *r, const char *user, uint64_t id);
 /* Asks whether session sid was revoked; fn(arg, rc) runs during the call when Redis is down
  * (failing open), else on a later turn. */
 void gw_redis_check_revoked(gw_redis_t *r, const char *sid, gw_redis_answer_fn fn, void *arg);
+/* The answer of a presence change: announce = 1 when this gateway is to announce it (the
+ * user's announced state changed), at_ms its time. Nothing is announced while Redis is away. */
+typedef void (*gw_redis_change_fn)(void *arg, int announce, long long at_ms);
+/* One of the reaper's users: offline since at_ms. */
+typedef void (*gw_redis_user_fn)(void *arg, const char *user, long long at_ms);
+
+/* The first device of user on this gateway (id): recorded as by gw_redis_presence_add, and
+ * "online" unless it already was. quiet: a device registered again after Redis lost its
+ * data; it announces only what Redis still knew as offline. */
+void gw_redis_went_online(gw_redis_t *r, const char *user, uint64_t id, int quiet,
+                          gw_redis_change_fn fn, void *arg);
+/* user has had no device on this gateway for the grace: "offline" when it has none on any
+ * live gateway either. */
+void gw_redis_went_offline(gw_redis_t *r, const char *user, gw_redis_change_fn fn, void *arg);
+/* The reaper: gateways whose liveness has been gone longer than grace_ms lose their devices;
+ * fn(arg, user, at) for each user that went offline by it. */
+void gw_redis_reap(gw_redis_t *r, long long grace_ms, gw_redis_user_fn fn, void *arg);
+/* PUBLISH text on channel (dropped while Redis is away). */
+void gw_redis_publish(gw_redis_t *r, const char *channel, const char *text);
+
 /* 1 when both connections are up and the delivery channel subscribed. Thread-safe. */
 int gw_redis_ready(const gw_redis_t *r);
 

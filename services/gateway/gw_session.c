@@ -605,6 +605,11 @@ void gw_sessions_push(gw_sessions_t *S, json_t *msg)
     free(text);
 }
 
+void gw_sessions_send_user(gw_sessions_t *S, const char *user, const char *text, size_t len)
+{
+    push_to(S, user, text, len);
+}
+
 void gw_sessions_revoke(gw_sessions_t *S, const char *user, const char *sid)
 {
     /* Sessions still checking their token are not linked to their user yet: all are seen. */

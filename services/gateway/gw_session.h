@@ -72,6 +72,8 @@ void gw_sessions_delivered(gw_sessions_t *S, void *opaque, int err);
 /* A committed message (a parley.committed record as JSON, borrowed) for this gateway's
  * devices of its sender and receiver. */
 void gw_sessions_push(gw_sessions_t *S, json_t *msg);
+/* Writes text (a server frame) to every open session of user here (none: nothing). */
+void gw_sessions_send_user(gw_sessions_t *S, const char *user, const char *text, size_t len);
 /* Closes the sessions of sid (revoked). */
 void gw_sessions_revoke(gw_sessions_t *S, const char *user, const char *sid);
 /* Registers every open session in presence again (Redis came back, or the periodic renewal). */

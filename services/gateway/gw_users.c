@@ -9,6 +9,7 @@
 #include "gw_users.h"
 #include "parley/enc.h"
 #include "parley/err.h"
+#include "parley/buf.h"
 #include "parley/log.h"
 #include "parley/wire.h"
 
@@ -30,6 +31,7 @@
 #define UNKNOWN_TTL_MS  5000
 #define KNOWN_MAX       100000
 #define HTTP_TIMEOUT_MS 2000
+#define HTTP_BODY_MAX   (4 * 1024 * 1024) /* a viewers list of 10,000 names fits */
 #define KNOWN_BUCKETS   4096
 
 typedef struct known_s {
@@ -51,6 +53,13 @@ typedef struct waiter_s {
 typedef struct lookup_s {
     char name[PL_USERNAME_LEN];
     char from[PL_USERNAME_LEN];
+    /* presence jobs (gw_users_presence): no cache, one answer each */
+    uint64_t job_id; /* 0 for a permission lookup */
+    char status[8];
+    long long at_ms;
+    json_t *viewers;
+    gw_users_viewers_fn vfn;
+    void *varg;
     int result;
     waiter_t *waiting;
     struct lookup_s *next;
@@ -72,6 +81,7 @@ struct gw_users_s {
     int fd;
     known_t *known[KNOWN_BUCKETS];
     size_t nknown;
+    uint64_t next_job;
 };
 
 /* Waits for fd to become ready for events, at most ms. 1 when ready. */
@@ -85,59 +95,112 @@ static int wait_fd(int fd, short events, int ms)
     return n == 1;
 }
 
-/* One blocking lookup. Returns PL_OK, PL_ERR_NOTFOUND, PL_ERR_FORBIDDEN or PL_ERR_UNAVAIL. */
-static int ask_auth(const char *host, int port, const char *name, const char *from)
+/* A connected socket to host:port, or -1. */
+static int dial(const char *host, int port)
 {
-    int rc = PL_ERR_UNAVAIL;
     char portstr[8];
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *ai = NULL;
     snprintf(portstr, sizeof(portstr), "%d", port);
     if (getaddrinfo(host, portstr, &hints, &ai) != 0 || ai == NULL) {
-        return PL_ERR_UNAVAIL;
+        return -1;
     }
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        freeaddrinfo(ai);
-        return PL_ERR_UNAVAIL;
-    }
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 &&
+    int ok = fd >= 0;
+    if (ok && connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 &&
         (errno != EINPROGRESS || !wait_fd(fd, POLLOUT, HTTP_TIMEOUT_MS))) {
-        goto out;
+        ok = 0;
     }
     int soerr = 0;
     socklen_t sl = sizeof(soerr);
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 || soerr != 0) {
-        goto out;
+    if (ok && (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 || soerr != 0)) {
+        ok = 0;
     }
-    char req[384];
-    int n = snprintf(req, sizeof(req),
-                     "GET /internal/users/%s?from=%s HTTP/1.1\r\nHost: %s\r\n"
-                     "Connection: close\r\n\r\n",
-                     name, from, host);
-    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
-        goto out;
-    }
-    char resp[64];
-    size_t got = 0;
-    while (got < 12 && wait_fd(fd, POLLIN, HTTP_TIMEOUT_MS)) {
-        ssize_t r = recv(fd, resp + got, sizeof(resp) - 1 - got, 0);
-        if (r <= 0) {
-            break;
-        }
-        got += (size_t)r;
-    }
-    resp[got] = '\0';
-    if (strncmp(resp, "HTTP/1.1 200", 12) == 0) {
-        rc = PL_OK;
-    } else if (strncmp(resp, "HTTP/1.1 404", 12) == 0) {
-        rc = PL_ERR_NOTFOUND;
-    } else if (strncmp(resp, "HTTP/1.1 403", 12) == 0) {
-        rc = PL_ERR_FORBIDDEN;
-    }
-out:
-    close(fd);
     freeaddrinfo(ai);
-    return rc;
+    if (!ok && fd >= 0) {
+        close(fd);
+    }
+    return ok ? fd : -1;
+}
+
+/*
+ * One blocking HTTP/1.1 request to parley-auth (Connection: close). Returns the status (0 when
+ * no answer came); with out, the body parsed as JSON (NULL when it is not, or too large).
+ */
+static int http_call(const char *host, int port, const char *method, const char *path,
+                     const char *body, json_t **out)
+{
+    int status = 0;
+    int fd = dial(host, port);
+    if (out != NULL) {
+        *out = NULL;
+    }
+    if (fd < 0) {
+        return 0;
+    }
+    size_t blen = body ? strlen(body) : 0;
+    char head[512];
+    int n = snprintf(head, sizeof(head),
+                     "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n"
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                     method, path, host, blen);
+    pl_buf_t in;
+    pl_buf_init(&in, HTTP_BODY_MAX);
+    if (n > 0 && (size_t)n < sizeof(head) && send(fd, head, (size_t)n, MSG_NOSIGNAL) == n &&
+        (blen == 0 || send(fd, body, blen, MSG_NOSIGNAL) == (ssize_t)blen)) {
+        char chunk[4096];
+        while (wait_fd(fd, POLLIN, HTTP_TIMEOUT_MS)) {
+            ssize_t r = recv(fd, chunk, sizeof(chunk), 0);
+            if (r <= 0 || pl_buf_append(&in, chunk, (size_t)r) != PL_OK ||
+                (out == NULL && in.len >= 12)) {
+                break; /* the status line is all a status question needs */
+            }
+        }
+    }
+    close(fd);
+    if (in.len >= 12 && strncmp(in.data, "HTTP/1.1 ", 9) == 0) {
+        status = (int)strtol(in.data + 9, NULL, 10);
+    }
+    const char *sep = in.len ? memmem(in.data, in.len, "\r\n\r\n", 4) : NULL;
+    if (out != NULL && sep != NULL) {
+        size_t off = (size_t)(sep + 4 - in.data);
+        *out = json_loadb(in.data + off, in.len - off, 0, NULL);
+    }
+    pl_buf_free(&in);
+    return status;
+}
+
+/* One permission lookup. Returns PL_OK, PL_ERR_NOTFOUND, PL_ERR_FORBIDDEN or PL_ERR_UNAVAIL. */
+static int ask_auth(const char *host, int port, const char *name, const char *from)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/internal/users/%s?from=%s", name, from);
+    switch (http_call(host, port, "GET", path, NULL, NULL)) {
+    case 200:
+        return PL_OK;
+    case 404:
+        return PL_ERR_NOTFOUND;
+    case 403:
+        return PL_ERR_FORBIDDEN;
+    default:
+        return PL_ERR_UNAVAIL;
+    }
+}
+
+/* A presence change about to be announced: who may see it (see gw_users_presence). */
+static int ask_viewers(const char *host, int port, lookup_t *l)
+{
+    char path[96];
+    char body[96];
+    snprintf(path, sizeof(path), "/internal/presence/%s", l->name);
+    snprintf(body, sizeof(body), "{\"status\":\"%s\",\"at\":%lld}", l->status, l->at_ms);
+    json_t *resp = NULL;
+    int status = http_call(host, port, "POST", path, body, &resp);
+    json_t *v = json_object_get(resp, "viewers");
+    if (status == 200 && json_is_array(v)) {
+        l->viewers = json_incref(v);
+    }
+    json_decref(resp);
+    return l->viewers != NULL ? PL_OK : status == 404 ? PL_ERR_NOTFOUND : PL_ERR_UNAVAIL;
 }
 
 static void *worker(void *arg)
@@ -154,7 +217,8 @@ static void *worker(void *arg)
         lookup_t *l = u->todo;
         u->todo = l->next;
         pthread_mutex_unlock(&u->lock);
-        l->result = ask_auth(u->host, u->port, l->name, l->from);
+        l->result = l->job_id ? ask_viewers(u->host, u->port, l)
+                              : ask_auth(u->host, u->port, l->name, l->from);
         pthread_mutex_lock(&u->lock);
         l->next = u->done;
         u->done = l;
@@ -163,6 +227,56 @@ static void *worker(void *arg)
         (void)w;
     }
     pthread_mutex_unlock(&u->lock);
+    return NULL;
+}
+
+/* Queues a copy of l for the worker. */
+static void submit(gw_users_t *u, const lookup_t *l, lookup_t *job)
+{
+    *job = *l;
+    job->waiting = NULL;
+    job->next = NULL;
+    pthread_mutex_lock(&u->lock);
+    job->next = u->todo;
+    u->todo = job;
+    pthread_cond_signal(&u->cond);
+    pthread_mutex_unlock(&u->lock);
+}
+
+void gw_users_presence(gw_users_t *u, const char *user, const char *status, long long at_ms,
+                       gw_users_viewers_fn fn, void *arg)
+{
+    lookup_t *l = calloc(1, sizeof(*l));
+    lookup_t *job = calloc(1, sizeof(*job));
+    if (l == NULL || job == NULL) {
+        free(l);
+        free(job);
+        fn(arg, PL_ERR_UNAVAIL, NULL);
+        return;
+    }
+    snprintf(l->name, sizeof(l->name), "%s", user);
+    snprintf(l->status, sizeof(l->status), "%s", status);
+    l->at_ms = at_ms;
+    l->job_id = ++u->next_job;
+    l->vfn = fn;
+    l->varg = arg;
+    l->next = u->pending;
+    u->pending = l;
+    submit(u, l, job);
+}
+
+/* The pending lookup job answers, unlinked from the pending list; NULL when none. */
+static lookup_t *take_pending(gw_users_t *u, const lookup_t *job)
+{
+    for (lookup_t **pp = &u->pending; *pp != NULL; pp = &(*pp)->next) {
+        lookup_t *l = *pp;
+        if (job->job_id ? l->job_id == job->job_id
+                        : l->job_id == 0 && strcmp(l->name, job->name) == 0 &&
+                              strcmp(l->from, job->from) == 0) {
+            *pp = l->next;
+            return l;
+        }
+    }
     return NULL;
 }
 
@@ -204,6 +318,12 @@ static void forget_all(gw_users_t *u)
 /* Answers every question waiting on l with rc, in the order asked, and frees l. */
 static void answer_all(lookup_t *l, int rc)
 {
+    if (l->job_id != 0) {
+        l->vfn(l->varg, rc, rc == PL_OK ? l->viewers : NULL);
+        json_decref(l->viewers);
+        free(l);
+        return;
+    }
     while (l->waiting != NULL) {
         waiter_t *q = l->waiting;
         l->waiting = q->next;
@@ -237,6 +357,7 @@ void gw_users_free(gw_users_t **pu)
     }
     for (lookup_t *l = u->done, *next; l != NULL; l = next) {
         next = l->next;
+        json_decref(l->viewers);
         free(l);
     }
     for (lookup_t *l = u->pending, *next; l != NULL; l = next) {
@@ -335,15 +456,9 @@ void gw_users_ask(gw_users_t *u, const char *name, const char *from, gw_users_an
     /* The loop keeps l (with its waiters); the worker gets a copy of the name only. */
     snprintf(l->name, sizeof(l->name), "%s", name);
     snprintf(l->from, sizeof(l->from), "%s", from);
-    snprintf(job->name, sizeof(job->name), "%s", name);
-    snprintf(job->from, sizeof(job->from), "%s", from);
     l->next = u->pending;
     u->pending = l;
-    pthread_mutex_lock(&u->lock);
-    job->next = u->todo;
-    u->todo = job;
-    pthread_cond_signal(&u->cond);
-    pthread_mutex_unlock(&u->lock);
+    submit(u, l, job);
 }
 
 static void on_done(gw_watch_t *w, uint32_t events)
@@ -360,17 +475,16 @@ static void on_done(gw_watch_t *w, uint32_t events)
     while (done != NULL) {
         lookup_t *job = done;
         done = job->next;
-        if (job->result != PL_ERR_UNAVAIL) {
+        if (job->job_id == 0 && job->result != PL_ERR_UNAVAIL) {
             known_set(u, job->name, job->from, job->result);
         }
-        for (lookup_t **pp = &u->pending; *pp != NULL; pp = &(*pp)->next) {
-            if (strcmp((*pp)->name, job->name) == 0 && strcmp((*pp)->from, job->from) == 0) {
-                lookup_t *l = *pp;
-                *pp = l->next;
-                answer_all(l, job->result);
-                break;
-            }
+        lookup_t *l = take_pending(u, job);
+        if (l != NULL) {
+            l->viewers = job->viewers; /* handed over */
+            job->viewers = NULL;
+            answer_all(l, job->result);
         }
+        json_decref(job->viewers);
         free(job);
     }
 }

@@ -10,6 +10,8 @@
 
 #include "gw_loop.h"
 
+#include <jansson.h>
+
 typedef struct gw_users_s gw_users_t;
 
 /* The answer: rc is PL_OK (may write), PL_ERR_NOTFOUND, PL_ERR_FORBIDDEN or PL_ERR_UNAVAIL;
@@ -25,6 +27,14 @@ void gw_users_free(gw_users_t **u);
  * knows, else on a later loop turn. */
 void gw_users_ask(gw_users_t *u, const char *name, const char *from, gw_users_answer_fn fn,
                   void *arg);
+/* The answer to gw_users_presence: rc PL_OK with viewers (a JSON array of usernames, borrowed
+ * for the call), else NULL. */
+typedef void (*gw_users_viewers_fn)(void *arg, int rc, json_t *viewers);
+/* A presence change of user ("online"/"offline" at at_ms) is about to be announced: asks
+ * parley-auth who may see it (an offline change also keeps last_seen there). fn(arg, …) runs
+ * on a later loop turn, or with PL_ERR_UNAVAIL at gw_users_free(). */
+void gw_users_presence(gw_users_t *u, const char *user, const char *status, long long at_ms,
+                       gw_users_viewers_fn fn, void *arg);
 /* Forgets what the cache knows of messages to name (its account was disabled, or a contact,
  * block or setting of it changed): the next question about it asks. */
 void gw_users_forget(gw_users_t *u, const char *name);

@@ -5,6 +5,7 @@
  * acks still owed are delivered, every client gets close 1001 and moves to another gateway.
  */
 #include "gw_loop.h"
+#include "gw_presence.h"
 #include "gw_redis.h"
 #include "gw_session.h"
 #include "gw_users.h"
@@ -39,6 +40,7 @@ typedef struct gw_main_s {
     pl_metrics_t *metrics;
     gw_redis_t *redis;
     gw_users_t *users;
+    gw_presence_t *presence;
     gw_sessions_t *sessions;
     gw_ws_t *ws;
     char *origins;
@@ -58,12 +60,12 @@ static int out_produce(void *ud, const char *topic, const char *key, const char 
 
 static void out_presence_add(void *ud, const char *user, uint64_t id)
 {
-    gw_redis_presence_add(((gw_main_t *)ud)->redis, user, id);
+    gw_presence_add(((gw_main_t *)ud)->presence, user, id);
 }
 
 static void out_presence_del(void *ud, const char *user, uint64_t id)
 {
-    gw_redis_presence_del(((gw_main_t *)ud)->redis, user, id);
+    gw_presence_del(((gw_main_t *)ud)->presence, user, id);
 }
 
 /* An asynchronous question of the session layer, carried to its answer. */
@@ -143,7 +145,18 @@ static void on_resync(void *ud)
     gw_main_t *g = ud;
     if (!atomic_load(&g->draining)) {
         gw_sessions_refresh_presence(g->sessions);
+        gw_presence_resync(g->presence);
     }
+}
+
+static void on_presence_note(void *ud, json_t *note)
+{
+    gw_presence_heard(((gw_main_t *)ud)->presence, note);
+}
+
+static void deliver_presence(void *ud, const char *user, const char *text, size_t len)
+{
+    gw_sessions_send_user(((gw_main_t *)ud)->sessions, user, text, len);
 }
 
 /* ---- HTTP: the upgrade ---- */
@@ -232,7 +245,7 @@ static const pl_http_route_t routes[] = {
 /* The gateway's settings (README, configuration table). */
 struct settings {
     long port, redis_port, leeway, sendq, inflight, auth_port, auth_timeout, ping, dead, rate,
-        burst;
+        burst, grace;
     int trust;
 };
 
@@ -250,6 +263,7 @@ static int read_settings(struct settings *c)
                    pl_cfg_int("PARLEY_GATEWAY_PING_MS", 30000, 100, 600000, &c->ping) ||
                    pl_cfg_int("PARLEY_GATEWAY_DEAD_MS", 30000, 100, 600000, &c->dead) ||
                    pl_cfg_int("PARLEY_AUTH_PORT", 8081, 1, 65535, &c->auth_port) ||
+                   pl_cfg_int("PARLEY_PRESENCE_GRACE_MS", 5000, 0, 600000, &c->grace) ||
                    pl_cfg_bool("PARLEY_TRUST_FORWARDED", 0, &c->trust)
                ? PL_ERR_CONFIG
                : PL_OK;
@@ -313,7 +327,7 @@ static int assemble(gw_main_t *g, const struct settings *c)
         .ping_interval_ms = c->ping,
         .dead_after_ms = c->dead,
     };
-    gw_redis_cbs_t rc = {g, on_push, on_revoke, on_resync};
+    gw_redis_cbs_t rc = {g, on_push, on_revoke, on_presence_note, on_resync};
     if ((g->sessions = gw_sessions_new(&sc)) == NULL) {
         return PL_ERR_NOMEM;
     }
@@ -325,7 +339,8 @@ static int assemble(gw_main_t *g, const struct settings *c)
                                  (int)c->redis_port, g->gw_id, &rc)) == NULL) {
         return PL_ERR_IO;
     }
-    return PL_OK;
+    gw_presence_cfg_t pc = {g->redis, g->users, c->grace, g, deliver_presence};
+    return (g->presence = gw_presence_new(&pc)) != NULL ? PL_OK : PL_ERR_NOMEM;
 }
 
 /* Runs the loop until a signal on sigfd has drained every socket (or the drain timed out). */
@@ -367,6 +382,9 @@ static void serve(gw_main_t *g, int sigfd)
             next_tick = now + 1000;
             gw_sessions_tick(g->sessions);
             gw_ws_tick(g->ws);
+            if (!atomic_load(&g->draining)) {
+                gw_presence_tick(g->presence);
+            }
         }
         if (now >= next_refresh && !atomic_load(&g->draining)) {
             next_refresh = now + 5000;
@@ -390,6 +408,7 @@ static void teardown(gw_main_t *g)
     gw_ws_free(&g->ws);
     gw_users_free(&g->users);
     gw_redis_free(&g->redis);
+    gw_presence_free(&g->presence);
     pl_kafka_free(&g->producer);
     gw_sessions_free(&g->sessions);
     pl_jwt_verifier_free(&g->verifier);

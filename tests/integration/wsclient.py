@@ -26,6 +26,7 @@ class Chat:
         self.gateway = gateway
         self.msgs = []
         self.system = []
+        self.presence = []
         self.acks = {}
         self.errors = []
         self.closed = None
@@ -51,6 +52,8 @@ class Chat:
                     self.system.append(f)  # the user's own stream (u:): contact changes…
                 elif f["type"] == "msg":
                     self.msgs.append(f)
+                elif f["type"] == "presence":
+                    self.presence.append(f)
                 elif f["type"] == "ack":
                     self.acks[f["client_id"]] = f
                 elif f["type"] == "error":
