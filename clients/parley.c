@@ -319,13 +319,33 @@ struct send_wait {
     char cid[65];
     int done;
     int failed;
+    const char *peer; /* chat: whose presence to show */
 };
+
+/* "-- bob is online --" or "-- bob is offline (last seen 14:02) --". */
+static void print_presence(const char *user, const char *status, const char *last_seen)
+{
+    char when[32] = "";
+    if (last_seen != NULL && status != NULL && strcmp(status, "offline") == 0) {
+        fmt_time(last_seen, when, sizeof(when));
+    }
+    fprintf(stderr, "-- %s is %s%s%s%s --\n", user, status ? status : "?",
+            *when ? " (last seen " : "", when, *when ? ")" : "");
+}
 
 static void on_frame(void *ud, json_t *f)
 {
     struct send_wait *w = ud;
     const char *type = json_string_value(json_object_get(f, "type"));
     const char *cid = json_string_value(json_object_get(f, "client_id"));
+    if (type != NULL && strcmp(type, "presence") == 0) {
+        const char *user = json_string_value(json_object_get(f, "user"));
+        if (w->peer != NULL && user != NULL && strcmp(user, w->peer) == 0) {
+            print_presence(user, json_string_value(json_object_get(f, "status")),
+                           json_string_value(json_object_get(f, "last_seen")));
+        }
+        return;
+    }
     if (type == NULL || cid == NULL || strcmp(cid, w->cid) != 0) {
         if (type != NULL && strcmp(type, "error") == 0) {
             fprintf(stderr, "error: %s\n", json_string_value(json_object_get(f, "message")));
@@ -425,8 +445,19 @@ static int cmd_chat(int argc, char **argv)
     }
     json_decref(resp);
     fprintf(stderr, "-- chatting with %s; type a line and press Enter, Ctrl-D to quit --\n", peer);
+    snprintf(path, sizeof(path), "/v1/presence?users=%s", peer);
+    resp = NULL;
+    if (rest(c, "GET", path, NULL, &status, &resp) == PL_OK && status == 200) {
+        json_t *p = json_array_get(json_object_get(resp, "presence"), 0);
+        if (p != NULL) {
+            print_presence(peer, json_string_value(json_object_get(p, "status")),
+                           json_string_value(json_object_get(p, "last_seen")));
+        }
+    }
+    json_decref(resp);
     struct send_wait w;
     memset(&w, 0, sizeof(w));
+    w.peer = peer;
     int backoff = 1;
     for (;;) {
         if (connect_ws(c) != PL_OK) {

@@ -108,3 +108,29 @@ def test_cli_contacts_and_blocks(tmp_path):
     assert cli(ha, "send", b, "are you there now?").returncode == 0
     assert cli(ha, "remove", b).stdout.strip() == "removed"
     assert "no contacts yet" in cli(hb, "contacts").stdout
+
+
+def test_cli_chat_shows_the_peers_presence(tmp_path):
+    a, b = unique_name("clp"), unique_name("clp")
+    ha, hb = str(tmp_path / "a"), str(tmp_path / "b")
+    for name, home in ((a, ha), (b, hb)):
+        assert cli(home, "register", name, stdin="correct horse battery\n").returncode == 0
+        assert cli(home, "login", name, stdin="correct horse battery\n").returncode == 0
+    assert cli(ha, "add", b).returncode == 0 and cli(hb, "accept", a).returncode == 0
+    env = lambda home: dict(os.environ, PARLEY_URL=f"http://127.0.0.1:{os.environ['PARLEY_EDGE_PORT']}",
+                            PARLEY_CONFIG_DIR=home, TZ="UTC")
+    binary = os.path.join(os.environ["PARLEY_BIN"], "parley")
+    pb = subprocess.Popen([binary, "chat", a], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env(hb))
+    time.sleep(1.5)
+    pa = subprocess.Popen([binary, "chat", b], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env(ha))
+    time.sleep(2.0)
+    _, err_a = pa.communicate(timeout=10)  # a leaves; b sees it after the grace
+    time.sleep(8.0)
+    _, err_b = pb.communicate(timeout=10)
+    assert f"-- {b} is online --" in err_a, err_a
+    lines = [l for l in err_b.splitlines() if l.startswith(f"-- {a} is")]
+    assert lines[0] == f"-- {a} is offline --", err_b  # never seen before
+    assert lines[1] == f"-- {a} is online --", err_b
+    assert re.fullmatch(rf"-- {a} is offline \(last seen \d\d:\d\d\) --", lines[2]), err_b
