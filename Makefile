@@ -10,7 +10,7 @@ WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 C_SOURCES = $(shell find include libs services tests clients -name '*.[ch]' 2>/dev/null)
 
 .PHONY: all deps build asan run up down status test format format-check lint unit unit-asan \
-        integration faults chaos deploy-check compose-test fuzz fuzz-smoke bench clean
+        integration faults chaos deploy-check compose-test fuzz fuzz-smoke bench bench-presence clean
 
 all: build
 
@@ -97,6 +97,12 @@ fuzz-smoke: deps
 # and a plot under var/bench/; see docs/performance.md.
 bench: build
 	@python3 bench/run.py
+	@python3 bench/presence.py
+
+# A login storm of users with many contacts over 3 gateways: presence frames per second, ready
+# to the contacts' online frame (p50/p99), Redis commands per change (bench/presence.py).
+bench-presence: build
+	@python3 bench/presence.py
 
 test: deps format-check lint deploy-check unit unit-asan fuzz-smoke integration faults
 	@echo "make test: all checks passed"

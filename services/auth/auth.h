@@ -89,6 +89,11 @@ void auth_h_unblock(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 void auth_h_settings(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 void auth_h_settings_patch(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 
+/* One document per user, {_id: user, open: [contacts]}: the accepted contacts with no block
+ * either way, derived from `contacts` by every change of a pair (auth_social.c), so presence
+ * finds a user's viewers with one lookup by _id. */
+#define AUTH_CONTACT_LISTS "contact_lists"
+
 /* Presence (auth_presence.c, DESIGN 7.3). */
 void auth_h_presence(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 void auth_h_internal_presence(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);

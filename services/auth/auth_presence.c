@@ -19,44 +19,25 @@
 
 #define PRESENCE_QUERY_MAX 100 /* users per GET /v1/presence */
 
-static int on_open_pair(void *ud, const bson_t *doc)
+/* The accepted contacts of user with no block between them, as a new array in *out: the
+ * user's `contact_lists` document (kept by auth_social.c with every change of a pair), read
+ * by _id rather than by scanning `contacts`, which a server without index pushdown would. */
+static int open_contacts(auth_ctx_t *ctx, const char *user, json_t **out)
 {
-    json_t *ctx = ud; /* {"me": name, "out": [..]} */
-    const char *me = json_string_value(json_object_get(ctx, "me"));
+    bson_t *doc = NULL;
     bson_iter_t it, arr;
-    const char *other = NULL;
-    int blocked = 0;
-    if (bson_iter_init_find(&it, doc, "blocks") && BSON_ITER_HOLDS_ARRAY(&it) &&
-        bson_iter_recurse(&it, &arr)) {
-        blocked = bson_iter_next(&arr);
-    }
-    if (bson_iter_init_find(&it, doc, "users") && BSON_ITER_HOLDS_ARRAY(&it) &&
+    *out = json_array();
+    int rc = pl_mongo_find_id(ctx->mongo, AUTH_CONTACT_LISTS, user, &doc);
+    if (rc == PL_OK && bson_iter_init_find(&it, doc, "open") && BSON_ITER_HOLDS_ARRAY(&it) &&
         bson_iter_recurse(&it, &arr)) {
         while (bson_iter_next(&arr)) {
-            if (BSON_ITER_HOLDS_UTF8(&arr) && strcmp(bson_iter_utf8(&arr, NULL), me) != 0) {
-                other = bson_iter_utf8(&arr, NULL);
+            if (BSON_ITER_HOLDS_UTF8(&arr)) {
+                json_array_append_new(*out, json_string(bson_iter_utf8(&arr, NULL)));
             }
         }
     }
-    if (other != NULL && !blocked) {
-        json_array_append_new(json_object_get(ctx, "out"), json_string(other));
-    }
-    return 1;
-}
-
-/* The accepted contacts of user with no block between them, as a new array in *out. */
-static int open_contacts(auth_ctx_t *ctx, const char *user, json_t **out)
-{
-    bson_t filter = BSON_INITIALIZER;
-    json_t *c = json_pack("{s:s,s:[]}", "me", user, "out");
-    BSON_APPEND_UTF8(&filter, "users", user);
-    BSON_APPEND_UTF8(&filter, "state", "accepted");
-    int rc =
-        c ? pl_mongo_find(ctx->mongo, "contacts", &filter, NULL, on_open_pair, c) : PL_ERR_NOMEM;
-    bson_destroy(&filter);
-    *out = rc == PL_OK ? json_incref(json_object_get(c, "out")) : NULL;
-    json_decref(c);
-    return rc;
+    bson_destroy(doc);
+    return rc == PL_ERR_NOTFOUND ? PL_OK : rc;
 }
 
 /* From the user's document: is its presence hidden, and its durable last_seen (0: never). */

@@ -370,6 +370,31 @@ static void t_unblock(pair_t *p, outcome_t *o)
     t_block_to(p, o, 0);
 }
 
+/* Adds other to me's list of open contacts, or takes it out. */
+static int list_one(auth_ctx_t *ctx, const char *me, const char *other, int open)
+{
+    bson_t filter = BSON_INITIALIZER;
+    bson_t upd = BSON_INITIALIZER;
+    bson_t op;
+    BSON_APPEND_UTF8(&filter, "_id", me);
+    BSON_APPEND_DOCUMENT_BEGIN(&upd, open ? "$addToSet" : "$pull", &op);
+    BSON_APPEND_UTF8(&op, "open", other);
+    bson_append_document_end(&upd, &op);
+    int rc = pl_mongo_update_one(ctx->mongo, AUTH_CONTACT_LISTS, &filter, &upd, open, NULL);
+    bson_destroy(&filter);
+    bson_destroy(&upd);
+    return rc;
+}
+
+/* Brings both users' contact_lists in line with the pair (idempotent: a repeat of a request
+ * repairs what a crash between the pair's write and these left behind). */
+static int sync_lists(auth_ctx_t *ctx, const pair_t *p)
+{
+    int open = p->state == ACCEPTED && !p->i_blocked && !p->they_blocked;
+    int rc = list_one(ctx, p->me, p->other, open);
+    return rc == PL_OK ? list_one(ctx, p->other, p->me, open) : rc;
+}
+
 /* Reads, decides and writes with a compare-and-swap, again if someone changed the pair in
  * between. The change to announce (new, or the last one on a repeat) is left in *announce. */
 static int change_pair(auth_ctx_t *ctx, pair_t *p, const char *me, const char *other,
@@ -388,9 +413,12 @@ static int change_pair(auth_ctx_t *ctx, pair_t *p, const char *me, const char *o
             /* A repeat: its last change again, unless it is known to have gone out. */
             int out = json_is_true(json_object_get(p->last, "emitted"));
             *announce = o->err == PL_OK && !out ? json_incref(p->last) : NULL;
-            return PL_OK;
+            return o->err == PL_OK && p->exists ? sync_lists(ctx, p) : PL_OK;
         }
         rc = pair_write(ctx, p, o->change);
+    }
+    if (rc == PL_OK) {
+        rc = sync_lists(ctx, p);
     }
     if (rc == PL_OK) {
         rc = bump_policy(ctx, me);
