@@ -545,53 +545,39 @@ void auth_h_contact_add(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     run(ctx, resp, c.sub, other, t_request);
 }
 
-void auth_h_contact_accept(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+/* A change of the pair (caller, the user named by prefix<name>suffix); exists: the named user
+ * must exist (a block, unlike a removal, names a live account). */
+static void path_change(pl_http_req_t *req, pl_http_resp_t *resp, auth_ctx_t *ctx,
+                        const char *prefix, const char *suffix, int exists, transition_fn fn)
 {
-    auth_ctx_t *ctx = ud;
     pl_jwt_claims_t c;
     char other[PL_USERNAME_LEN];
     if (pl_http_authenticate(req, resp, ctx->verifier, &c) != PL_OK ||
-        !path_user(req, resp, "/v1/contacts/", "/accept", other)) {
+        !path_user(req, resp, prefix, suffix, other) ||
+        (exists && !other_user_ok(ctx, resp, c.sub, other))) {
         return;
     }
-    run(ctx, resp, c.sub, other, t_accept);
+    run(ctx, resp, c.sub, other, fn);
+}
+
+void auth_h_contact_accept(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    path_change(req, resp, ud, "/v1/contacts/", "/accept", 0, t_accept);
 }
 
 void auth_h_contact_delete(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
-    auth_ctx_t *ctx = ud;
-    pl_jwt_claims_t c;
-    char other[PL_USERNAME_LEN];
-    if (pl_http_authenticate(req, resp, ctx->verifier, &c) != PL_OK ||
-        !path_user(req, resp, "/v1/contacts/", "", other)) {
-        return;
-    }
-    run(ctx, resp, c.sub, other, t_delete);
+    path_change(req, resp, ud, "/v1/contacts/", "", 0, t_delete);
 }
 
 void auth_h_block(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
-    auth_ctx_t *ctx = ud;
-    pl_jwt_claims_t c;
-    char other[PL_USERNAME_LEN];
-    if (pl_http_authenticate(req, resp, ctx->verifier, &c) != PL_OK ||
-        !path_user(req, resp, "/v1/blocks/", "", other) ||
-        !other_user_ok(ctx, resp, c.sub, other)) {
-        return;
-    }
-    run(ctx, resp, c.sub, other, t_block);
+    path_change(req, resp, ud, "/v1/blocks/", "", 1, t_block);
 }
 
 void auth_h_unblock(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
-    auth_ctx_t *ctx = ud;
-    pl_jwt_claims_t c;
-    char other[PL_USERNAME_LEN];
-    if (pl_http_authenticate(req, resp, ctx->verifier, &c) != PL_OK ||
-        !path_user(req, resp, "/v1/blocks/", "", other)) {
-        return;
-    }
-    run(ctx, resp, c.sub, other, t_unblock);
+    path_change(req, resp, ud, "/v1/blocks/", "", 0, t_unblock);
 }
 
 /* ---- lists ---- */

@@ -15,6 +15,20 @@ def cli(home, *args, stdin=None, timeout=30, tz="Asia/Tokyo"):
                           capture_output=True, text=True, env=env, timeout=timeout)
 
 
+def two_logged_in(tmp_path, a, b):
+    """Registers and logs in a and b, each with a config folder of its own; returns them."""
+    ha, hb = str(tmp_path / "a"), str(tmp_path / "b")
+    for name, home in ((a, ha), (b, hb)):
+        assert cli(home, "register", name, stdin="correct horse battery\n").returncode == 0
+        assert cli(home, "login", name, stdin="correct horse battery\n").returncode == 0
+    return ha, hb
+
+
+def chat_env(home):
+    return dict(os.environ, PARLEY_URL=f"http://127.0.0.1:{os.environ['PARLEY_EDGE_PORT']}",
+                PARLEY_CONFIG_DIR=home, TZ="UTC")
+
+
 def test_cli_register_login_send_history(tmp_path):
     a, b = unique_name("cli"), unique_name("cli")
     ha, hb = str(tmp_path / "a"), str(tmp_path / "b")
@@ -59,12 +73,8 @@ def test_cli_register_login_send_history(tmp_path):
 
 def test_cli_chat_two_terminals(tmp_path):
     a, b = unique_name("chat"), unique_name("chat")
-    ha, hb = str(tmp_path / "a"), str(tmp_path / "b")
-    for name, home in ((a, ha), (b, hb)):
-        assert cli(home, "register", name, stdin="correct horse battery\n").returncode == 0
-        assert cli(home, "login", name, stdin="correct horse battery\n").returncode == 0
-    env = lambda home: dict(os.environ, PARLEY_URL=f"http://127.0.0.1:{os.environ['PARLEY_EDGE_PORT']}",
-                            PARLEY_CONFIG_DIR=home, TZ="UTC")
+    ha, hb = two_logged_in(tmp_path, a, b)
+    env = chat_env
     binary = os.path.join(os.environ["PARLEY_BIN"], "parley")
     pa = subprocess.Popen([binary, "chat", b], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env(ha))
@@ -87,10 +97,7 @@ def test_cli_chat_two_terminals(tmp_path):
 
 def test_cli_contacts_and_blocks(tmp_path):
     a, b = unique_name("clc"), unique_name("clc")
-    ha, hb = str(tmp_path / "a"), str(tmp_path / "b")
-    for name, home in ((a, ha), (b, hb)):
-        assert cli(home, "register", name, stdin="correct horse battery\n").returncode == 0
-        assert cli(home, "login", name, stdin="correct horse battery\n").returncode == 0
+    ha, hb = two_logged_in(tmp_path, a, b)
     assert "no contacts yet" in cli(ha, "contacts").stdout
     r = cli(ha, "add", b)
     assert r.returncode == 0 and r.stdout.strip() == f"{b}: outgoing", r.stderr
@@ -112,13 +119,9 @@ def test_cli_contacts_and_blocks(tmp_path):
 
 def test_cli_chat_shows_the_peers_presence(tmp_path):
     a, b = unique_name("clp"), unique_name("clp")
-    ha, hb = str(tmp_path / "a"), str(tmp_path / "b")
-    for name, home in ((a, ha), (b, hb)):
-        assert cli(home, "register", name, stdin="correct horse battery\n").returncode == 0
-        assert cli(home, "login", name, stdin="correct horse battery\n").returncode == 0
+    ha, hb = two_logged_in(tmp_path, a, b)
     assert cli(ha, "add", b).returncode == 0 and cli(hb, "accept", a).returncode == 0
-    env = lambda home: dict(os.environ, PARLEY_URL=f"http://127.0.0.1:{os.environ['PARLEY_EDGE_PORT']}",
-                            PARLEY_CONFIG_DIR=home, TZ="UTC")
+    env = chat_env
     binary = os.path.join(os.environ["PARLEY_BIN"], "parley")
     pb = subprocess.Popen([binary, "chat", a], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env(hb))

@@ -109,15 +109,20 @@ def test_privacy_of_presence(edge):
     assert edge.call("GET", f"/v1/presence?users={alice}").status == 401
 
 
-def test_a_gateway_killed_with_kill9_takes_its_users_offline_within_30s(edge):
-    alice, ta = user_with_token(edge, "pk9")
-    bob, tb = user_with_token(edge, "pk9")
+async def alice_online_for_bob(edge, prefix):
+    """Two contacts: alice on gateway 0, bob on gateway 1 once he has heard her online."""
+    alice, ta = user_with_token(edge, prefix)
+    bob, tb = user_with_token(edge, prefix)
     befriend(edge, alice, ta, bob, tb)
+    b = await Chat.connect(tb, url=gw_url(1))
+    a = await Chat.connect(ta, url=gw_url(0))
+    await b.wait(lambda: statuses(b, alice) == ["online"])
+    return alice, a, b, tb
 
+
+def test_a_gateway_killed_with_kill9_takes_its_users_offline_within_30s(edge):
     async def go():
-        b = await Chat.connect(tb, url=gw_url(1))
-        a = await Chat.connect(ta, url=gw_url(0))
-        await b.wait(lambda: statuses(b, alice) == ["online"])
+        alice, a, b, _ = await alice_online_for_bob(edge, "pk9")
         t0 = time.monotonic()
         kill9("gateway0")
         await b.wait(lambda: statuses(b, alice) == ["online", "offline"], timeout=30)
@@ -134,14 +139,8 @@ def test_a_gateway_killed_with_kill9_takes_its_users_offline_within_30s(edge):
 
 
 def test_redis_restart_rebuilds_presence_without_a_false_offline(edge):
-    alice, ta = user_with_token(edge, "prr")
-    bob, tb = user_with_token(edge, "prr")
-    befriend(edge, alice, ta, bob, tb)
-
     async def go():
-        b = await Chat.connect(tb, url=gw_url(1))
-        a = await Chat.connect(ta, url=gw_url(0))
-        await b.wait(lambda: statuses(b, alice) == ["online"])
+        alice, a, b, tb = await alice_online_for_bob(edge, "prr")
         infra("stop", "redis")
         infra("start", "redis")
         # Both gateways register their devices again within seconds; nobody went offline.
