@@ -289,7 +289,9 @@ static int pipeline(pl_redis_t *r, size_t n, int argc, const char *verb, const c
         return PL_ERR_UNAVAIL;
     }
     int rc = PL_OK;
-    for (int attempt = 0; attempt < 2; attempt++) {
+    /* Every idle connection may be dead after a Redis restart: each one found closed is
+     * dropped and the next tried, until a fresh connection (never retried) answers. */
+    for (;;) {
         for (size_t i = 0; i < n; i++) {
             const char *argv[3] = {verb, a1[i], a2 ? a2[i] : NULL};
             redisAppendCommandArgv(c, argc, argv, NULL);
@@ -301,8 +303,8 @@ static int pipeline(pl_redis_t *r, size_t n, int argc, const char *verb, const c
             if (redisGetReply(c, &p) != REDIS_OK) {
                 p = NULL;
             }
-            if (p == NULL && i == 0 && pooled && attempt == 0 && closed_by_peer(c)) {
-                again = 1; /* a dead idle connection: once more on a fresh one */
+            if (p == NULL && i == 0 && pooled && closed_by_peer(c)) {
+                again = 1; /* a dead idle connection: on to the next */
                 break;
             }
             int one = check(c, p);

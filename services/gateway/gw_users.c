@@ -1,9 +1,10 @@
 /*
  * May the sender write to the recipient? (see gw_users.h) The worker asks parley-auth
  * (GET /internal/users/<name>?from=<sender>, answered 200, 403 or 404 without a token) with a
- * blocking HTTP/1.1 request, and the loop caches the answer per pair: a yes or a no for a
- * minute (parley-auth's notices make the gateways forget sooner, and the store decides again
- * before numbering), absence for five seconds (a user may register any moment). Answers are
+ * blocking HTTP/1.1 request, and the loop caches the answer per pair: a yes for a minute
+ * (parley-auth's notices make the gateways forget sooner, and the store decides again before
+ * numbering), absence for five seconds (a user may register any moment), a no not at all (a
+ * refused sender asks each time, within its send budget, so an unblock counts at once). Answers are
  * bucketed by recipient, so forgetting a recipient reads one bucket.
  */
 #include "gw_users.h"
@@ -475,7 +476,9 @@ static void on_done(gw_watch_t *w, uint32_t events)
     while (done != NULL) {
         lookup_t *job = done;
         done = job->next;
-        if (job->job_id == 0 && job->result != PL_ERR_UNAVAIL) {
+        /* A "no" is never cached: an unblock or a new contact must count from its answer on,
+         * while a stale "yes" is caught by the store before numbering. */
+        if (job->job_id == 0 && (job->result == PL_OK || job->result == PL_ERR_NOTFOUND)) {
             known_set(u, job->name, job->from, job->result);
         }
         lookup_t *l = take_pending(u, job);
