@@ -30,6 +30,20 @@ void pl_conv_id(const char *a, const char *b, char out[PL_CONV_ID_LEN]);
 void pl_user_conv(const char *user, char out[PL_CONV_ID_LEN]);
 
 /*
+ * The kind of a conversation id (DESIGN 7.1): 'd' for "d:<a>:<b>" (a < b, both usernames),
+ * 'g' for a group "g:<26 Crockford base-32 digits>", 'u' for "u:<user>", 0 when malformed.
+ * Pure.
+ */
+int pl_conv_kind(const char *conv);
+
+/*
+ * A group's conversation id from its owner and the client_id of its creation, so a retried
+ * create names the same group: "g:" and 26 Crockford base-32 digits of SHA-256 over both.
+ * out holds PL_CONV_ID_LEN bytes.
+ */
+void pl_group_conv(const char *owner, const char *client_id, char out[PL_CONV_ID_LEN]);
+
+/*
  * Server-made client_ids (the system items of a u: stream) start with this; a client's send
  * may not, so a client cannot make its own message collide with one of them.
  */
@@ -58,16 +72,18 @@ typedef struct pl_frame_s {
     json_t *root;
     const char *token;                    /* auth */
     char client_id[PL_MAX_CLIENT_ID + 1]; /* send */
-    char to[PL_USERNAME_MAX + 1];         /* send, normalized */
+    char to[PL_USERNAME_MAX + 1];         /* send to a user, normalized; "" when conv is set */
+    char conv[PL_CONV_ID_LEN];            /* send to a conversation ("d:" or "g:"); or "" */
     const char *content;                  /* send; may contain NUL bytes */
     size_t content_len;
 } pl_frame_t;
 
 /*
- * Parses one client text frame. Returns PL_OK with *f filled, or PL_ERR_INVAL (bad JSON, too
- * deep, unknown type, missing or malformed fields) or PL_ERR_TOOBIG (content over
- * PL_MAX_CONTENT) with a reason in *why (a static string). Fields a client may not set
- * (sender, seq, msg_id, timestamp) are ignored.
+ * Parses one client text frame. A send names its destination with "to" (a user) or "conv" (a
+ * "d:" or "g:" conversation id), exactly one of them. Returns PL_OK with *f filled, or
+ * PL_ERR_INVAL (bad JSON, too deep, unknown type, missing or malformed fields) or PL_ERR_TOOBIG
+ * (content over PL_MAX_CONTENT) with a reason in *why (a static string). Fields a client may not
+ * set (sender, seq, msg_id, timestamp) are ignored.
  */
 int pl_frame_parse(const char *data, size_t len, pl_frame_t *f, const char **why);
 void pl_frame_clear(pl_frame_t *f);
@@ -108,6 +124,10 @@ typedef struct pl_msg_s {
     /* parley.committed only: the store refused the message (an error code such as
      * "forbidden"); it was not stored, has no seq, and goes back to its sender only. */
     char refused[16];
+    /* parley.committed, group items only: the seq of the group's latest membership change at
+     * or before this item (mver), and for a membership change the one before it (pmver), so
+     * a gateway can tell whether its view of the members is current (gw_groups.h). 0: none. */
+    long long mver, pmver;
     json_t *root; /* owns content and event after pl_msg_parse() */
 } pl_msg_t;
 

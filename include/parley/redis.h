@@ -59,6 +59,18 @@ int pl_redis_get_multi(pl_redis_t *r, const char *const *keys, size_t n, pl_redi
 int pl_redis_set_nx(pl_redis_t *r, const char *key, const char *value, long ttl_s, int *set);
 
 /* EXISTS of n keys in one round trip; out[i] is 1 when keys[i] exists. */
+/* The members of each sorted set keys[i] scored min_score or more (ZRANGEBYSCORE), through
+ * fn(ud, i, NULL, member), pipelined. Errors as pl_redis_hgetall_multi(). */
+int pl_redis_zlive_multi(pl_redis_t *r, const char *const *keys, size_t n, long long min_score,
+                         pl_redis_field_fn fn, void *ud);
+
+/* ZADD keys[i] score members[i] for each i, pipelined. PL_OK or PL_ERR_UNAVAIL. */
+int pl_redis_zadd_multi(pl_redis_t *r, const char *const *keys, const char *const *members,
+                        size_t n, long long score);
+
+/* out[i] = 1 when keys[i] holds a string: one MGET, whatever n. PL_OK or PL_ERR_UNAVAIL. */
+int pl_redis_mexists(pl_redis_t *r, const char *const *keys, size_t n, int *out);
+
 int pl_redis_exists_multi(pl_redis_t *r, const char *const *keys, size_t n, int *out);
 
 /* PUBLISH of n messages in one round trip; receivers[i] (when not NULL) gets how many

@@ -55,6 +55,11 @@ int pl_key_ratelimit(char *out, const char *what, const char *who);
  * may message user changes (a contact, a block, a setting); the store's permission cache
  * holds an answer only while the token it was read under is unchanged. */
 int pl_key_policy(char *out, const char *user);
+/* Sorted set "parley:convgw:<conv>": the gateways holding a socket of at least one member of
+ * group conv, each scored with the time (ms) until which its interest stands (renewed by the
+ * gateway). A hint for the router, rebuilt by the gateways: a missed push is repaired by the
+ * seq gap the client sees. */
+int pl_key_convgw(char *out, const char *conv);
 /* The store's write intent document id of a partition of PL_TOPIC_MESSAGES. */
 int pl_key_intent(char *out, int partition);
 

@@ -46,6 +46,64 @@ void pl_user_conv(const char *user, char out[PL_CONV_ID_LEN])
     snprintf(out, PL_CONV_ID_LEN, "u:%s", user);
 }
 
+#define GROUP_ID_DIGITS 26
+static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+static int group_id_ok(const char *id)
+{
+    size_t n = strlen(id);
+    for (size_t i = 0; i < n; i++) {
+        if (strchr(crockford, id[i]) == NULL || id[i] == '\0') {
+            return 0;
+        }
+    }
+    return n == GROUP_ID_DIGITS;
+}
+
+int pl_conv_kind(const char *conv)
+{
+    char a[PL_USERNAME_LEN], b[PL_USERNAME_LEN];
+    if (conv == NULL || strnlen(conv, PL_CONV_ID_LEN) >= PL_CONV_ID_LEN) {
+        return 0;
+    }
+    if (strncmp(conv, "g:", 2) == 0) {
+        return group_id_ok(conv + 2) ? 'g' : 0;
+    }
+    if (strncmp(conv, "u:", 2) == 0) {
+        return pl_username_normalize(conv + 2, a) == PL_OK && strcmp(a, conv + 2) == 0 ? 'u' : 0;
+    }
+    const char *colon = strncmp(conv, "d:", 2) == 0 ? strchr(conv + 2, ':') : NULL;
+    if (colon == NULL || (size_t)(colon - conv - 2) > PL_USERNAME_MAX) {
+        return 0;
+    }
+    char first[PL_USERNAME_LEN];
+    memcpy(first, conv + 2, (size_t)(colon - conv - 2));
+    first[colon - conv - 2] = '\0';
+    if (pl_username_normalize(first, a) != PL_OK || strcmp(a, first) != 0 ||
+        pl_username_normalize(colon + 1, b) != PL_OK || strcmp(b, colon + 1) != 0 ||
+        strcmp(a, b) >= 0) {
+        return 0;
+    }
+    return 'd';
+}
+
+void pl_group_conv(const char *owner, const char *client_id, char out[PL_CONV_ID_LEN])
+{
+    unsigned char h[SHA256_DIGEST_LENGTH];
+    char in[PL_USERNAME_MAX + 1 + PL_MAX_CLIENT_ID + 8];
+    int n = snprintf(in, sizeof(in), "group\n%s\n%s", owner, client_id);
+    SHA256((const unsigned char *)in, (size_t)n < sizeof(in) ? (size_t)n : sizeof(in) - 1, h);
+    out[0] = 'g';
+    out[1] = ':';
+    /* 26 digits of 5 bits each: the first 130 bits of the hash. */
+    for (int i = 0; i < GROUP_ID_DIGITS; i++) {
+        int bit = i * 5;
+        unsigned v = ((unsigned)h[bit / 8] << 8 | h[bit / 8 + 1]) >> (11 - bit % 8);
+        out[2 + i] = crockford[v & 31];
+    }
+    out[2 + GROUP_ID_DIGITS] = '\0';
+}
+
 int pl_policy_allows(const pl_policy_facts_t *f)
 {
     if (f->receiver_missing) {
@@ -188,6 +246,7 @@ int pl_frame_parse(const char *data, size_t len, pl_frame_t *f, const char **why
     f->type = PL_FRAME_SEND;
     json_t *cid = json_object_get(f->root, "client_id");
     json_t *to = json_object_get(f->root, "to");
+    json_t *conv = json_object_get(f->root, "conv");
     json_t *content = json_object_get(f->root, "content");
     if (!json_is_string(cid) || !client_id_ok(json_string_value(cid), json_string_length(cid))) {
         *why = "client_id must be 1 to 64 printable ASCII characters, not starting with "
@@ -195,8 +254,22 @@ int pl_frame_parse(const char *data, size_t len, pl_frame_t *f, const char **why
         goto bad;
     }
     memcpy(f->client_id, json_string_value(cid), json_string_length(cid) + 1);
-    if (!json_is_string(to) || json_string_length(to) != strlen(json_string_value(to)) ||
-        pl_username_normalize(json_string_value(to), f->to) != PL_OK) {
+    if ((to == NULL) == (conv == NULL)) {
+        *why = "a send names either \"to\" (a username) or \"conv\" (a conversation id)";
+        goto bad;
+    }
+    if (conv != NULL) {
+        int kind =
+            json_is_string(conv) && json_string_length(conv) == strlen(json_string_value(conv))
+                ? pl_conv_kind(json_string_value(conv))
+                : 0;
+        if (kind != 'd' && kind != 'g') {
+            *why = "\"conv\" must be a d: or g: conversation id";
+            goto bad;
+        }
+        memcpy(f->conv, json_string_value(conv), json_string_length(conv) + 1);
+    } else if (!json_is_string(to) || json_string_length(to) != strlen(json_string_value(to)) ||
+               pl_username_normalize(json_string_value(to), f->to) != PL_OK) {
         *why = "\"to\" must be a username";
         goto bad;
     }
@@ -288,6 +361,10 @@ int pl_msg_from_json(json_t *o, pl_msg_t *m)
         json_t *conn = json_object_get(origin, "conn");
         m->origin_conn = json_is_integer(conn) ? (unsigned long long)json_integer_value(conn) : 0;
     }
+    json_t *mver = json_object_get(o, "mver");
+    json_t *pmver = json_object_get(o, "pmver");
+    m->mver = json_is_integer(mver) ? (long long)json_integer_value(mver) : 0;
+    m->pmver = json_is_integer(pmver) ? (long long)json_integer_value(pmver) : 0;
     return PL_OK;
 }
 
@@ -329,6 +406,12 @@ char *pl_msg_record(const pl_msg_t *m)
         json_object_set_new(o, "seq", json_integer((json_int_t)m->seq));
     }
     add_kind(o, m);
+    if (o != NULL && m->mver > 0) {
+        json_object_set_new(o, "mver", json_integer((json_int_t)m->mver));
+    }
+    if (o != NULL && m->pmver > 0) {
+        json_object_set_new(o, "pmver", json_integer((json_int_t)m->pmver));
+    }
     if (o != NULL && m->refused[0]) {
         json_object_set_new(o, "refused", json_string(m->refused));
     }

@@ -277,8 +277,11 @@ static int closed_by_peer(const redisContext *c)
            (c->err == REDIS_ERR_IO && strstr(c->errstr, "temporarily unavailable") == NULL);
 }
 
-static int pipeline(pl_redis_t *r, size_t n, int argc, const char *verb, const char *const *a1,
-                    const char *const *a2, reply_fn fn, void *ud)
+/* Fills argv (argc entries) of command i of a pipeline. */
+typedef void (*args_fn)(const void *arg, size_t i, const char **argv);
+
+static int pipeline_args(pl_redis_t *r, size_t n, int argc, args_fn args, const void *arg,
+                         reply_fn fn, void *ud)
 {
     if (n == 0) {
         return PL_OK;
@@ -293,7 +296,8 @@ static int pipeline(pl_redis_t *r, size_t n, int argc, const char *verb, const c
      * dropped and the next tried, until a fresh connection (never retried) answers. */
     for (;;) {
         for (size_t i = 0; i < n; i++) {
-            const char *argv[3] = {verb, a1[i], a2 ? a2[i] : NULL};
+            const char *argv[8] = {NULL};
+            args(arg, i, argv);
             redisAppendCommandArgv(c, argc, argv, NULL);
         }
         rc = PL_OK;
@@ -331,6 +335,26 @@ static int pipeline(pl_redis_t *r, size_t n, int argc, const char *verb, const c
     }
     give(r, c);
     return rc;
+}
+
+struct verb_args {
+    const char *verb;
+    const char *const *a1, *const *a2;
+};
+
+static void verb_args(const void *arg, size_t i, const char **argv)
+{
+    const struct verb_args *v = arg;
+    argv[0] = v->verb;
+    argv[1] = v->a1[i];
+    argv[2] = v->a2 ? v->a2[i] : NULL;
+}
+
+static int pipeline(pl_redis_t *r, size_t n, int argc, const char *verb, const char *const *a1,
+                    const char *const *a2, reply_fn fn, void *ud)
+{
+    struct verb_args v = {verb, a1, a2};
+    return pipeline_args(r, n, argc, verb_args, &v, fn, ud);
 }
 
 struct fields {
@@ -389,6 +413,93 @@ int pl_redis_get_multi(pl_redis_t *r, const char *const *keys, size_t n, pl_redi
 {
     struct get_ctx g = {fn, ud};
     return pipeline(r, n, 2, "GET", keys, NULL, on_get, &g);
+}
+
+struct zlive {
+    const char *const *keys;
+    char min[24];
+};
+
+static void zlive_args(const void *arg, size_t i, const char **argv)
+{
+    const struct zlive *z = arg;
+    argv[0] = "ZRANGEBYSCORE";
+    argv[1] = z->keys[i];
+    argv[2] = z->min;
+    argv[3] = "+inf";
+}
+
+static void on_members(void *ud, size_t idx, redisReply *rep)
+{
+    struct get_ctx *g = ud;
+    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+        if (rep->element[i]->type == REDIS_REPLY_STRING) {
+            g->fn(g->ud, idx, NULL, rep->element[i]->str);
+        }
+    }
+}
+
+int pl_redis_zlive_multi(pl_redis_t *r, const char *const *keys, size_t n, long long min_score,
+                         pl_redis_field_fn fn, void *ud)
+{
+    struct zlive z = {keys, ""};
+    struct get_ctx g = {fn, ud};
+    snprintf(z.min, sizeof(z.min), "%lld", min_score);
+    return pipeline_args(r, n, 4, zlive_args, &z, on_members, &g);
+}
+
+struct zadd {
+    const char *const *keys, *const *members;
+    char score[24];
+};
+
+static void zadd_args(const void *arg, size_t i, const char **argv)
+{
+    const struct zadd *z = arg;
+    argv[0] = "ZADD";
+    argv[1] = z->keys[i];
+    argv[2] = z->score;
+    argv[3] = z->members[i];
+}
+
+static void on_nothing(void *ud, size_t idx, redisReply *rep)
+{
+    (void)ud;
+    (void)idx;
+    (void)rep;
+}
+
+int pl_redis_zadd_multi(pl_redis_t *r, const char *const *keys, const char *const *members,
+                        size_t n, long long score)
+{
+    struct zadd z = {keys, members, ""};
+    snprintf(z.score, sizeof(z.score), "%lld", score);
+    return pipeline_args(r, n, 4, zadd_args, &z, on_nothing, NULL);
+}
+
+int pl_redis_mexists(pl_redis_t *r, const char *const *keys, size_t n, int *out)
+{
+    memset(out, 0, n * sizeof(*out));
+    if (n == 0) {
+        return PL_OK;
+    }
+    const char **argv = calloc(n + 1, sizeof(*argv));
+    if (argv == NULL) {
+        return PL_ERR_NOMEM;
+    }
+    argv[0] = "MGET";
+    memcpy(argv + 1, keys, n * sizeof(*keys));
+    redisReply *rep;
+    int rc = run(r, &rep, (int)(n + 1), argv);
+    free(argv);
+    if (rc != PL_OK) {
+        return rc;
+    }
+    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements && i < n; i++) {
+        out[i] = rep->element[i]->type == REDIS_REPLY_STRING;
+    }
+    freeReplyObject(rep);
+    return PL_OK;
 }
 
 int pl_redis_set_nx(pl_redis_t *r, const char *key, const char *value, long ttl_s, int *set)

@@ -68,6 +68,11 @@ int pl_key_policy(char *out, const char *user)
     return build(out, "parley:policy:%s", user);
 }
 
+int pl_key_convgw(char *out, const char *conv)
+{
+    return build(out, "parley:convgw:%s", conv);
+}
+
 int pl_key_intent(char *out, int partition)
 {
     return build(out, PL_TOPIC_MESSAGES "/%d", partition);

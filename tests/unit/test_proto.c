@@ -487,6 +487,81 @@ static void test_kinds_and_policy(void)
     CU_ASSERT_STRING_EQUAL(conv, "u:bob");
 }
 
+static void test_groups(void)
+{
+    char g[PL_CONV_ID_LEN], g2[PL_CONV_ID_LEN], g3[PL_CONV_ID_LEN];
+    pl_group_conv("alice", "c-1", g);
+    pl_group_conv("alice", "c-1", g2);
+    pl_group_conv("alice", "c-2", g3);
+    CU_ASSERT_EQUAL(strlen(g), 28);
+    CU_ASSERT_STRING_EQUAL(g, g2); /* a retried create names the same group */
+    CU_ASSERT_STRING_NOT_EQUAL(g, g3);
+    CU_ASSERT_EQUAL(pl_conv_kind(g), 'g');
+    CU_ASSERT_EQUAL(pl_conv_kind("d:alice:bob"), 'd');
+    CU_ASSERT_EQUAL(pl_conv_kind("u:alice"), 'u');
+    const char *bad[] = {"d:bob:alice",
+                         "d:alice:alice",
+                         "d:Alice:bob",
+                         "d:alice",
+                         "u:Al",
+                         "g:0123456789ABCDEFGHJKMNPQR",
+                         "g:0123456789ABCDEFGHJKMNPQRI",
+                         "g:0123456789abcdefghjkmnpqrs",
+                         "x:alice",
+                         "",
+                         "g:"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CU_ASSERT_EQUAL(pl_conv_kind(bad[i]), 0);
+    }
+    CU_ASSERT_EQUAL(pl_conv_kind("g:0123456789ABCDEFGHJKMNPQRS"), 'g');
+
+    pl_frame_t f;
+    const char *why = NULL;
+    char text[256];
+    snprintf(text, sizeof(text),
+             "{\"type\":\"send\",\"client_id\":\"c\",\"conv\":\"%s\","
+             "\"content\":\"x\"}",
+             g);
+    CU_ASSERT_EQUAL_FATAL(pl_frame_parse(text, strlen(text), &f, &why), PL_OK);
+    CU_ASSERT_STRING_EQUAL(f.conv, g);
+    CU_ASSERT_STRING_EQUAL(f.to, "");
+    pl_frame_clear(&f);
+    const char *refused[] = {
+        /* both destinations, neither, a user's own stream, a malformed id */
+        "{\"type\":\"send\",\"client_id\":\"c\",\"to\":\"bob\",\"conv\":\"d:alice:bob\","
+        "\"content\":\"x\"}",
+        "{\"type\":\"send\",\"client_id\":\"c\",\"content\":\"x\"}",
+        "{\"type\":\"send\",\"client_id\":\"c\",\"conv\":\"u:bob\",\"content\":\"x\"}",
+        "{\"type\":\"send\",\"client_id\":\"c\",\"conv\":\"g:nope\",\"content\":\"x\"}",
+        "{\"type\":\"send\",\"client_id\":\"c\",\"conv\":7,\"content\":\"x\"}",
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        CU_ASSERT_EQUAL(pl_frame_parse(refused[i], strlen(refused[i]), &f, &why), PL_ERR_INVAL);
+    }
+
+    /* Membership versions travel on committed group records. */
+    pl_msg_t m;
+    memset(&m, 0, sizeof(m));
+    snprintf(m.msg_id, sizeof(m.msg_id), "m1");
+    snprintf(m.conv, sizeof(m.conv), "%s", g);
+    snprintf(m.sender, sizeof(m.sender), "alice");
+    snprintf(m.receiver, sizeof(m.receiver), "%.*s", PL_USERNAME_MAX, g);
+    snprintf(m.client_id, sizeof(m.client_id), "c");
+    m.content = "hi";
+    m.content_len = 2;
+    m.seq = 9;
+    m.mver = 7;
+    m.pmver = 3;
+    char *rec = pl_msg_record(&m);
+    pl_msg_t back;
+    CU_ASSERT_EQUAL_FATAL(pl_msg_parse(rec, strlen(rec), &back), PL_OK);
+    CU_ASSERT_EQUAL(back.mver, 7);
+    CU_ASSERT_EQUAL(back.pmver, 3);
+    CU_ASSERT_STRING_EQUAL(back.receiver, g);
+    pl_msg_clear(&back);
+    free(rec);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS) {
@@ -500,6 +575,7 @@ int main(void)
     CU_add_test(s, "UTF-8 at every split", test_utf8);
     CU_add_test(s, "records and server frames", test_records);
     CU_add_test(s, "stream item kinds, refusals, who may message whom", test_kinds_and_policy);
+    CU_add_test(s, "conversation kinds, group ids, sends to a conversation", test_groups);
     CU_add_test(s, "WebSocket handshake", test_handshake);
     CU_add_test(s, "WebSocket frames in", test_ws_rx);
     CU_add_test(s, "WebSocket frames out", test_ws_header);
