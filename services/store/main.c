@@ -112,7 +112,7 @@ int main(void)
     pl_http_t *http = NULL;
     char *pub = NULL;
     size_t pub_len = 0;
-    long port, threads, redis_port, leeway, cold;
+    long port, threads, redis_port, leeway, cold, member_limit, group_rate;
     int trust;
     memset(&ctx, 0, sizeof(ctx));
 
@@ -124,6 +124,8 @@ int main(void)
         pl_cfg_int("PARLEY_REDIS_PORT", 6379, 1, 65535, &redis_port) ||
         pl_cfg_int("PARLEY_JWT_LEEWAY", 30, 0, PL_JWT_MAX_LEEWAY, &leeway) ||
         pl_cfg_int("PARLEY_STORE_COLD_CHECK_S", 120, 0, 86400, &cold) ||
+        pl_cfg_int("PARLEY_GROUP_MEMBER_LIMIT", 10000, 2, 1000000, &member_limit) ||
+        pl_cfg_int("PARLEY_GROUP_RATE", 20, 1, 100000, &group_rate) ||
         pl_cfg_bool("PARLEY_TRUST_FORWARDED", 0, &trust)) {
         goto out;
     }
@@ -149,8 +151,11 @@ int main(void)
     init_metrics(&ctx);
     st_db_t db;
     st_mongo_db(ctx.mongo, &db);
+    /* Slow mode: a group takes group_rate items a second, with two seconds' worth at once. */
+    st_group_cfg_t gcfg = {member_limit, (double)group_rate, 2.0 * (double)group_rate, 2000000};
     if ((ctx.seq = st_seq_new(&db, (int)cold, ctx.metrics)) == NULL ||
-        (ctx.policy = st_policy_new(ctx.mongo, ctx.redis, 200000)) == NULL) {
+        (ctx.policy = st_policy_new(ctx.mongo, ctx.redis, 200000)) == NULL ||
+        (ctx.groups = st_group_new(ctx.mongo, &gcfg)) == NULL) {
         goto out;
     }
 
@@ -206,6 +211,7 @@ out:
     pl_redis_free(&ctx.redis);
     st_seq_free(&ctx.seq);
     st_policy_free(&ctx.policy);
+    st_group_free(&ctx.groups);
     pl_metrics_free(&ctx.metrics);
     free(pub);
     if (rc == 0) {

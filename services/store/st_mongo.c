@@ -319,24 +319,51 @@ void st_mongo_db(pl_mongo_t *m, st_db_t *out)
     };
 }
 
+/* How many bytes of content the conversation document keeps as its last item's preview. */
+#define PREVIEW_MAX 160
+
+/* The length of the longest prefix of p[0..len) that is at most max bytes and does not cut
+ * a UTF-8 sequence. */
+static size_t utf8_prefix(const char *p, size_t len, size_t max)
+{
+    if (len <= max) {
+        return len;
+    }
+    size_t n = max;
+    while (n > 0 && ((unsigned char)p[n] & 0xc0) == 0x80) {
+        n--;
+    }
+    return n;
+}
+
 /* Fills filter and upd with the upsert of the conversation document of tops[k]. */
 static void fill_conversation(const void *arg, size_t k, bson_t *filter, bson_t *upd)
 {
     const pl_msg_t *m = ((const pl_msg_t *const *)arg)[k];
     bson_t set, max, members;
-    const char *a = strcmp(m->sender, m->receiver) <= 0 ? m->sender : m->receiver;
-    const char *b = a == m->sender ? m->receiver : m->sender;
+    char kind[2] = {(char)pl_conv_kind(m->conv), '\0'};
     BSON_APPEND_UTF8(filter, "_id", m->conv);
     BSON_APPEND_DOCUMENT_BEGIN(upd, "$set", &set);
-    BSON_APPEND_ARRAY_BEGIN(&set, "members", &members);
-    BSON_APPEND_UTF8(&members, "0", a);
-    if (strcmp(a, b) != 0) {
-        BSON_APPEND_UTF8(&members, "1", b); /* u:<user> has one member */
+    BSON_APPEND_UTF8(&set, "kind", kind);
+    if (kind[0] != 'g') {
+        /* A group's members are its members documents (st_group.h), not a list here. */
+        const char *a = strcmp(m->sender, m->receiver) <= 0 ? m->sender : m->receiver;
+        const char *b = a == m->sender ? m->receiver : m->sender;
+        BSON_APPEND_ARRAY_BEGIN(&set, "members", &members);
+        BSON_APPEND_UTF8(&members, "0", a);
+        if (strcmp(a, b) != 0) {
+            BSON_APPEND_UTF8(&members, "1", b); /* u:<user> has one member */
+        }
+        bson_append_array_end(&set, &members);
     }
-    bson_append_array_end(&set, &members);
     /* The message at last_seq, for the sequence allocator's check by _id. Replays can leave
      * it behind last_seq; the check then fails and falls back to probing. */
     BSON_APPEND_UTF8(&set, "last_msg_id", m->msg_id);
+    /* The conversation list's last_item, without reading the message again. */
+    BSON_APPEND_UTF8(&set, "last_sender", m->sender);
+    BSON_APPEND_UTF8(&set, "last_kind", m->kind[0] ? m->kind : PL_KIND_TEXT);
+    bson_append_utf8(&set, "last_preview", -1, m->content,
+                     (int)utf8_prefix(m->content, m->content_len, PREVIEW_MAX));
     bson_append_document_end(upd, &set);
     /* $max: a replayed or reordered batch never moves last_seq backwards. */
     BSON_APPEND_DOCUMENT_BEGIN(upd, "$max", &max);

@@ -32,7 +32,9 @@ typedef struct st_rec_s {
     unsigned char valid;    /* parsed, and its conversation id matches its members */
     unsigned char first;    /* valid and the first copy of its msg_id in the batch */
     unsigned char replayed; /* already stored before this batch: it keeps its seq */
-    unsigned char refused;  /* not allowed (st_policy.h): not stored, its sender is told */
+    unsigned char refused;  /* not allowed (st_policy.h, st_group.h): not stored, its sender
+                               is told refuse_code (PL_ERR_FORBIDDEN when 0) */
+    int refuse_code;
     /* working state of one st_seq_write() call */
     unsigned char careful;   /* may already be stored: checked and written one at a time */
     unsigned char fast;      /* numbered from memory and bulk inserted */

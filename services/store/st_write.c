@@ -38,7 +38,11 @@ static void parse_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, st_rec_t *out
         if (pl_msg_parse(recs[i].value, recs[i].vlen, &r->m) != PL_OK) {
             continue;
         }
-        if (strcmp(r->m.kind, PL_KIND_SYSTEM) == 0) {
+        if (pl_conv_kind(r->m.conv) == 'g') {
+            /* A group item: its receiver is the group (st_group.h decides the rest). */
+            snprintf(conv, sizeof(conv), "%s", r->m.receiver);
+            r->valid = 1;
+        } else if (strcmp(r->m.kind, PL_KIND_SYSTEM) == 0) {
             /* A user's own stream (made by parley-auth): its one member is both ends. */
             pl_user_conv(r->m.receiver, conv);
             r->valid = strcmp(r->m.sender, r->m.receiver) == 0;
@@ -108,17 +112,16 @@ static int upsert_conversations(st_ctx_t *ctx, const st_rec_t *recs, size_t n)
     return rc;
 }
 
-/* Produces one record to parley.committed, waiting while the local queue is full. */
-static int announce_one(st_ctx_t *ctx, const pl_msg_t *m)
+/* Produces one record to topic, keyed by conv, waiting while the local queue is full. Takes
+ * rec (freed here). */
+static int produce_rec(st_ctx_t *ctx, const char *topic, const char *conv, char *rec)
 {
-    char *rec = pl_msg_record(m);
     if (rec == NULL) {
         return PL_ERR_NOMEM;
     }
     int rc;
     for (int tries = 0;; tries++) {
-        rc = pl_kafka_produce(ctx->producer, PL_TOPIC_COMMITTED, m->conv, strlen(m->conv), rec,
-                              strlen(rec), NULL);
+        rc = pl_kafka_produce(ctx->producer, topic, conv, strlen(conv), rec, strlen(rec), NULL);
         if (rc != PL_ERR_UNAVAIL || tries >= 150) {
             break; /* a queue full for 15 s: the batch is retried */
         }
@@ -128,9 +131,15 @@ static int announce_one(st_ctx_t *ctx, const pl_msg_t *m)
     return rc;
 }
 
-/* Produces the batch's messages, and its refusals for their senders, and waits for every
+static int announce_one(st_ctx_t *ctx, const pl_msg_t *m)
+{
+    return produce_rec(ctx, PL_TOPIC_COMMITTED, m->conv, pl_msg_record(m));
+}
+
+/* Produces the batch's messages, and its refusals for their senders, and the items of its
+ * group changes on the members' own streams (uitems, st_group_commit), and waits for every
  * acknowledgement. */
-static int announce(st_ctx_t *ctx, st_rec_t *recs, size_t n)
+static int announce(st_ctx_t *ctx, st_rec_t *recs, size_t n, json_t *uitems)
 {
     double t0 = monotonic_s();
     int rc = PL_OK;
@@ -140,9 +149,15 @@ static int announce(st_ctx_t *ctx, st_rec_t *recs, size_t n)
             rc = announce_one(ctx, &recs[i].m);
         } else if (recs[i].refused) {
             snprintf(recs[i].m.refused, sizeof(recs[i].m.refused), "%s",
-                     pl_errcode(PL_ERR_FORBIDDEN));
+                     pl_errcode(recs[i].refuse_code ? recs[i].refuse_code : PL_ERR_FORBIDDEN));
             rc = announce_one(ctx, &recs[i].m);
         }
+    }
+    for (size_t i = 0; i < json_array_size(uitems) && rc == PL_OK; i++) {
+        json_t *item = json_array_get(uitems, i);
+        const char *conv = json_string_value(json_object_get(item, "conv"));
+        rc = conv ? produce_rec(ctx, PL_TOPIC_MESSAGES, conv, json_dumps(item, JSON_COMPACT))
+                  : PL_ERR_NOMEM;
     }
     if (rc == PL_OK) {
         rc = pl_kafka_flush(ctx->producer, 15000);
@@ -186,16 +201,24 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n, int atte
         return PL_ERR_NOMEM;
     }
     parse_batch(ctx, recs, r, n, attempt);
-    int rc = check_policy(ctx, r, n);
+    json_t *uitems = json_array();
+    int rc = uitems ? check_policy(ctx, r, n) : PL_ERR_NOMEM;
+    if (rc == PL_OK) {
+        rc = st_group_check(ctx->groups, r, n);
+    }
     if (rc == PL_OK) {
         rc = st_seq_write(ctx->seq, r, n, attempt);
+    }
+    if (rc == PL_OK) {
+        rc = st_group_commit(ctx->groups, r, n, uitems);
     }
     if (rc == PL_OK) {
         rc = upsert_conversations(ctx, r, n);
     }
     if (rc == PL_OK) {
-        rc = announce(ctx, r, n);
+        rc = announce(ctx, r, n, uitems);
     }
+    json_decref(uitems);
     if (rc == PL_OK) {
         for (size_t i = 0; i < n; i++) {
             if (r[i].first) {
@@ -206,6 +229,7 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n, int atte
         }
         pl_metric_observe(ctx->m_batch, (double)n);
     } else {
+        st_group_abort(ctx->groups);
         pl_log_warn("store_retry", "batch of %zu not stored yet: %s", n, pl_strerror(rc));
     }
     for (size_t i = 0; i < n; i++) {
@@ -221,6 +245,9 @@ int st_ensure_indexes(st_ctx_t *ctx)
         return PL_OK;
     }
     int rc = st_mongo_ensure_indexes(ctx->mongo);
+    if (rc == PL_OK) {
+        rc = st_group_indexes(ctx->mongo);
+    }
     if (rc == PL_OK) {
         atomic_store(&ctx->indexes_ready, 1);
     }

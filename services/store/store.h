@@ -15,6 +15,7 @@
 #include "parley/redis.h"
 #include "parley/wire.h"
 #include "st_mongo.h"
+#include "st_group.h"
 #include "st_policy.h"
 #include "st_seq.h"
 
@@ -29,6 +30,7 @@ typedef struct st_ctx_s {
     pl_metrics_t *metrics;
     st_seq_t *seq;           /* the sequence allocator; consumer thread only */
     st_policy_t *policy;     /* who may write to whom; consumer thread only */
+    st_group_t *groups;      /* who may post to a group, membership; consumer thread only */
     atomic_int batch_failed; /* a committed record of the current batch was not delivered */
     atomic_int indexes_ready;
     pl_metric_t *m_stored;
