@@ -28,6 +28,8 @@ typedef struct auth_limits_s {
     long login_per_addr; /* login attempts per client address per window */
     long register_per_addr;
     long contact_per_user; /* contact requests per user per window */
+    long group_per_user;   /* group changes (create, add, remove, …) per user per window */
+    long member_limit;     /* members of one group, at most */
 } auth_limits_t;
 
 typedef struct auth_ctx_s {
@@ -72,6 +74,9 @@ int auth_user_active(auth_ctx_t *ctx, const char *name);
  * drops what gateways cached about who may message user. */
 int auth_announce(auth_ctx_t *ctx, json_t *note);
 
+/* Produces rec (a parley.messages record) under key and waits until Kafka has it under
+ * acks=all. PL_OK, or PL_ERR_UNAVAIL (not known to be written: the caller answers 503). */
+int auth_produce_wait(auth_ctx_t *ctx, const char *key, const char *rec);
 /* The delivery report callback of ctx->producer (ud is the context). */
 void auth_social_delivered(void *ud, void *opaque, int err);
 
@@ -94,6 +99,14 @@ void auth_h_settings_patch(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
  * finds a user's viewers with one lookup by _id. */
 #define AUTH_CONTACT_LISTS "contact_lists"
 
+/* Groups (auth_groups.c, DESIGN 7.4). */
+void auth_h_group_create(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_group_get(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_group_patch(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_group_post(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_group_delete(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_internal_groups(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+void auth_h_internal_members(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 /* Presence (auth_presence.c, DESIGN 7.3). */
 void auth_h_presence(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 void auth_h_internal_presence(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);

@@ -117,6 +117,29 @@ static int emit(auth_ctx_t *ctx, json_t *change)
     return rc;
 }
 
+int auth_produce_wait(auth_ctx_t *ctx, const char *key, const char *rec)
+{
+    waiter_t *w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        return PL_ERR_NOMEM;
+    }
+    atomic_init(&w->refs, 2);
+    int rc =
+        pl_kafka_produce(ctx->producer, PL_TOPIC_MESSAGES, key, strlen(key), rec, strlen(rec), w);
+    if (rc != PL_OK) {
+        atomic_fetch_sub(&w->refs, 1); /* never queued: no report will come */
+    }
+    long long deadline = pl_now_ms() + EMIT_WAIT_MS;
+    while (atomic_load(&w->refs) > 1 && pl_now_ms() < deadline) {
+        pl_kafka_poll(ctx->producer, 20);
+    }
+    if (rc == PL_OK && (atomic_load(&w->refs) > 1 || atomic_load(&w->failed))) {
+        rc = PL_ERR_UNAVAIL;
+    }
+    waiter_put(w);
+    return rc;
+}
+
 /* A new change id (also the items' client_id suffix, so a retry is de-duplicated). */
 static json_t *new_change(void)
 {

@@ -89,6 +89,8 @@ int main(void)
         pl_cfg_int("PARLEY_LOGIN_LIMIT_ADDR", 60, 1, 1000000, &ctx.limits.login_per_addr) ||
         pl_cfg_int("PARLEY_REGISTER_LIMIT_ADDR", 20, 1, 1000000, &ctx.limits.register_per_addr) ||
         pl_cfg_int("PARLEY_CONTACT_LIMIT_USER", 30, 1, 1000000, &ctx.limits.contact_per_user) ||
+        pl_cfg_int("PARLEY_GROUP_LIMIT_USER", 60, 1, 1000000, &ctx.limits.group_per_user) ||
+        pl_cfg_int("PARLEY_GROUP_MEMBER_LIMIT", 10000, 2, 1000000, &ctx.limits.member_limit) ||
         pl_cfg_bool("PARLEY_TRUST_FORWARDED", 0, &trust)) {
         goto out;
     }
