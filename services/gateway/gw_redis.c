@@ -333,6 +333,22 @@ void gw_redis_presence_del(gw_redis_t *g, const char *user, uint64_t id)
     redisAsyncCommand(ac, NULL, NULL, "HDEL %s %s", key, field);
 }
 
+void gw_redis_interest(gw_redis_t *g, const char *conv, long long until_ms)
+{
+    redisAsyncContext *ac = cmd_ac(g);
+    char key[PL_KEY_LEN];
+    if (ac == NULL || pl_key_convgw(key, conv) != PL_OK) {
+        return; /* renewed through on_resync once Redis is back */
+    }
+    if (until_ms > 0) {
+        redisAsyncCommand(ac, NULL, NULL, "ZADD %s %lld %s", key, until_ms, g->gw_id);
+        /* Entries of gateways that stopped renewing (killed) go with the next renewal. */
+        redisAsyncCommand(ac, NULL, NULL, "ZREMRANGEBYSCORE %s -inf %lld", key, pl_now_ms());
+    } else {
+        redisAsyncCommand(ac, NULL, NULL, "ZREM %s %s", key, g->gw_id);
+    }
+}
+
 void gw_redis_heartbeat(gw_redis_t *g)
 {
     redisAsyncContext *ac = cmd_ac(g);

@@ -49,6 +49,9 @@ void gw_redis_goodbye(gw_redis_t *r);
  * while Redis is away: on_resync asks for everything again. */
 void gw_redis_presence_add(gw_redis_t *r, const char *user, uint64_t id);
 void gw_redis_presence_del(gw_redis_t *r, const char *user, uint64_t id);
+/* Says this gateway holds a member of group conv until until_ms (ZADD on pl_key_convgw(), and
+ * lapsed entries pruned), or no longer (until_ms 0: ZREM). Dropped while Redis is away. */
+void gw_redis_interest(gw_redis_t *r, const char *conv, long long until_ms);
 /* Asks whether session sid was revoked; fn(arg, rc) runs during the call when Redis is down
  * (failing open), else on a later turn. */
 void gw_redis_check_revoked(gw_redis_t *r, const char *sid, gw_redis_answer_fn fn, void *arg);

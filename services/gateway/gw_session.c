@@ -67,6 +67,7 @@ typedef struct send_s {
     char msg_id[PL_MSG_ID_LEN];
     char sender[PL_USERNAME_LEN];
     char to[PL_USERNAME_LEN];
+    char group[PL_CONV_ID_LEN]; /* a group's conversation id, or "" */
     char *content;
     size_t content_len;
     long long ts_ms;
@@ -391,9 +392,15 @@ static void produce(gw_sessions_t *S, send_t *d)
     pl_msg_t m;
     memset(&m, 0, sizeof(m));
     snprintf(m.msg_id, sizeof(m.msg_id), "%s", d->msg_id);
-    pl_conv_id(d->sender, d->to, m.conv);
+    if (d->group[0]) {
+        /* A group item: its receiver is the group; the store decides who may post. */
+        snprintf(m.conv, sizeof(m.conv), "%s", d->group);
+        snprintf(m.receiver, sizeof(m.receiver), "%.*s", PL_USERNAME_MAX, d->group);
+    } else {
+        pl_conv_id(d->sender, d->to, m.conv);
+        snprintf(m.receiver, sizeof(m.receiver), "%s", d->to);
+    }
     snprintf(m.sender, sizeof(m.sender), "%s", d->sender);
-    snprintf(m.receiver, sizeof(m.receiver), "%s", d->to);
     snprintf(m.client_id, sizeof(m.client_id), "%s", d->client_id);
     snprintf(m.origin_gw, sizeof(m.origin_gw), "%s", S->gw_id);
     m.origin_conn = s->id;
@@ -435,8 +442,34 @@ static void over_budget(gw_sessions_t *S, gw_sess_t *s)
     }
 }
 
+/* The other member of a 1:1 conversation named by a send's "conv", into to; 0 when user is
+ * not one of its two members. */
+static int conv_peer(const char *conv, const char *user, char to[PL_USERNAME_LEN])
+{
+    size_t n = strlen(user);
+    const char *p = conv + 2; /* "d:<a>:<b>", checked by the parser */
+    if (strncmp(p, user, n) == 0 && p[n] == ':') {
+        snprintf(to, PL_USERNAME_LEN, "%s", p + n + 1);
+        return 1;
+    }
+    const char *colon = strchr(p, ':');
+    if (colon != NULL && strcmp(colon + 1, user) == 0 && (size_t)(colon - p) < PL_USERNAME_LEN) {
+        memcpy(to, p, (size_t)(colon - p));
+        to[colon - p] = '\0';
+        return 1;
+    }
+    return 0;
+}
+
 static void on_send_frame(gw_sessions_t *S, gw_sess_t *s, const pl_frame_t *f)
 {
+    char to[PL_USERNAME_LEN];
+    snprintf(to, sizeof(to), "%s", f->to);
+    if (f->conv[0] == 'd' && !conv_peer(f->conv, s->user, to)) {
+        send_error(S, s, PL_ERR_FORBIDDEN, "you are not a member of this conversation",
+                   f->client_id, 0);
+        return;
+    }
     if (S->draining) {
         send_error(S, s, PL_ERR_UNAVAIL, "gateway is shutting down; reconnect", f->client_id, 500);
         return;
@@ -463,11 +496,18 @@ static void on_send_frame(gw_sessions_t *S, gw_sess_t *s, const pl_frame_t *f)
     d->sess_id = s->id;
     snprintf(d->client_id, sizeof(d->client_id), "%s", f->client_id);
     snprintf(d->sender, sizeof(d->sender), "%s", s->user);
-    snprintf(d->to, sizeof(d->to), "%s", f->to);
+    snprintf(d->to, sizeof(d->to), "%s", to);
+    if (f->conv[0] == 'g') {
+        snprintf(d->group, sizeof(d->group), "%s", f->conv);
+    }
     pl_msg_id(s->user, f->client_id, d->msg_id);
     d->ts_ms = pl_now_ms();
     clock_gettime(CLOCK_MONOTONIC, &d->started);
     s->inflight++;
+    if (d->group[0]) {
+        produce(S, d); /* membership is the store's to decide, in stream order */
+        return;
+    }
     S->cfg.outside.may_write(S->cfg.outside.ud, d->sender, d->to, on_recipient, d);
 }
 
@@ -575,9 +615,17 @@ static void push_refusal(gw_sessions_t *S, const pl_msg_t *m)
     if (s == NULL || s->state != OPEN || strcmp(s->user, m->sender) != 0) {
         return; /* gone: its retry after a reconnect is refused again */
     }
+    int group = pl_conv_kind(m->conv) == 'g';
+    if (strcmp(m->refused, pl_errcode(PL_ERR_RATELIMIT)) == 0) {
+        send_error(S, s, PL_ERR_RATELIMIT, "the group is in slow mode; wait and retry",
+                   m->client_id, 1000);
+        return;
+    }
     int err =
         strcmp(m->refused, pl_errcode(PL_ERR_FORBIDDEN)) == 0 ? PL_ERR_FORBIDDEN : PL_ERR_INTERNAL;
-    send_error(S, s, err, "you cannot message this user", m->client_id, 0);
+    send_error(S, s, err,
+               group ? "you cannot post in this conversation" : "you cannot message this user",
+               m->client_id, 0);
 }
 
 void gw_sessions_push(gw_sessions_t *S, json_t *msg)

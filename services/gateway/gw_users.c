@@ -54,8 +54,11 @@ typedef struct waiter_s {
 typedef struct lookup_s {
     char name[PL_USERNAME_LEN];
     char from[PL_USERNAME_LEN];
-    /* presence jobs (gw_users_presence): no cache, one answer each */
+    /* presence jobs (gw_users_presence) and calls (gw_users_call): no cache, one answer each */
     uint64_t job_id; /* 0 for a permission lookup */
+    char method[8];  /* a call: its request */
+    char path[160];
+    char *body;
     char status[8];
     long long at_ms;
     json_t *viewers;
@@ -204,6 +207,19 @@ static int ask_viewers(const char *host, int port, lookup_t *l)
     return l->viewers != NULL ? PL_OK : status == 404 ? PL_ERR_NOTFOUND : PL_ERR_UNAVAIL;
 }
 
+/* A call (gw_users_call): the whole JSON answer of a 200 goes back in l->viewers. */
+static int ask_call(const char *host, int port, lookup_t *l)
+{
+    json_t *resp = NULL;
+    int status = http_call(host, port, l->method, l->path, l->body, &resp);
+    if (status == 200 && resp != NULL) {
+        l->viewers = resp;
+        return PL_OK;
+    }
+    json_decref(resp);
+    return status == 404 ? PL_ERR_NOTFOUND : status == 403 ? PL_ERR_FORBIDDEN : PL_ERR_UNAVAIL;
+}
+
 static void *worker(void *arg)
 {
     gw_users_t *u = arg;
@@ -218,8 +234,9 @@ static void *worker(void *arg)
         lookup_t *l = u->todo;
         u->todo = l->next;
         pthread_mutex_unlock(&u->lock);
-        l->result = l->job_id ? ask_viewers(u->host, u->port, l)
-                              : ask_auth(u->host, u->port, l->name, l->from);
+        l->result = l->path[0]  ? ask_call(u->host, u->port, l)
+                    : l->job_id ? ask_viewers(u->host, u->port, l)
+                                : ask_auth(u->host, u->port, l->name, l->from);
         pthread_mutex_lock(&u->lock);
         l->next = u->done;
         u->done = l;
@@ -264,6 +281,33 @@ void gw_users_presence(gw_users_t *u, const char *user, const char *status, long
     l->next = u->pending;
     u->pending = l;
     submit(u, l, job);
+}
+
+void gw_users_call(gw_users_t *u, const char *method, const char *path, json_t *body,
+                   gw_users_viewers_fn fn, void *arg)
+{
+    lookup_t *l = calloc(1, sizeof(*l));
+    lookup_t *job = calloc(1, sizeof(*job));
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (l == NULL || job == NULL || (body != NULL && text == NULL) ||
+        strlen(path) >= sizeof(l->path)) {
+        free(l);
+        free(job);
+        free(text);
+        fn(arg, PL_ERR_UNAVAIL, NULL);
+        return;
+    }
+    snprintf(l->method, sizeof(l->method), "%s", method);
+    snprintf(l->path, sizeof(l->path), "%s", path);
+    l->job_id = ++u->next_job;
+    l->vfn = fn;
+    l->varg = arg;
+    l->next = u->pending;
+    u->pending = l;
+    l->body = text;
+    submit(u, l, job); /* the worker's copy owns the body from here */
+    l->body = NULL;
 }
 
 /* The pending lookup job answers, unlinked from the pending list; NULL when none. */
@@ -354,11 +398,13 @@ void gw_users_free(gw_users_t **pu)
     /* The worker's copies carry no waiters; the loop's lookups answer theirs. */
     for (lookup_t *l = u->todo, *next; l != NULL; l = next) {
         next = l->next;
+        free(l->body);
         free(l);
     }
     for (lookup_t *l = u->done, *next; l != NULL; l = next) {
         next = l->next;
         json_decref(l->viewers);
+        free(l->body);
         free(l);
     }
     for (lookup_t *l = u->pending, *next; l != NULL; l = next) {
@@ -488,6 +534,7 @@ static void on_done(gw_watch_t *w, uint32_t events)
             answer_all(l, job->result);
         }
         json_decref(job->viewers);
+        free(job->body);
         free(job);
     }
 }

@@ -35,6 +35,11 @@ typedef void (*gw_users_viewers_fn)(void *arg, int rc, json_t *viewers);
  * on a later loop turn, or with PL_ERR_UNAVAIL at gw_users_free(). */
 void gw_users_presence(gw_users_t *u, const char *user, const char *status, long long at_ms,
                        gw_users_viewers_fn fn, void *arg);
+/* Asks parley-auth method path with body (stolen; may be NULL): fn(arg, rc, answer) on a later
+ * loop turn, answer the JSON of a 200 (borrowed for the call); rc PL_ERR_NOTFOUND,
+ * PL_ERR_FORBIDDEN or PL_ERR_UNAVAIL otherwise (also at gw_users_free()). */
+void gw_users_call(gw_users_t *u, const char *method, const char *path, json_t *body,
+                   gw_users_viewers_fn fn, void *arg);
 /* Forgets what the cache knows of messages to name (its account was disabled, or a contact,
  * block or setting of it changed): the next question about it asks. */
 void gw_users_forget(gw_users_t *u, const char *name);

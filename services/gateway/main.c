@@ -5,6 +5,7 @@
  * acks still owed are delivered, every client gets close 1001 and moves to another gateway.
  */
 #include "gw_loop.h"
+#include "gw_groups.h"
 #include "gw_presence.h"
 #include "gw_redis.h"
 #include "gw_session.h"
@@ -41,7 +42,9 @@ typedef struct gw_main_s {
     gw_redis_t *redis;
     gw_users_t *users;
     gw_presence_t *presence;
+    gw_groups_t *groups;
     gw_sessions_t *sessions;
+    pl_metric_t *m_envelope[3]; /* items received from the router, by conversation kind */
     gw_ws_t *ws;
     char *origins;
     int dr_pipe[2];
@@ -61,11 +64,13 @@ static int out_produce(void *ud, const char *topic, const char *key, const char 
 static void out_presence_add(void *ud, const char *user, uint64_t id)
 {
     gw_presence_add(((gw_main_t *)ud)->presence, user, id);
+    gw_groups_add(((gw_main_t *)ud)->groups, user, id);
 }
 
 static void out_presence_del(void *ud, const char *user, uint64_t id)
 {
     gw_presence_del(((gw_main_t *)ud)->presence, user, id);
+    gw_groups_del(((gw_main_t *)ud)->groups, user, id);
 }
 
 /* An asynchronous question of the session layer, carried to its answer. */
@@ -124,9 +129,27 @@ static void on_dr_pipe(gw_watch_t *w, uint32_t events)
     pl_kafka_poll(g->producer, 0);
 }
 
+/* A committed item from the router: a group's goes through the group views (membership
+ * filter), anything else to the sender's and receiver's sessions; a user's own group notices
+ * also update the views. */
 static void on_push(void *ud, json_t *msg)
 {
-    gw_sessions_push(((gw_main_t *)ud)->sessions, msg);
+    gw_main_t *g = ud;
+    pl_msg_t m;
+    if (pl_msg_from_json(msg, &m) != PL_OK) {
+        gw_sessions_push(g->sessions, msg); /* logged there */
+        return;
+    }
+    int kind = pl_conv_kind(m.conv);
+    pl_metric_inc(g->m_envelope[kind == 'g' ? 1 : kind == 'u' ? 2 : 0]);
+    if (kind == 'g' && m.refused[0] == '\0') {
+        gw_groups_push(g->groups, msg);
+        return;
+    }
+    if (kind == 'u' && m.event != NULL) {
+        gw_groups_own_item(g->groups, &m);
+    }
+    gw_sessions_push(g->sessions, msg);
 }
 
 static void on_revoke(void *ud, const char *user, const char *sid, int forget)
@@ -146,6 +169,7 @@ static void on_resync(void *ud)
     if (!atomic_load(&g->draining)) {
         gw_sessions_refresh_presence(g->sessions);
         gw_presence_resync(g->presence);
+        gw_groups_tick(g->groups, 1);
     }
 }
 
@@ -340,7 +364,16 @@ static int assemble(gw_main_t *g, const struct settings *c)
         return PL_ERR_IO;
     }
     gw_presence_cfg_t pc = {g->redis, g->users, c->grace, g, deliver_presence};
-    return (g->presence = gw_presence_new(&pc)) != NULL ? PL_OK : PL_ERR_NOMEM;
+    gw_groups_cfg_t gc = {g->redis, g->users, g->metrics, g, deliver_presence};
+    static const char *const kinds[] = {"kind=\"d\"", "kind=\"g\"", "kind=\"u\""};
+    for (int i = 0; i < 3; i++) {
+        g->m_envelope[i] =
+            pl_metrics_counter(g->metrics, "parley_gateway_routed_items_total",
+                               "Items the router sent here, by conversation kind", kinds[i]);
+    }
+    return (g->presence = gw_presence_new(&pc)) != NULL && (g->groups = gw_groups_new(&gc)) != NULL
+               ? PL_OK
+               : PL_ERR_NOMEM;
 }
 
 /* Runs the loop until a signal on sigfd has drained every socket (or the drain timed out). */
@@ -384,6 +417,7 @@ static void serve(gw_main_t *g, int sigfd)
             gw_ws_tick(g->ws);
             if (!atomic_load(&g->draining)) {
                 gw_presence_tick(g->presence);
+                gw_groups_tick(g->groups, 0);
             }
         }
         if (now >= next_refresh && !atomic_load(&g->draining)) {
@@ -409,6 +443,7 @@ static void teardown(gw_main_t *g)
     gw_users_free(&g->users);
     gw_redis_free(&g->redis);
     gw_presence_free(&g->presence);
+    gw_groups_free(&g->groups);
     pl_kafka_free(&g->producer);
     gw_sessions_free(&g->sessions);
     pl_jwt_verifier_free(&g->verifier);

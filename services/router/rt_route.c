@@ -3,6 +3,13 @@
  * where a user's devices are; parley:gw:<gateway> says the gateway is alive, so entries of a
  * gateway that died are ignored within its liveness TTL. Each live gateway gets the messages
  * whose sender or receiver it holds, and delivers them to every one of their sockets there.
+ *
+ * A group item goes to the gateways that hold a member's socket, from the group's record of
+ * interested gateways (parley:convgw:<conv>, kept by the gateways): one ZRANGEBYSCORE per
+ * group of the batch, one MGET for the liveness of every gateway met, one publish per gateway,
+ * whatever the number of members; each gateway filters by membership (gw_groups.h). A
+ * membership change also goes to the gateways of the users it adds or removes, which may not
+ * be interested yet.
  */
 #include "router.h"
 #include "parley/enc.h"
@@ -29,9 +36,19 @@ struct gateway {
     json_t *msgs;
 };
 
+#define MAX_GW_PER_GROUP 256
+
+struct group {
+    char conv[PL_CONV_ID_LEN];
+    int ngw;
+    int gw[MAX_GW_PER_GROUP];
+};
+
 struct batch {
     struct user *users;
-    size_t nusers;
+    size_t nusers, capusers;
+    struct group *groups;
+    size_t ngroups;
     struct gateway *gws;
     size_t ngws, capgws;
 };
@@ -226,10 +243,38 @@ static int publish(rt_ctx_t *ctx, struct gateway *g)
     return rc;
 }
 
-/* The batch's senders and receivers, sorted and unique, in b->users. */
+static int is_group(json_t *rec)
+{
+    return pl_conv_kind(json_string_value(json_object_get(rec, "conv"))) == 'g';
+}
+
+static void add_user(struct batch *b, const char *name)
+{
+    if (name != NULL && b->nusers < b->capusers) {
+        snprintf(b->users[b->nusers++].name, sizeof(b->users[0].name), "%s", name);
+    }
+}
+
+/* The users a membership change names (added, removed, or the members of a new group). */
+static json_t *named_users(json_t *rec, json_t **one)
+{
+    json_t *ev = json_object_get(rec, "event");
+    json_t *list = json_object_get(ev, "users");
+    *one = json_object_get(ev, "user");
+    return list ? list : json_object_get(ev, "members");
+}
+
+/* The users whose presence the batch needs, sorted and unique, in b->users: senders and
+ * receivers of 1:1 and own-stream items, senders of refusals, users named by group changes. */
 static int collect_users(struct batch *b, json_t **recs, size_t n)
 {
-    b->users = calloc(2 * n + 1, sizeof(*b->users));
+    size_t need = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *one, *list = recs[i] ? named_users(recs[i], &one) : NULL;
+        need += 2 + json_array_size(list);
+    }
+    b->capusers = need + 1;
+    b->users = calloc(b->capusers, sizeof(*b->users));
     if (b->users == NULL) {
         return PL_ERR_NOMEM;
     }
@@ -237,10 +282,16 @@ static int collect_users(struct batch *b, json_t **recs, size_t n)
         if (recs[i] == NULL) {
             continue;
         }
-        snprintf(b->users[b->nusers++].name, sizeof(b->users[0].name), "%s",
-                 json_string_value(json_object_get(recs[i], "sender")));
-        snprintf(b->users[b->nusers++].name, sizeof(b->users[0].name), "%s",
-                 json_string_value(json_object_get(recs[i], "receiver")));
+        add_user(b, json_string_value(json_object_get(recs[i], "sender")));
+        if (!is_group(recs[i])) {
+            add_user(b, json_string_value(json_object_get(recs[i], "receiver")));
+            continue;
+        }
+        json_t *one, *list = named_users(recs[i], &one);
+        add_user(b, json_string_value(one));
+        for (size_t k = 0; k < json_array_size(list); k++) {
+            add_user(b, json_string_value(json_array_get(list, k)));
+        }
     }
     qsort(b->users, b->nusers, sizeof(*b->users), cmp_user);
     size_t uniq = 0;
@@ -251,6 +302,50 @@ static int collect_users(struct batch *b, json_t **recs, size_t n)
     }
     b->nusers = uniq;
     return PL_OK;
+}
+
+/* The groups of the batch, unique, in b->groups. */
+static int collect_groups(struct batch *b, json_t **recs, size_t n)
+{
+    b->groups = calloc(n ? n : 1, sizeof(*b->groups));
+    if (b->groups == NULL) {
+        return PL_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (recs[i] == NULL || !is_group(recs[i]) || json_object_get(recs[i], "refused")) {
+            continue;
+        }
+        const char *conv = json_string_value(json_object_get(recs[i], "conv"));
+        size_t g = 0;
+        while (g < b->ngroups && strcmp(b->groups[g].conv, conv) != 0) {
+            g++;
+        }
+        if (g == b->ngroups) {
+            snprintf(b->groups[b->ngroups++].conv, sizeof(b->groups[0].conv), "%s", conv);
+        }
+    }
+    return PL_OK;
+}
+
+static struct group *find_group(struct batch *b, const char *conv)
+{
+    for (size_t g = 0; conv != NULL && g < b->ngroups; g++) {
+        if (strcmp(b->groups[g].conv, conv) == 0) {
+            return &b->groups[g];
+        }
+    }
+    return NULL;
+}
+
+static void on_interested(void *ud, size_t idx, const char *field, const char *value)
+{
+    struct batch *b = ud;
+    struct group *g = &b->groups[idx];
+    (void)field;
+    int gw = gw_index(b, value);
+    if (gw >= 0 && g->ngw < MAX_GW_PER_GROUP) {
+        g->gw[g->ngw++] = gw;
+    }
 }
 
 /* n buffers of PL_KEY_LEN bytes for Redis keys, or NULL. */
@@ -294,6 +389,20 @@ static int lookup_presence(rt_ctx_t *ctx, struct batch *b)
     if (rc != PL_OK) {
         return rc;
     }
+    char **ckeys = make_keys(b->ngroups);
+    if (ckeys == NULL) {
+        return PL_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < b->ngroups; i++) {
+        pl_key_convgw(ckeys[i], b->groups[i].conv);
+    }
+    /* Entries are scored with the time their interest lapses: live ones only. */
+    rc = pl_redis_zlive_multi(ctx->redis, (const char *const *)ckeys, b->ngroups, pl_now_ms(),
+                              on_interested, b);
+    free_keys(ckeys, b->ngroups);
+    if (rc != PL_OK) {
+        return rc;
+    }
     int *alive = calloc(b->ngws ? b->ngws : 1, sizeof(*alive));
     char **gkeys = make_keys(b->ngws);
     rc = alive != NULL && gkeys != NULL ? PL_OK : PL_ERR_NOMEM;
@@ -301,7 +410,7 @@ static int lookup_presence(rt_ctx_t *ctx, struct batch *b)
         pl_key_gateway(gkeys[i], b->gws[i].id);
     }
     if (rc == PL_OK) {
-        rc = pl_redis_exists_multi(ctx->redis, (const char *const *)gkeys, b->ngws, alive);
+        rc = pl_redis_mexists(ctx->redis, (const char *const *)gkeys, b->ngws, alive);
     }
     for (size_t i = 0; i < b->ngws && rc == PL_OK; i++) {
         b->gws[i].alive = alive[i];
@@ -309,6 +418,31 @@ static int lookup_presence(rt_ctx_t *ctx, struct batch *b)
     free_keys(gkeys, b->ngws);
     free(alive);
     return rc;
+}
+
+/* Gives a group item to the live gateways interested in its group, and a membership change
+ * also to those of the users it names. */
+static void add_group_targets(struct batch *b, json_t *rec, int *seen)
+{
+    struct group *g = find_group(b, json_string_value(json_object_get(rec, "conv")));
+    for (int i = 0; g != NULL && i < g->ngw; i++) {
+        struct gateway *gw = &b->gws[g->gw[i]];
+        if (gw->alive && !seen[g->gw[i]]) {
+            seen[g->gw[i]] = 1;
+            if (gw->msgs == NULL) {
+                gw->msgs = json_array();
+            }
+            json_array_append(gw->msgs, rec);
+        }
+    }
+    json_t *one, *list = named_users(rec, &one);
+    add_targets(b, json_string_value(one), rec, seen);
+    for (size_t k = 0; k < json_array_size(list); k++) {
+        add_targets(b, json_string_value(json_array_get(list, k)), rec, seen);
+    }
+    if (json_object_get(json_object_get(rec, "event"), "type") != NULL) {
+        add_targets(b, json_string_value(json_object_get(rec, "sender")), rec, seen);
+    }
 }
 
 /* Gives each message to the live gateways of its receiver and of its sender (once each). */
@@ -328,6 +462,12 @@ static int assign(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n)
             add_origin(b, recs[i]); /* a refusal goes back to the sending device only */
             continue;
         }
+        if (is_group(recs[i])) {
+            add_group_targets(b, recs[i], seen);
+            json_int_t ts = json_integer_value(json_object_get(recs[i], "timestamp"));
+            pl_metric_observe(ctx->m_latency, (double)(now - ts) / 1000.0);
+            continue;
+        }
         add_targets(b, json_string_value(json_object_get(recs[i], "receiver")), recs[i], seen);
         int receiver_online = 0;
         for (size_t g = 0; g < b->ngws; g++) {
@@ -344,16 +484,72 @@ static int assign(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n)
     return PL_OK;
 }
 
+/* The interest the gateways will say for themselves, said first: a membership change that
+ * adds users makes their gateways interested in the group before the change is published, so
+ * the group's next item (later in the same partition, routed after this one) reaches them
+ * even before those gateways renew it. It lapses unless they do. */
+#define RT_INTEREST_MS 120000
+
+static int lend_interest(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n)
+{
+    size_t cap = 0, k = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *one, *list = recs[i] && is_group(recs[i]) ? named_users(recs[i], &one) : NULL;
+        cap += json_array_size(list) * MAX_GW_PER_USER;
+    }
+    if (cap == 0) {
+        return PL_OK;
+    }
+    char **keys = make_keys(cap);
+    const char **members = calloc(cap, sizeof(*members));
+    int rc = keys != NULL && members != NULL ? PL_OK : PL_ERR_NOMEM;
+    for (size_t i = 0; i < n && rc == PL_OK; i++) {
+        const char *type =
+            recs[i] ? json_string_value(json_object_get(json_object_get(recs[i], "event"), "type"))
+                    : NULL;
+        if (type == NULL || !is_group(recs[i]) || json_object_get(recs[i], "refused") ||
+            (strcmp(type, "group_created") != 0 && strcmp(type, "members_added") != 0)) {
+            continue;
+        }
+        json_t *one, *list = named_users(recs[i], &one);
+        for (size_t j = 0; j < json_array_size(list) + 1; j++) {
+            const char *name = j < json_array_size(list)
+                                   ? json_string_value(json_array_get(list, j))
+                                   : json_string_value(json_object_get(recs[i], "sender"));
+            struct user *u = name ? find_user(b, name) : NULL;
+            for (int g = 0; u != NULL && g < u->ngw; g++) {
+                if (b->gws[u->gw[g]].alive && k < cap) {
+                    pl_key_convgw(keys[k], json_string_value(json_object_get(recs[i], "conv")));
+                    members[k++] = b->gws[u->gw[g]].id;
+                }
+            }
+        }
+    }
+    if (rc == PL_OK) {
+        rc = pl_redis_zadd_multi(ctx->redis, (const char *const *)keys, members, k,
+                                 pl_now_ms() + RT_INTEREST_MS);
+    }
+    free_keys(keys, cap);
+    free(members);
+    return rc;
+}
+
 static int route_once(rt_ctx_t *ctx, json_t **recs, size_t n)
 {
     struct batch b;
     memset(&b, 0, sizeof(b));
     int rc = collect_users(&b, recs, n);
     if (rc == PL_OK) {
+        rc = collect_groups(&b, recs, n);
+    }
+    if (rc == PL_OK) {
         rc = lookup_presence(ctx, &b);
     }
     if (rc == PL_OK) {
         rc = assign(ctx, &b, recs, n);
+    }
+    if (rc == PL_OK) {
+        rc = lend_interest(ctx, &b, recs, n);
     }
     for (size_t g = 0; g < b.ngws && rc == PL_OK; g++) {
         if (b.gws[g].msgs != NULL) {
@@ -364,6 +560,7 @@ static int route_once(rt_ctx_t *ctx, json_t **recs, size_t n)
         json_decref(b.gws[g].msgs);
     }
     free(b.users);
+    free(b.groups);
     free(b.gws);
     return rc;
 }

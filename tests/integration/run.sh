@@ -30,7 +30,7 @@ export PARLEY_MONGO_DB=parley_test
 export PARLEY_LOGIN_LIMIT_USER=10
 # Every client of the edge is 127.0.0.1 here; the per-address limit has a test of its own.
 export PARLEY_LOGIN_LIMIT_ADDR=100000
-export PARLEY_REGISTER_LIMIT_ADDR=1000
+export PARLEY_REGISTER_LIMIT_ADDR=5000
 # Short heartbeats so the dead-peer test runs in seconds (clients answer pings by themselves).
 export PARLEY_GATEWAY_PING_MS=1500
 export PARLEY_GATEWAY_DEAD_MS=1500
@@ -38,6 +38,8 @@ export PARLEY_GATEWAY_DEAD_MS=1500
 # of its own (test_limits.py).
 export PARLEY_GATEWAY_USER_RATE=1000000
 export PARLEY_GATEWAY_USER_BURST=1000000
+# Group slow mode (per-group send rate) has a test with a store of its own (test_groups.py).
+export PARLEY_GROUP_RATE=100000
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 

@@ -69,6 +69,17 @@ class Chat:
         await self.ws.send(json.dumps(dict(type="send", client_id=cid, to=to, content=content, **extra)))
         return cid
 
+    async def sendc(self, conv, content, client_id=None):
+        """A send to a conversation ("g:…" or "d:…") rather than to a user."""
+        cid = client_id or uuid.uuid4().hex
+        await self.ws.send(json.dumps(dict(type="send", client_id=cid, conv=conv, content=content)))
+        return cid
+
+    def items(self, conv):
+        """Every item of conv this device was pushed (messages and system items), in arrival
+        order."""
+        return [f for f in self.msgs + self.system if f["conv"] == conv]
+
     async def send_many(self, to, contents, window=32, timeout=120):
         """Sends each content keeping at most `window` unacknowledged, as a client library
         would, resending with the same client_id after rate_limited or unavailable errors.
