@@ -9,6 +9,7 @@
 #include "parley/buf.h"
 #include "parley/enc.h"
 #include "parley/err.h"
+#include "parley/proto.h"
 #include "parley/wire.h"
 #include "parley/ws.h"
 
@@ -34,6 +35,7 @@
 struct conv_state {
     char conv[PL_CONV_ID_LEN];
     long long seq; /* last seq delivered */
+    int started;   /* something delivered or marked seen: seq is a place in the stream */
     struct conv_state *next;
 };
 
@@ -455,8 +457,9 @@ int pc_send(pc_client_t *c, const char *to, const char *content, const char *cli
     if (cid_out != NULL) {
         snprintf(cid_out, 65, "%s", client_id);
     }
-    json_t *f = json_pack("{s:s,s:s,s:s,s:s}", "type", "send", "client_id", client_id, "to", to,
-                          "content", content);
+    /* A conversation id (d:…, g:…) goes as conv, a username as to. */
+    json_t *f = json_pack("{s:s,s:s,s:s,s:s}", "type", "send", "client_id", client_id,
+                          pl_conv_kind(to) ? "conv" : "to", to, "content", content);
     char *text = f ? json_dumps(f, JSON_COMPACT) : NULL;
     json_decref(f);
     if (text == NULL) {
@@ -515,8 +518,11 @@ static int fill(pc_client_t *c, struct conv_state *s, long long before_seq, pc_m
                 stop = 1;
                 break;
             }
-            if (seq == s->seq + 1) {
+            /* A group's history begins at the member's joined_seq: the first item of a
+             * conversation not started yet is where this member's stream starts. */
+            if (seq == s->seq + 1 || !s->started) {
                 s->seq = seq;
+                s->started = 1;
                 c->delivered++;
                 on_msg(ud, m);
             }
@@ -540,8 +546,11 @@ static void deliver(pc_client_t *c, json_t *m, pc_msg_fn on_msg, void *ud)
     if (seq > s->seq + 1) {
         fill(c, s, seq, on_msg, ud); /* a gap: pull what is missing first */
     }
-    if (seq == s->seq + 1) {
+    /* Not started and history held nothing before it: an item is stored before it is pushed,
+     * so this is the first item of the member's window (a group joined at seq > 1). */
+    if (seq == s->seq + 1 || !s->started) {
         s->seq = seq;
+        s->started = 1;
         c->delivered++;
         on_msg(ud, m);
     }
@@ -609,5 +618,6 @@ void pc_set_seen(pc_client_t *c, const char *conv, long long seq)
     struct conv_state *s = conv_get(c, conv);
     if (s != NULL && seq > s->seq) {
         s->seq = seq;
+        s->started = 1;
     }
 }

@@ -37,7 +37,8 @@ void pc_disconnect(pc_client_t *c);
 /* The gateway id from the last "ready" frame. */
 const char *pc_gateway(const pc_client_t *c);
 
-/* Queues a send; client_id may be NULL (a random one is made and written to cid_out). */
+/* Queues a send to a user, or to a conversation when to is a conversation id ("g:…" for a
+ * group); client_id may be NULL (a random one is made and written to cid_out). */
 int pc_send(pc_client_t *c, const char *to, const char *content, const char *client_id,
             char cid_out[65]);
 

@@ -6,15 +6,18 @@
  *   parley send <user> <text…>    send one message and wait for its ack
  *   parley chat <user>            interactive: live messages in, typed lines out
  *   parley history <user> [n]     the last n messages with <user> (default 20)
+ *   (send, chat and history take a group id, g:<id>, in place of <user>)
  *   parley recent [n]             your n most recent messages (default 20)
  *   parley contacts               your contacts and requests, and whom you blocked
  *   parley add <user>             ask <user> to be a contact (accepts if they asked you)
  *   parley accept <user>          accept <user>'s request
  *   parley remove <user>          remove a contact, or decline or cancel a request
  *   parley block|unblock <user>   stop or allow messages and presence between you
+ *   parley group …                create, add, remove, leave, members, list (cli_groups.c)
  * The server is $PARLEY_URL (default http://127.0.0.1:8000); the session file lives in
  * $PARLEY_CONFIG_DIR, else $XDG_CONFIG_HOME/parley, else ~/.config/parley.
  */
+#include "cli.h"
 #include "client.h"
 #include "parley/enc.h"
 #include "parley/err.h"
@@ -217,9 +220,60 @@ static void fmt_time(const char *iso, char *out, size_t cap)
              &local);
 }
 
-/* A system item of the user's own stream in words, into out. */
-static void describe_event(json_t *ev, char *out, size_t cap)
+/* A group's system item in words (DESIGN 7.4), into out; 0 when ev is not one. by: who made
+ * the change (the item's sender). */
+static int describe_group_event(json_t *ev, const char *by, char *out, size_t cap)
 {
+    const char *type = json_string_value(json_object_get(ev, "type"));
+    const char *user = json_string_value(json_object_get(ev, "user"));
+    const char *name = json_string_value(json_object_get(ev, "name"));
+    const char *conv = json_string_value(json_object_get(ev, "conv"));
+    char *users =
+        json_dumps(json_object_get(ev, json_object_get(ev, "users") ? "users" : "members"),
+                   JSON_COMPACT | JSON_ENCODE_ANY);
+    int known = 1;
+    if (type == NULL) {
+        known = 0;
+    } else if (strcmp(type, "group_created") == 0) {
+        snprintf(out, cap, "%s created the group \"%s\" with %s", by, name ? name : "",
+                 users ? users : "?");
+    } else if (strcmp(type, "members_added") == 0) {
+        snprintf(out, cap, "%s added %s", by, users ? users : "?");
+    } else if (strcmp(type, "member_removed") == 0 && user != NULL) {
+        if (strcmp(user, by) == 0) {
+            snprintf(out, cap, "%s left", user);
+        } else {
+            snprintf(out, cap, "%s removed %s", by, user);
+        }
+    } else if (strcmp(type, "group_updated") == 0) {
+        const char *policy = json_string_value(json_object_get(ev, "post_policy"));
+        snprintf(out, cap, "%s changed the group:%s%s%s%s", by, name ? " name \"" : "",
+                 name ? name : "", name ? "\"" : "",
+                 policy == NULL                  ? ""
+                 : strcmp(policy, "admins") == 0 ? " only admins may post"
+                                                 : " everyone may post");
+    } else if (strcmp(type, "role_changed") == 0 && user != NULL) {
+        snprintf(out, cap, "%s made %s %s", by, user,
+                 json_string_value(json_object_get(ev, "role")) ?: "?");
+    } else if (strcmp(type, "group_added") == 0) {
+        const char *who = json_string_value(json_object_get(ev, "by"));
+        snprintf(out, cap, "%s added you to \"%s\": parley chat %s", who ? who : "?",
+                 name ? name : "", conv ? conv : "?");
+    } else if (strcmp(type, "group_removed") == 0) {
+        snprintf(out, cap, "you are no longer in \"%s\" (%s)", name ? name : "", conv ? conv : "?");
+    } else {
+        known = 0;
+    }
+    free(users);
+    return known;
+}
+
+/* A system item in words, into out. */
+static void describe_event(json_t *ev, const char *sender, char *out, size_t cap)
+{
+    if (describe_group_event(ev, sender ? sender : "?", out, cap)) {
+        return;
+    }
     const char *type = json_string_value(json_object_get(ev, "type"));
     const char *user = json_string_value(json_object_get(ev, "user"));
     const char *state = json_string_value(json_object_get(ev, "state"));
@@ -253,8 +307,9 @@ static void print_msg(void *ud, json_t *m)
     fmt_time(json_string_value(json_object_get(m, "timestamp")), when, sizeof(when));
     const char *kind = json_string_value(json_object_get(m, "kind"));
     if (kind != NULL && strcmp(kind, PL_KIND_SYSTEM) == 0) {
-        char what[256];
-        describe_event(json_object_get(m, "event"), what, sizeof(what));
+        char what[512];
+        describe_event(json_object_get(m, "event"), json_string_value(json_object_get(m, "sender")),
+                       what, sizeof(what));
         printf("[%s] -- %s --\n", when, what);
     } else {
         printf("[%s] %s: %s\n", when, json_string_value(json_object_get(m, "sender")),
@@ -418,16 +473,70 @@ static int cmd_send(int argc, char **argv)
     return 0;
 }
 
+/* arg is a user (peer gets the name, conv the 1:1 conversation) or a group "g:<id>" (peer
+ * gets "", conv the group). Exits on anything else. */
+static void chat_target(const char *arg, char peer[PL_USERNAME_MAX + 1], char conv[PL_CONV_ID_LEN])
+{
+    if (sget("username") == NULL) {
+        die("not logged in: run 'parley login <user>' first");
+    }
+    if (pl_conv_kind(arg) == 'g' && strlen(arg) < PL_CONV_ID_LEN) {
+        *peer = '\0';
+        snprintf(conv, PL_CONV_ID_LEN, "%s", arg);
+        return;
+    }
+    if (pl_username_normalize(arg, peer) != PL_OK) {
+        die("not a username or a group id (g:…)");
+    }
+    pl_conv_id(sget("username"), peer, conv);
+}
+
+static void chat_intro_peer(pc_client_t *c, const char *peer)
+{
+    char path[128];
+    int status;
+    json_t *resp = NULL;
+    fprintf(stderr, "-- chatting with %s; type a line and press Enter, Ctrl-D to quit --\n", peer);
+    snprintf(path, sizeof(path), "/v1/presence?users=%s", peer);
+    if (rest(c, "GET", path, NULL, &status, &resp) == PL_OK && status == 200) {
+        json_t *p = json_array_get(json_object_get(resp, "presence"), 0);
+        if (p != NULL) {
+            print_presence(peer, json_string_value(json_object_get(p, "status")),
+                           json_string_value(json_object_get(p, "last_seen")));
+        }
+    }
+    json_decref(resp);
+}
+
+/* The group's name and size; exits when the user is not a member (403 says nothing more). */
+static void chat_intro_group(pc_client_t *c, const char *conv)
+{
+    char path[128];
+    int status;
+    json_t *resp = NULL;
+    snprintf(path, sizeof(path), "/v1/groups/%s", conv);
+    if (rest(c, "GET", path, NULL, &status, &resp) != PL_OK || status != 200) {
+        print_error(status, resp);
+        json_decref(resp);
+        pc_free(&c);
+        exit(1);
+    }
+    fprintf(stderr,
+            "-- \"%s\" (%lld members, you are %s); type a line and press Enter, "
+            "Ctrl-D to quit --\n",
+            json_string_value(json_object_get(resp, "name")),
+            (long long)json_integer_value(json_object_get(resp, "member_count")),
+            json_string_value(json_object_get(resp, "role")));
+    json_decref(resp);
+}
+
 static int cmd_chat(int argc, char **argv)
 {
     if (argc < 1) {
-        die("usage: parley chat <user>");
+        die("usage: parley chat <user>|g:<id>");
     }
     char peer[PL_USERNAME_MAX + 1], conv[PL_CONV_ID_LEN];
-    if (pl_username_normalize(argv[0], peer) != PL_OK || sget("username") == NULL) {
-        die("not a username, or not logged in");
-    }
-    pl_conv_id(sget("username"), peer, conv);
+    chat_target(argv[0], peer, conv);
     pc_client_t *c = client(1);
     /* Show the last messages, then follow live from there. */
     char path[256];
@@ -444,20 +553,14 @@ static int cmd_chat(int argc, char **argv)
         }
     }
     json_decref(resp);
-    fprintf(stderr, "-- chatting with %s; type a line and press Enter, Ctrl-D to quit --\n", peer);
-    snprintf(path, sizeof(path), "/v1/presence?users=%s", peer);
-    resp = NULL;
-    if (rest(c, "GET", path, NULL, &status, &resp) == PL_OK && status == 200) {
-        json_t *p = json_array_get(json_object_get(resp, "presence"), 0);
-        if (p != NULL) {
-            print_presence(peer, json_string_value(json_object_get(p, "status")),
-                           json_string_value(json_object_get(p, "last_seen")));
-        }
+    if (*peer) {
+        chat_intro_peer(c, peer);
+    } else {
+        chat_intro_group(c, conv);
     }
-    json_decref(resp);
     struct send_wait w;
     memset(&w, 0, sizeof(w));
-    w.peer = peer;
+    w.peer = *peer ? peer : NULL;
     int backoff = 1;
     for (;;) {
         if (connect_ws(c) != PL_OK) {
@@ -480,7 +583,7 @@ static int cmd_chat(int argc, char **argv)
                 }
                 line[strcspn(line, "\n")] = '\0';
                 if (*line) {
-                    pc_send(c, peer, line, NULL, w.cid);
+                    pc_send(c, *peer ? peer : conv, line, NULL, w.cid);
                 }
             }
             if (pc_poll(c, 0, print_msg, on_frame, &w) != PL_OK) {
@@ -506,13 +609,20 @@ static int cmd_list(const char *path)
     json_t *m;
     json_array_foreach(json_object_get(resp, "messages"), i, m)
     {
-        char when[32];
+        char when[32], what[512];
         fmt_time(json_string_value(json_object_get(m, "timestamp")), when, sizeof(when));
+        const char *kind = json_string_value(json_object_get(m, "kind"));
+        const char *text = json_string_value(json_object_get(m, "content"));
+        if (kind != NULL && strcmp(kind, PL_KIND_SYSTEM) == 0) {
+            describe_event(json_object_get(m, "event"),
+                           json_string_value(json_object_get(m, "sender")), what, sizeof(what));
+            text = what;
+        }
+        /* A group item's receiver is the group (g:…), as stored. */
         printf("[%s] #%lld %s -> %s: %s\n", when,
                (long long)json_integer_value(json_object_get(m, "seq")),
                json_string_value(json_object_get(m, "sender")),
-               json_string_value(json_object_get(m, "receiver")),
-               json_string_value(json_object_get(m, "content")));
+               json_string_value(json_object_get(m, "receiver")), text ? text : "");
     }
     json_decref(resp);
     pc_free(&c);
@@ -611,6 +721,29 @@ static int cmd_social(const char *cmd, int argc, char **argv)
     }
 }
 
+/* ---- for cli_groups.c (cli.h) ---- */
+
+pc_client_t *cli_client(void)
+{
+    return client(1);
+}
+
+const char *cli_me(void)
+{
+    return sget("username");
+}
+
+int cli_rest(pc_client_t *c, const char *method, const char *path, json_t *body, int *status,
+             json_t **out)
+{
+    return rest(c, method, path, body, status, out);
+}
+
+void cli_print_error(int status, json_t *resp)
+{
+    print_error(status, resp);
+}
+
 /* A count given on the command line; 0 (the caller's default then applies) when it is not one. */
 static int count_arg(const char *s)
 {
@@ -623,7 +756,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2) {
         fprintf(stderr, "usage: parley register|login|logout|send|chat|history|recent|"
-                        "contacts|add|accept|remove|block|unblock …\n");
+                        "contacts|add|accept|remove|block|unblock|group …\n");
         return 2;
     }
     config_path();
@@ -649,16 +782,16 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "history") == 0 && argc >= 3) {
         char peer[PL_USERNAME_MAX + 1], conv[PL_CONV_ID_LEN];
-        if (pl_username_normalize(argv[2], peer) != PL_OK || sget("username") == NULL) {
-            die("not a username, or not logged in");
-        }
-        pl_conv_id(sget("username"), peer, conv);
+        chat_target(argv[2], peer, conv);
         snprintf(path, sizeof(path), "/v1/conversations/%s/messages?limit=%d", conv,
                  n > 0 && n <= 200 ? n : 20);
         return cmd_list(path);
     }
     if (strcmp(cmd, "contacts") == 0) {
         return cmd_contacts();
+    }
+    if (strcmp(cmd, "group") == 0) {
+        return cli_group(argc - 2, argv + 2);
     }
     int social = cmd_social(cmd, argc - 2, argv + 2);
     if (social >= 0) {

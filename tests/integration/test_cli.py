@@ -137,3 +137,56 @@ def test_cli_chat_shows_the_peers_presence(tmp_path):
     assert lines[0] == f"-- {a} is offline --", err_b  # never seen before
     assert lines[1] == f"-- {a} is online --", err_b
     assert re.fullmatch(rf"-- {a} is offline \(last seen \d\d:\d\d\) --", lines[2]), err_b
+
+
+def test_cli_groups(tmp_path):
+    """parley group create/add/remove/leave/members/list, chat g:<id> live in a group joined
+    after it began (the client starts at its joined_seq), history and recent with groups."""
+    a, b, c = unique_name("clg"), unique_name("clg"), unique_name("clg")
+    ha, hb = two_logged_in(tmp_path, a, b)
+    hc = str(tmp_path / "c")
+    assert cli(hc, "register", c, stdin="correct horse battery\n").returncode == 0
+    assert cli(hc, "login", c, stdin="correct horse battery\n").returncode == 0
+    assert "no groups yet" in cli(ha, "group", "list").stdout
+    r = cli(ha, "group", "create", "Weekend plans", b)
+    assert r.returncode == 0, r.stderr
+    conv = re.search(r"created (g:[0-9A-Z]{26}) ", r.stdout).group(1)
+    assert f"members: {a}, {b}" in r.stdout
+    assert cli(hb, "send", conv, "saturday?").returncode == 0
+    binary = os.path.join(os.environ["PARLEY_BIN"], "parley")
+    # c is added while its chat would fail (not a member yet): it is told so and exits.
+    r = cli(hc, "chat", conv)
+    assert r.returncode == 1 and "not a member" in r.stderr, (r.stdout, r.stderr)
+    r = cli(ha, "group", "add", conv, c)
+    assert r.returncode == 0 and r.stdout.strip() == f"added: {c}", (r.stdout, r.stderr)
+    assert "members already" in cli(ha, "group", "add", conv, c).stdout
+    pc = subprocess.Popen([binary, "chat", conv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=chat_env(hc))
+    time.sleep(1.5)
+    pc.stdin.write("count me in\n")
+    pc.stdin.flush()
+    time.sleep(0.5)
+    assert cli(hb, "send", conv, "great").returncode == 0
+    time.sleep(1.5)
+    out_c, err_c = pc.communicate(timeout=10)
+    assert '"Weekend plans" (3 members, you are member)' in err_c, err_c
+    lines = [l.split("] ", 1)[1] for l in out_c.splitlines() if l.startswith("[")]
+    # c's own stream (u:) told it of the addition; the chat shows it too.
+    assert f'-- {a} added you to "Weekend plans": parley chat {conv} --' in lines, out_c
+    # c's stream of the group begins where it joined: nothing before it, then its line and b's.
+    lines = [l for l in lines if "added you to" not in l]
+    assert lines == [f"-- {a} added [\"{c}\"] --", f"{c}: count me in", f"{b}: great"], out_c
+    members = cli(hb, "group", "members", conv).stdout
+    assert re.search(rf"^{a}\s+owner$", members, re.M) and re.search(rf"^{c}\s+member$", members, re.M)
+    assert re.search(rf"^{conv}\s+Weekend plans", cli(hb, "group", "list").stdout, re.M)
+    r = cli(hb, "group", "remove", conv, c)
+    assert r.returncode == 1 and "only admins" in r.stderr, r.stderr
+    assert cli(ha, "group", "remove", conv, c).stdout.strip() == "removed"
+    r = cli(hc, "send", conv, "still here?")
+    assert r.returncode == 1 and "cannot post" in r.stderr, (r.stdout, r.stderr)
+    hist = cli(hc, "history", conv).stdout
+    assert "saturday?" not in hist and "count me in" in hist and f"removed {c}" in hist, hist
+    assert "great" in cli(hc, "recent").stdout  # recent spans the window it had
+    assert cli(hb, "group", "leave", conv).stdout.strip() == "you left the group"
+    r = cli(ha, "group", "leave", conv)
+    assert r.returncode == 1, r.stdout  # the owner stays
