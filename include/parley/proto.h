@@ -124,6 +124,9 @@ typedef struct pl_msg_s {
     /* parley.committed only: the store refused the message (an error code such as
      * "forbidden"); it was not stored, has no seq, and goes back to its sender only. */
     char refused[16];
+    /* parley.committed only: a later copy of a message already stored and announced (a
+     * client's resend): it goes back to the sending device only, with its seq. */
+    unsigned char replay;
     /* parley.committed, group items only: the seq of the group's latest membership change at
      * or before this item (mver), and for a membership change the one before it (pmver), so
      * a gateway can tell whether its view of the members is current (gw_groups.h). 0: none. */

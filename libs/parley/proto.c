@@ -321,6 +321,7 @@ static int kind_from_json(json_t *o, pl_msg_t *m)
         !copy_field(o, "refused", m->refused, sizeof(m->refused), 0)) {
         return 0;
     }
+    m->replay = json_is_true(json_object_get(o, "replay"));
     if (m->kind[0] == '\0') {
         memcpy(m->kind, PL_KIND_TEXT, sizeof(PL_KIND_TEXT));
     }
@@ -414,6 +415,9 @@ char *pl_msg_record(const pl_msg_t *m)
     }
     if (o != NULL && m->refused[0]) {
         json_object_set_new(o, "refused", json_string(m->refused));
+    }
+    if (o != NULL && m->replay) {
+        json_object_set_new(o, "replay", json_true());
     }
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);

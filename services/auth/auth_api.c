@@ -801,6 +801,7 @@ const pl_http_route_t auth_routes[] = {
     {"DELETE", "/v1/groups/", auth_h_group_delete},
     {"GET", "/internal/groups", auth_h_internal_groups},
     {"POST", "/internal/groups/members", auth_h_internal_members},
+    {"GET", "/internal/groups/may_post", auth_h_internal_may_post},
     {"POST", "/internal/presence/", auth_h_internal_presence},
     {"PUT", "/v1/blocks/", auth_h_block},
     {"DELETE", "/v1/blocks/", auth_h_unblock},

@@ -278,6 +278,13 @@ static void entry_del(gw_groups_t *g, view_t *v, const char *name)
     }
 }
 
+int gw_groups_is_member(gw_groups_t *g, const char *conv, const char *user)
+{
+    view_t *v = view_find(g, conv);
+    entry_t *e = v != NULL ? entry_find(v, user) : NULL;
+    return e != NULL && e->left == 0;
+}
+
 /* ---- delivering ---- */
 
 static void deliver(gw_groups_t *g, view_t *v, json_t *rec)

@@ -47,6 +47,9 @@ void gw_groups_push(gw_groups_t *g, json_t *rec);
  * views at once, before the group's own push may come. */
 void gw_groups_own_item(gw_groups_t *g, const pl_msg_t *m);
 
+/* 1 when this gateway's view of conv holds user as a member now (a local user only). */
+int gw_groups_is_member(gw_groups_t *g, const char *conv, const char *user);
+
 /* Every 30 s, and when Redis came back: interest renewed, failed fetches asked again. */
 void gw_groups_tick(gw_groups_t *g, int resync);
 

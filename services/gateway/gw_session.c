@@ -433,6 +433,19 @@ static void on_recipient(void *arg, int rc)
     }
 }
 
+static void on_poster(void *arg, int rc)
+{
+    send_t *d = arg;
+    if (rc == PL_OK) {
+        produce(d->S, d); /* the store still decides, in stream order */
+    } else if (rc == PL_ERR_FORBIDDEN) {
+        /* The words of the store's refusal (push_refusal). */
+        send_fail(d->S, d, PL_ERR_FORBIDDEN, "you cannot post in this conversation", 0);
+    } else {
+        send_fail(d->S, d, PL_ERR_UNAVAIL, "cannot check the group now; retry", 1000);
+    }
+}
+
 /* Holds a session over its budget back: see gw_link_ops_t.throttle. */
 static void over_budget(gw_sessions_t *S, gw_sess_t *s)
 {
@@ -505,7 +518,7 @@ static void on_send_frame(gw_sessions_t *S, gw_sess_t *s, const pl_frame_t *f)
     clock_gettime(CLOCK_MONOTONIC, &d->started);
     s->inflight++;
     if (d->group[0]) {
-        produce(S, d); /* membership is the store's to decide, in stream order */
+        S->cfg.outside.may_post(S->cfg.outside.ud, d->sender, d->group, on_poster, d);
         return;
     }
     S->cfg.outside.may_write(S->cfg.outside.ud, d->sender, d->to, on_recipient, d);
@@ -646,6 +659,17 @@ void gw_sessions_push(gw_sessions_t *S, json_t *msg)
         return;
     }
     size_t len = strlen(text);
+    if (m.replay) {
+        /* A resend of a stored message: every device had its first copy; the sending
+         * device gets it again, with its seq, in case it missed that. */
+        gw_sess_t *s = strcmp(m.origin_gw, S->gw_id) == 0 ? find(S, m.origin_conn) : NULL;
+        if (s != NULL && s->state == OPEN && strcmp(s->user, m.sender) == 0 &&
+            s->ops->send_text(s->link, text, len) == PL_OK) {
+            pl_metric_inc(S->m_pushes);
+        }
+        free(text);
+        return;
+    }
     push_to(S, m.receiver, text, len);
     if (strcmp(m.sender, m.receiver) != 0) {
         push_to(S, m.sender, text, len);

@@ -46,6 +46,9 @@ typedef struct gw_outside_s {
      * done(arg, rc): PL_OK, PL_ERR_NOTFOUND, PL_ERR_FORBIDDEN or PL_ERR_UNAVAIL. Asked for
      * every send (answered from a cache mostly), so it takes no allocation of its own. */
     void (*may_write)(void *ud, const char *from, const char *to, gw_answer_fn done, void *arg);
+    /* May user post in group conv now? done(arg, rc): PL_OK (or not known for certain: the
+     * store decides in stream order), PL_ERR_FORBIDDEN, or PL_ERR_UNAVAIL. */
+    void (*may_post)(void *ud, const char *user, const char *conv, gw_answer_fn done, void *arg);
 } gw_outside_t;
 
 typedef struct gw_sessions_cfg_s {

@@ -112,6 +112,41 @@ static void out_may_write(void *ud, const char *from, const char *to, gw_answer_
     gw_users_ask(((gw_main_t *)ud)->users, to, from, done, arg);
 }
 
+struct post_question {
+    gw_answer_fn done;
+    void *arg;
+};
+
+static void on_may_post(void *arg, int rc, json_t *answer)
+{
+    (void)answer;
+    struct post_question *q = arg;
+    q->done(q->arg, rc == PL_OK || rc == PL_ERR_FORBIDDEN ? rc : PL_ERR_UNAVAIL);
+    free(q);
+}
+
+/* A member by the gateway's own view may post (the store checks the post policy and any
+ * change in flight); anyone else is asked about at parley-auth, so a non-member's send is
+ * refused before it reaches Kafka rather than acked and refused after. */
+static void out_may_post(void *ud, const char *user, const char *conv, gw_answer_fn done, void *arg)
+{
+    gw_main_t *g = ud;
+    if (gw_groups_is_member(g->groups, conv, user)) {
+        done(arg, PL_OK);
+        return;
+    }
+    struct post_question *q = malloc(sizeof(*q));
+    char path[160];
+    if (q == NULL) {
+        done(arg, PL_ERR_UNAVAIL);
+        return;
+    }
+    q->done = done;
+    q->arg = arg;
+    snprintf(path, sizeof(path), "/internal/groups/may_post?conv=%s&user=%s", conv, user);
+    gw_users_call(g->users, "GET", path, NULL, on_may_post, q);
+}
+
 /* ---- reports from below ---- */
 
 static void on_delivery(void *ud, void *opaque, int err)
@@ -142,7 +177,7 @@ static void on_push(void *ud, json_t *msg)
     }
     int kind = pl_conv_kind(m.conv);
     pl_metric_inc(g->m_envelope[kind == 'g' ? 1 : kind == 'u' ? 2 : 0]);
-    if (kind == 'g' && m.refused[0] == '\0') {
+    if (kind == 'g' && m.refused[0] == '\0' && !m.replay) {
         gw_groups_push(g->groups, msg);
         return;
     }
@@ -336,7 +371,7 @@ static int assemble(gw_main_t *g, const struct settings *c)
         .gw_id = g->gw_id,
         .verifier = g->verifier,
         .outside = {g, out_produce, out_presence_add, out_presence_del, out_check_revoked,
-                    out_may_write},
+                    out_may_write, out_may_post},
         .metrics = g->metrics,
         .inflight_max = (unsigned)c->inflight,
         .user_rate = (double)c->rate,

@@ -458,8 +458,9 @@ static int assign(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n)
             continue;
         }
         memset(seen, 0, (b->ngws ? b->ngws : 1) * sizeof(*seen));
-        if (json_object_get(recs[i], "refused") != NULL) {
-            add_origin(b, recs[i]); /* a refusal goes back to the sending device only */
+        if (json_object_get(recs[i], "refused") != NULL ||
+            json_is_true(json_object_get(recs[i], "replay"))) {
+            add_origin(b, recs[i]); /* a refusal or a resend goes back to the sender only */
             continue;
         }
         if (is_group(recs[i])) {

@@ -146,6 +146,10 @@ static int announce(st_ctx_t *ctx, st_rec_t *recs, size_t n, json_t *uitems)
     atomic_store(&ctx->batch_failed, 0);
     for (size_t i = 0; i < n && rc == PL_OK; i++) {
         if (recs[i].first) {
+            /* A replay found without the careful path is a later copy (a client's resend):
+             * its first copy, earlier in the same partition, was announced to everyone by a
+             * batch that completed. Careful replays may be that first copy after a crash. */
+            recs[i].m.replay = recs[i].replayed && !recs[i].careful;
             rc = announce_one(ctx, &recs[i].m);
         } else if (recs[i].refused) {
             snprintf(recs[i].m.refused, sizeof(recs[i].m.refused), "%s",

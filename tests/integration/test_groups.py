@@ -125,6 +125,7 @@ def test_non_members_learn_nothing(edge):
         await e.wait(lambda: any(x.get("client_id") == cid for x in e.errors))
         err = [x for x in e.errors if x.get("client_id") == cid][0]
         assert err["code"] == "forbidden", err
+        assert cid not in e.acks  # refused by the gateway before Kafka, not acked and then refused
         await e.close()
 
     run(go())
@@ -243,6 +244,33 @@ def test_changes_are_idempotent_by_client_id(edge):
     items = history(edge, ta, conv)
     assert [m["event"]["type"] for m in items] == ["group_created", "members_added"]
     assert edge.call("GET", f"/v1/groups/{conv}", token=ta).json["member_count"] == 3
+
+
+def test_a_resend_goes_back_to_its_device_only(edge):
+    """A client's resend of a stored message (same client_id) is acked with the same msg_id
+    and pushed to the sending device only, with its seq: the members were pushed the first
+    copy, and one resend does not cost the group another fan-out. The same for 1:1."""
+    (alice, ta), (bob, tb) = users(edge, 2)
+    conv = create(edge, ta, "resends", [bob])["conv"]
+
+    async def go():
+        a, a2, b = await Chat.connect(ta), await Chat.connect(ta), await Chat.connect(tb)
+        for target, send in ((conv, a.sendc), (bob, a.send)):
+            cid = await send(target, "once")
+            await b.wait(lambda: any(m.get("client_id") == cid for m in b.msgs))
+            await a.wait(lambda: any(m.get("client_id") == cid for m in a.msgs))
+            await asyncio.sleep(0.5)  # stored and announced: what follows is a replay
+            await send(target, "once", client_id=cid)
+            await a.wait(lambda: len([m for m in a.msgs if m.get("client_id") == cid]) == 2)
+            await asyncio.sleep(1.0)
+            pushed = [m for m in a.msgs if m.get("client_id") == cid]
+            assert pushed[0]["seq"] == pushed[1]["seq"] and pushed[0]["msg_id"] == pushed[1]["msg_id"]
+            assert len([m for m in b.msgs if m.get("client_id") == cid]) == 1, target
+            assert len([m for m in a2.msgs if m.get("client_id") == cid]) == 1, target
+        for dev in (a, a2, b):
+            await dev.close()
+
+    run(go())
 
 
 def test_bad_requests(edge):

@@ -136,6 +136,14 @@ static void o_check_revoked(void *ud, const char *sid, gw_sessions_t *s, uint64_
     out.rev_asked++;
 }
 
+static void o_may_post(void *ud, const char *user, const char *conv, gw_answer_fn done, void *arg)
+{
+    (void)ud;
+    (void)user;
+    (void)conv;
+    done(arg, PL_OK);
+}
+
 static void o_may_write(void *ud, const char *from, const char *to, gw_answer_fn done, void *arg)
 {
     (void)ud;
@@ -177,7 +185,8 @@ static gw_sessions_t *new_sessions(double rate, double burst, long auth_timeout_
     gw_sessions_cfg_t cfg = {
         .gw_id = "gw-test",
         .verifier = verifier,
-        .outside = {NULL, o_produce, o_presence_add, o_presence_del, o_check_revoked, o_may_write},
+        .outside = {NULL, o_produce, o_presence_add, o_presence_del, o_check_revoked, o_may_write,
+                    o_may_post},
         .metrics = metrics,
         .inflight_max = 4,
         .user_rate = rate,
