@@ -46,6 +46,21 @@ static void waiter_put(waiter_t *w)
     }
 }
 
+/* Waits up to EMIT_WAIT_MS for w's delivery reports (rc: how the produce calls went), then
+ * lets go of w. PL_OK only when every record was acknowledged. */
+static int await_reports(auth_ctx_t *ctx, waiter_t *w, int rc)
+{
+    long long deadline = pl_now_ms() + EMIT_WAIT_MS;
+    while (atomic_load(&w->refs) > 1 && pl_now_ms() < deadline) {
+        pl_kafka_poll(ctx->producer, 20);
+    }
+    if (rc == PL_OK && (atomic_load(&w->refs) > 1 || atomic_load(&w->failed))) {
+        rc = PL_ERR_UNAVAIL;
+    }
+    waiter_put(w);
+    return rc;
+}
+
 void auth_social_delivered(void *ud, void *opaque, int err)
 {
     (void)ud;
@@ -106,15 +121,7 @@ static int emit(auth_ctx_t *ctx, json_t *change)
     for (size_t i = 0; i < json_array_size(items) && rc == PL_OK; i++) {
         rc = produce_item(ctx, id, json_array_get(items, i), w);
     }
-    long long deadline = pl_now_ms() + EMIT_WAIT_MS;
-    while (atomic_load(&w->refs) > 1 && pl_now_ms() < deadline) {
-        pl_kafka_poll(ctx->producer, 20);
-    }
-    if (rc == PL_OK && (atomic_load(&w->refs) > 1 || atomic_load(&w->failed))) {
-        rc = PL_ERR_UNAVAIL;
-    }
-    waiter_put(w);
-    return rc;
+    return await_reports(ctx, w, rc);
 }
 
 int auth_produce_wait(auth_ctx_t *ctx, const char *key, const char *rec)
@@ -129,15 +136,7 @@ int auth_produce_wait(auth_ctx_t *ctx, const char *key, const char *rec)
     if (rc != PL_OK) {
         atomic_fetch_sub(&w->refs, 1); /* never queued: no report will come */
     }
-    long long deadline = pl_now_ms() + EMIT_WAIT_MS;
-    while (atomic_load(&w->refs) > 1 && pl_now_ms() < deadline) {
-        pl_kafka_poll(ctx->producer, 20);
-    }
-    if (rc == PL_OK && (atomic_load(&w->refs) > 1 || atomic_load(&w->failed))) {
-        rc = PL_ERR_UNAVAIL;
-    }
-    waiter_put(w);
-    return rc;
+    return await_reports(ctx, w, rc);
 }
 
 /* A new change id (also the items' client_id suffix, so a retry is de-duplicated). */
