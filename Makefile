@@ -10,7 +10,7 @@ WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 C_SOURCES = $(shell find include libs services tests clients -name '*.[ch]' 2>/dev/null)
 
 .PHONY: all deps build asan run up down status test format format-check lint unit unit-asan \
-        integration faults chaos deploy-check compose-test fuzz fuzz-smoke bench bench-presence clean
+        integration faults faults-groups chaos deploy-check compose-test fuzz fuzz-smoke bench bench-presence clean
 
 all: build
 
@@ -69,6 +69,12 @@ integration: asan
 # own: a fresh database keeps FerretDB's scans short (see README, "About the database").
 faults: asan
 	@PARLEY_BIN=$(CURDIR)/$(ASAN_BUILD)/bin tests/integration/run.sh -s test_faults.py
+
+# The group ledger at the issue's size: 500 members over three gateways, steady and with kill -9
+# of a gateway, the store and the router (make test runs the steady one with 100 members).
+faults-groups: asan
+	@PARLEY_GROUP_MEMBERS=$${PARLEY_GROUP_MEMBERS:-500} PARLEY_GROUP_FAULTS=1 \
+	  PARLEY_BIN=$(CURDIR)/$(ASAN_BUILD)/bin tests/integration/run.sh -s -k group test_faults.py
 
 # The fault soak of DESIGN section 5: ten minutes of traffic while a random service is killed,
 # stopped or restarted every 15 to 45 s; then the ledger is checked. Prints ledger lines.

@@ -191,6 +191,19 @@ def pid_of(name):
         return int(f.read())
 
 
+def history(api, token, conv, after=0):
+    """A conversation's whole history after seq `after`, by range pulls as a client syncs."""
+    out = []
+    while True:
+        r = api.call("GET", f"/v1/conversations/{conv}/messages?after_seq={after}&limit=200",
+                     token=token)
+        assert r.status == 200, r
+        if not r.json["messages"]:
+            return out
+        out += r.json["messages"]
+        after = out[-1]["seq"]
+
+
 def kill9(name):
     """kill -9 a process the scripts started, and wait until it is gone."""
     pid = pid_of(name)

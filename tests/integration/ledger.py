@@ -53,9 +53,13 @@ class Device:
     async def pull(self, conv, before=None):
         while True:
             after = self.last.get(conv, 0)
-            r = await asyncio.to_thread(self.api.call, "GET",
-                                        f"/v1/conversations/{conv}/messages?after_seq={after}&limit=200",
-                                        token=self.token)
+            try:
+                r = await asyncio.to_thread(self.api.call, "GET",
+                                            f"/v1/conversations/{conv}/messages?after_seq={after}&limit=200",
+                                            token=self.token)
+            except OSError:  # a timeout while the database is busy: ask again
+                await asyncio.sleep(0.3)
+                continue
             if r.status == 401:
                 await self.renew()
             if r.status != 200:
@@ -65,10 +69,13 @@ class Device:
             for m in page:
                 if before is not None and m["seq"] >= before:
                     return
-                if m["seq"] == self.last.get(conv, 0) + 1:
+                if self._is_next(conv, m["seq"]):
                     self._show(m)
             if len(page) < 200:
                 return
+
+    def _is_next(self, conv, seq):
+        return seq == self.last.get(conv, 0) + 1
 
     async def on_push(self, m):
         conv, seq = m["conv"], m["seq"]

@@ -10,12 +10,14 @@ import shutil
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import re
 
 from conftest import VAR, Api, cluster, gateway_ports, infra, kill9, pid_of
+from group_ledger import GroupLedger, Population
 from ledger import Ledger, run_scenario
 from wsclient import Chat
 
@@ -182,6 +184,73 @@ def test_13_sigterm_router_while_redis_is_down(edge, mongo):
     scenario(edge, mongo, "sigterm_router_redis_down", 300, 100, fault)
     print(f"router exit after SIGTERM with Redis down: {took['exit_s']:.2f} s")
     assert took["exit_s"] < 5.0, took
+
+
+# ---- groups (guarantee 8): one group over three gateways ----
+# `make test` runs the steady scenario with PARLEY_GROUP_MEMBERS=100; `make faults-groups`
+# runs it and the kill -9 scenarios with 500 members (the issue's size). The kill -9 ones do
+# not pass yet (issue 14 is open): after the fault, hundreds of devices resync at once, the
+# history pulls queue on FerretDB for minutes, and the check meets windows whose changes the
+# store has not written yet.
+GROUP_MEMBERS = int(os.environ.get("PARLEY_GROUP_MEMBERS", "100"))
+group_faults = pytest.mark.skipif(not os.environ.get("PARLEY_GROUP_FAULTS"),
+                                  reason="make faults-groups only")
+
+
+@pytest.fixture(scope="module")
+def population():
+    """GROUP_MEMBERS users with a token each, and a third gateway, for the group scenarios."""
+    cluster("scale", "3")
+    try:
+        yield Population(Api(f"http://127.0.0.1:{os.environ['PARLEY_EDGE_PORT']}"), GROUP_MEMBERS)
+    finally:
+        cluster("scale", "2")
+
+
+def group_scenario(edge, mongo, population, name, fault=None, total=200, rate=20):
+    """80% of the users are members at creation; while `total` messages from 5 senders flow,
+    8% of them are removed one by one and the other 20% added in batches of 20."""
+    ledger = GroupLedger(edge, mongo, population, initial=int(GROUP_MEMBERS * 0.8),
+                         removals=int(GROUP_MEMBERS * 0.08))
+    ledger.setup()
+    t0 = time.monotonic()
+
+    async def go():
+        # Devices pull history from threads: more than asyncio's default handful.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(64))
+        return await run_scenario(ledger, msgs(total), rate, fault, fault_at=3.0)
+
+    recovery = asyncio.run(go())
+    devices = [d for devs in ledger.devices.values() for d in devs]
+    spread = sorted(sum(1 for d in devices if (d.gateway or "").startswith(f"gw{i}-"))
+                    for i in range(3))
+    extra = f" recovery_s={recovery:.2f}" if recovery is not None else ""
+    extra += f" devices_per_gateway={spread} duration_s={time.monotonic() - t0:.1f}"
+    r = ledger.check(name, extra)
+    assert_clean(r)
+    assert (r["outside"], r["missing_items"]) == (0, 0), r
+    assert r["removed_ok"] == len(ledger.removed), r
+    assert all(n > 0 for n in spread), spread
+    return ledger, r
+
+
+def test_14_group_steady_state(edge, mongo, population):
+    group_scenario(edge, mongo, population, "group_steady")
+
+
+@group_faults
+def test_15_group_kill_gateway(edge, mongo, population):
+    group_scenario(edge, mongo, population, "group_kill9_gateway", kill9_then_restart("gateway0"))
+
+
+@group_faults
+def test_16_group_kill_store(edge, mongo, population):
+    group_scenario(edge, mongo, population, "group_kill9_store", kill9_then_restart("store"))
+
+
+@group_faults
+def test_17_group_kill_router(edge, mongo, population):
+    group_scenario(edge, mongo, population, "group_kill9_router", kill9_then_restart("router"))
 
 
 @pytest.mark.skipif(not os.environ.get("PARLEY_CHAOS_SECONDS"), reason="make chaos only")

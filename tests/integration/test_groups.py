@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from conftest import VAR, Api, cluster, pid_of, user_with_token, wait_until
+from conftest import VAR, Api, cluster, history, pid_of, user_with_token, wait_until
 from wsclient import Chat
 
 
@@ -27,18 +27,6 @@ def create(api, token, name, members, **extra):
     r = api.call("POST", "/v1/groups", dict(name=name, members=members, **extra), token=token)
     assert r.status == 201, r
     return r.json
-
-
-def history(api, token, conv, after=0):
-    out = []
-    while True:
-        r = api.call("GET", f"/v1/conversations/{conv}/messages?after_seq={after}&limit=200",
-                     token=token)
-        assert r.status == 200, r
-        if not r.json["messages"]:
-            return out
-        out += r.json["messages"]
-        after = out[-1]["seq"]
 
 
 def own_stream_events(api, token, user):

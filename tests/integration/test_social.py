@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import Api, cluster, kill9, pid_of, user_with_token, wait_until
+from conftest import Api, cluster, history, kill9, pid_of, user_with_token, wait_until
 from wsclient import Chat
 
 
@@ -23,15 +23,7 @@ def conv_of(a, b):
 
 def stream(api, token, user):
     """A user's whole u: stream, by range pulls as a client syncs."""
-    out, after = [], 0
-    while True:
-        r = api.call("GET", f"/v1/conversations/u:{user}/messages?after_seq={after}&limit=200",
-                     token=token)
-        assert r.status == 200, r
-        if not r.json["messages"]:
-            return out
-        out += r.json["messages"]
-        after = out[-1]["seq"]
+    return history(api, token, f"u:{user}")
 
 
 def events(api, token, user):
