@@ -26,7 +26,13 @@ static void check_frame(const char *p, size_t n)
                 abort();
             }
             char to[PL_USERNAME_MAX + 1];
-            if (pl_username_normalize(f.to, to) != PL_OK || strcmp(to, f.to) != 0) {
+            if (f.conv[0] != '\0') {
+                /* A send to a conversation: a d: or g: id, and no "to" beside it. */
+                int kind = pl_conv_kind(f.conv);
+                if ((kind != 'd' && kind != 'g') || f.to[0] != '\0') {
+                    abort();
+                }
+            } else if (pl_username_normalize(f.to, to) != PL_OK || strcmp(to, f.to) != 0) {
                 abort(); /* "to" must come out normalized */
             }
         } else if (f.type != PL_FRAME_AUTH || f.token == NULL) {
