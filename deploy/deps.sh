@@ -50,13 +50,18 @@ if [ ! -f "$PARLEY_TOOLS/kafka/.complete" ]; then
 fi
 
 # FerretDB: built from its module source, which needs its version file written first.
-# One fix is applied (the -parley1 suffix makes machines with an older build rebuild): the
-# SQLite backend pushes a query on _id down as `_ferretdb_sjson->'$._id' = ?`, but its _id
-# index is on `_ferretdb_sjson->"_id"`, and SQLite only uses an expression index for the
-# same expression, so every lookup by _id scanned the whole collection (0.12 s at 16,000
-# messages, measured with EXPLAIN QUERY PLAN). Writing the path as '_id' lets it SEARCH.
+# Two fixes are applied (the -parleyN suffix makes machines with an older build rebuild):
+# - The SQLite backend pushes a query on _id down as `_ferretdb_sjson->'$._id' = ?`, but its
+#   _id index is on `_ferretdb_sjson->"_id"`, and SQLite only uses an expression index for the
+#   same expression, so every lookup by _id scanned the whole collection (0.12 s at 16,000
+#   messages, measured with EXPLAIN QUERY PLAN). Writing the path as '_id' lets it SEARCH.
+# - update, findAndModify and delete read, change in Go and write back with nothing stopping
+#   a concurrent command on the same document: 8 threads doing compare-and-swap on a version
+#   field saw 435 successful swaps and a final version of 70. Parley's contacts, groups and
+#   settings rely on MongoDB's single-document atomicity, so ferretdb-atomic-update.patch lets
+#   one such command at a time run per collection (test_infra.py checks it).
 FERRETDB_VERSION=v1.24.2
-FERRETDB_BUILD=$FERRETDB_VERSION-parley1
+FERRETDB_BUILD=$FERRETDB_VERSION-parley2
 if [ ! -x "$PARLEY_TOOLS/bin/ferretdb" ] || \
    ! "$PARLEY_TOOLS/bin/ferretdb" --version 2>/dev/null | grep -q -- "$FERRETDB_BUILD"; then
   say "building FerretDB $FERRETDB_BUILD from the Go module proxy (first time only)"
@@ -69,6 +74,8 @@ if [ ! -x "$PARLEY_TOOLS/bin/ferretdb" ] || \
   grep -q "IDColumn = DefaultColumn + \"->'\$._id'\"" "$meta" ||
     die "FerretDB's metadata.go changed: review the _id index fix in deploy/deps.sh"
   sed -i "s|IDColumn = DefaultColumn + \"->'\$._id'\"|IDColumn = DefaultColumn + \"->'_id'\"|" "$meta"
+  (cd "$work/ferretdb" && git apply "$PARLEY_ROOT/deploy/local/ferretdb-atomic-update.patch") ||
+    die "FerretDB's handlers changed: review deploy/local/ferretdb-atomic-update.patch"
   echo "$FERRETDB_BUILD" > "$work/ferretdb/build/version/version.txt"
   mkdir -p "$PARLEY_TOOLS/bin"
   (cd "$work/ferretdb" && go build -o "$PARLEY_TOOLS/bin/ferretdb" ./cmd/ferretdb)

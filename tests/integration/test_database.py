@@ -1,0 +1,51 @@
+"""What Parley relies on from the MongoDB-compatible server under it, checked on the one the
+tests run (FerretDB built by deploy/deps.sh).
+
+Contacts, groups, members and settings change by compare-and-swap: read a document, then
+update it with the version read in the filter, so that of two concurrent changes one finds no
+match and reads again. That needs MongoDB's single-document atomicity; FerretDB 1.24 did not
+have it (a concurrent update could overwrite another and both report a match), which
+deploy/local/ferretdb-atomic-update.patch fixes.
+"""
+import threading
+
+import pymongo
+
+
+def test_compare_and_swap_updates_are_atomic(mongo):
+    col = mongo["test_cas"]
+    col.drop()
+    col.insert_one({"_id": "x", "version": 0, "marks": 0})
+    wins = []
+    errors = []
+
+    def worker():
+        # A client of its own, so the threads' commands really run side by side.
+        client = pymongo.MongoClient(mongo.client.address[0], mongo.client.address[1])
+        c = client[mongo.name]["test_cas"]
+        try:
+            for _ in range(60):
+                v = c.find_one({"_id": "x"})["version"]
+                r = c.update_one({"_id": "x", "version": v}, {"$set": {"version": v + 1}})
+                if r.matched_count:
+                    wins.append(v)
+                # Another field changed by a plain $set, as mark_emitted does beside the swaps:
+                # it must not bring back an older version.
+                c.update_one({"_id": "x"}, {"$inc": {"marks": 1}})
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    doc = col.find_one({"_id": "x"})
+    col.drop()
+    # Every successful swap moved the version by one, from a version no other swap used.
+    assert sorted(wins) == list(range(len(wins))), "two swaps matched the same version"
+    assert doc["version"] == len(wins), (doc, len(wins))
+    assert doc["marks"] == 8 * 60, doc
