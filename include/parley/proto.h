@@ -151,6 +151,8 @@ char *pl_msg_record(const pl_msg_t *m);
 /* m as a new JSON object of the DESIGN's msg frame and REST form (type "msg" when frame), with
  * its kind, and its event for a system item. */
 json_t *pl_msg_json(const pl_msg_t *m, int frame);
+/* The "msg" frame of m as compact JSON text (free() it), or NULL when out of memory. */
+char *pl_msg_frame_text(const pl_msg_t *m);
 
 /* Server frames, as new strings the caller frees. retry_after_ms <= 0 omits it. */
 char *pl_frame_ack(const char *client_id, const char *msg_id);

@@ -424,6 +424,14 @@ char *pl_msg_record(const pl_msg_t *m)
     return s;
 }
 
+char *pl_msg_frame_text(const pl_msg_t *m)
+{
+    json_t *frame = pl_msg_json(m, 1);
+    char *text = frame ? json_dumps(frame, JSON_COMPACT) : NULL;
+    json_decref(frame);
+    return text;
+}
+
 json_t *pl_msg_json(const pl_msg_t *m, int frame)
 {
     char when[32];

@@ -293,9 +293,7 @@ static void deliver(gw_groups_t *g, view_t *v, json_t *rec)
     if (pl_msg_from_json(rec, &m) != PL_OK || m.seq <= 0) {
         return;
     }
-    json_t *frame = pl_msg_json(&m, 1);
-    char *text = frame ? json_dumps(frame, JSON_COMPACT) : NULL;
-    json_decref(frame);
+    char *text = pl_msg_frame_text(&m);
     if (text == NULL) {
         return;
     }

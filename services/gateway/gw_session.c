@@ -621,11 +621,18 @@ static void push_to(gw_sessions_t *S, const char *user, const char *text, size_t
     }
 }
 
+/* The open session here that sent m, or NULL (another gateway's, or gone). */
+static gw_sess_t *origin_session(gw_sessions_t *S, const pl_msg_t *m)
+{
+    gw_sess_t *s = strcmp(m->origin_gw, S->gw_id) == 0 ? find(S, m->origin_conn) : NULL;
+    return s != NULL && s->state == OPEN && strcmp(s->user, m->sender) == 0 ? s : NULL;
+}
+
 /* The store refused a message this gateway accepted (st_policy.h): its device is told. */
 static void push_refusal(gw_sessions_t *S, const pl_msg_t *m)
 {
-    gw_sess_t *s = strcmp(m->origin_gw, S->gw_id) == 0 ? find(S, m->origin_conn) : NULL;
-    if (s == NULL || s->state != OPEN || strcmp(s->user, m->sender) != 0) {
+    gw_sess_t *s = origin_session(S, m);
+    if (s == NULL) {
         return; /* gone: its retry after a reconnect is refused again */
     }
     int group = pl_conv_kind(m->conv) == 'g';
@@ -652,9 +659,7 @@ void gw_sessions_push(gw_sessions_t *S, json_t *msg)
         pl_log_warn("bad_push", "malformed message from the router");
         return;
     }
-    json_t *frame = pl_msg_json(&m, 1);
-    char *text = frame ? json_dumps(frame, JSON_COMPACT) : NULL;
-    json_decref(frame);
+    char *text = pl_msg_frame_text(&m);
     if (text == NULL) {
         return;
     }
@@ -662,9 +667,8 @@ void gw_sessions_push(gw_sessions_t *S, json_t *msg)
     if (m.replay) {
         /* A resend of a stored message: every device had its first copy; the sending
          * device gets it again, with its seq, in case it missed that. */
-        gw_sess_t *s = strcmp(m.origin_gw, S->gw_id) == 0 ? find(S, m.origin_conn) : NULL;
-        if (s != NULL && s->state == OPEN && strcmp(s->user, m.sender) == 0 &&
-            s->ops->send_text(s->link, text, len) == PL_OK) {
+        gw_sess_t *s = origin_session(S, &m);
+        if (s != NULL && s->ops->send_text(s->link, text, len) == PL_OK) {
             pl_metric_inc(S->m_pushes);
         }
         free(text);

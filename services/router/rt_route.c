@@ -106,18 +106,28 @@ static void on_presence(void *ud, size_t idx, const char *field, const char *val
     }
 }
 
+static void give(struct gateway *g, json_t *rec)
+{
+    if (g->msgs == NULL) {
+        g->msgs = json_array();
+    }
+    json_array_append(g->msgs, rec);
+}
+
+/* Gives rec to gateway gw of the batch when it is alive and has not had it yet. */
+static void give_once(struct batch *b, int gw, json_t *rec, int *seen)
+{
+    if (b->gws[gw].alive && !seen[gw]) {
+        seen[gw] = 1;
+        give(&b->gws[gw], rec);
+    }
+}
+
 static void add_targets(struct batch *b, const char *name, json_t *rec, int *seen)
 {
     struct user *u = find_user(b, name);
     for (int i = 0; u != NULL && i < u->ngw; i++) {
-        struct gateway *g = &b->gws[u->gw[i]];
-        if (g->alive && !seen[u->gw[i]]) {
-            seen[u->gw[i]] = 1;
-            if (g->msgs == NULL) {
-                g->msgs = json_array();
-            }
-            json_array_append(g->msgs, rec);
-        }
+        give_once(b, u->gw[i], rec, seen);
     }
 }
 
@@ -130,10 +140,7 @@ static void add_origin(struct batch *b, json_t *rec)
     for (int i = 0; origin != NULL && u != NULL && i < u->ngw; i++) {
         struct gateway *g = &b->gws[u->gw[i]];
         if (g->alive && strcmp(g->id, origin) == 0) {
-            if (g->msgs == NULL) {
-                g->msgs = json_array();
-            }
-            json_array_append(g->msgs, rec);
+            give(g, rec);
         }
     }
 }
@@ -426,14 +433,7 @@ static void add_group_targets(struct batch *b, json_t *rec, int *seen)
 {
     struct group *g = find_group(b, json_string_value(json_object_get(rec, "conv")));
     for (int i = 0; g != NULL && i < g->ngw; i++) {
-        struct gateway *gw = &b->gws[g->gw[i]];
-        if (gw->alive && !seen[g->gw[i]]) {
-            seen[g->gw[i]] = 1;
-            if (gw->msgs == NULL) {
-                gw->msgs = json_array();
-            }
-            json_array_append(gw->msgs, rec);
-        }
+        give_once(b, g->gw[i], rec, seen);
     }
     json_t *one, *list = named_users(rec, &one);
     add_targets(b, json_string_value(one), rec, seen);
@@ -463,10 +463,10 @@ static int assign(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n)
             add_origin(b, recs[i]); /* a refusal or a resend goes back to the sender only */
             continue;
         }
+        json_int_t ts = json_integer_value(json_object_get(recs[i], "timestamp"));
+        pl_metric_observe(ctx->m_latency, (double)(now - ts) / 1000.0);
         if (is_group(recs[i])) {
             add_group_targets(b, recs[i], seen);
-            json_int_t ts = json_integer_value(json_object_get(recs[i], "timestamp"));
-            pl_metric_observe(ctx->m_latency, (double)(now - ts) / 1000.0);
             continue;
         }
         add_targets(b, json_string_value(json_object_get(recs[i], "receiver")), recs[i], seen);
@@ -478,8 +478,6 @@ static int assign(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n)
             pl_metric_inc(ctx->m_offline);
         }
         add_targets(b, json_string_value(json_object_get(recs[i], "sender")), recs[i], seen);
-        json_int_t ts = json_integer_value(json_object_get(recs[i], "timestamp"));
-        pl_metric_observe(ctx->m_latency, (double)(now - ts) / 1000.0);
     }
     free(seen);
     return PL_OK;
@@ -491,27 +489,35 @@ static int assign(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n)
  * even before those gateways renew it. It lapses unless they do. */
 #define RT_INTEREST_MS 120000
 
+/* 1 when rec adds users to a group (a new group's members, or members_added). */
+static int adds_members(json_t *rec)
+{
+    const char *type =
+        rec ? json_string_value(json_object_get(json_object_get(rec, "event"), "type")) : NULL;
+    return type != NULL && is_group(rec) && json_object_get(rec, "refused") == NULL &&
+           (strcmp(type, "group_created") == 0 || strcmp(type, "members_added") == 0);
+}
+
 static int lend_interest(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n)
 {
-    size_t cap = 0, k = 0;
+    size_t adds = 0, k = 0;
     for (size_t i = 0; i < n; i++) {
-        json_t *one, *list = recs[i] && is_group(recs[i]) ? named_users(recs[i], &one) : NULL;
-        cap += json_array_size(list) * MAX_GW_PER_USER;
+        adds += (size_t)adds_members(recs[i]);
     }
-    if (cap == 0) {
+    if (adds == 0 || b->ngws == 0) {
         return PL_OK;
     }
+    /* At most one entry per adding record and live gateway, however many users it names. */
+    size_t cap = adds * b->ngws;
     char **keys = make_keys(cap);
     const char **members = calloc(cap, sizeof(*members));
-    int rc = keys != NULL && members != NULL ? PL_OK : PL_ERR_NOMEM;
+    int *seen = calloc(b->ngws, sizeof(*seen));
+    int rc = keys != NULL && members != NULL && seen != NULL ? PL_OK : PL_ERR_NOMEM;
     for (size_t i = 0; i < n && rc == PL_OK; i++) {
-        const char *type =
-            recs[i] ? json_string_value(json_object_get(json_object_get(recs[i], "event"), "type"))
-                    : NULL;
-        if (type == NULL || !is_group(recs[i]) || json_object_get(recs[i], "refused") ||
-            (strcmp(type, "group_created") != 0 && strcmp(type, "members_added") != 0)) {
+        if (!adds_members(recs[i])) {
             continue;
         }
+        memset(seen, 0, b->ngws * sizeof(*seen));
         json_t *one, *list = named_users(recs[i], &one);
         for (size_t j = 0; j < json_array_size(list) + 1; j++) {
             const char *name = j < json_array_size(list)
@@ -519,7 +525,8 @@ static int lend_interest(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n
                                    : json_string_value(json_object_get(recs[i], "sender"));
             struct user *u = name ? find_user(b, name) : NULL;
             for (int g = 0; u != NULL && g < u->ngw; g++) {
-                if (b->gws[u->gw[g]].alive && k < cap) {
+                if (b->gws[u->gw[g]].alive && !seen[u->gw[g]]) {
+                    seen[u->gw[g]] = 1;
                     pl_key_convgw(keys[k], json_string_value(json_object_get(recs[i], "conv")));
                     members[k++] = b->gws[u->gw[g]].id;
                 }
@@ -532,6 +539,7 @@ static int lend_interest(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n
     }
     free_keys(keys, cap);
     free(members);
+    free(seen);
     return rc;
 }
 

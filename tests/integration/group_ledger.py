@@ -12,14 +12,11 @@ At the end every device must have shown exactly the seqs of its member's window
 member), once each, in order; the stored items must be gapless, with no client_id twice.
 """
 import asyncio
-import json
 import os
 import random
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-
-import websockets
 
 from conftest import Api, unique_name
 from ledger import Device, Ledger, Sender
@@ -29,7 +26,6 @@ class GroupDevice(Device):
     def __init__(self, api, user, token, conv):
         super().__init__(api, user, token)
         self.conv = conv
-        self.outside = 0  # items pushed or paged that the window does not hold (checked later)
         self.pushed = []  # every seq pushed, to check the window afterwards
 
     def _is_next(self, conv, seq):
@@ -60,17 +56,10 @@ class GroupDevice(Device):
             # member from seq 1, or not a member yet), so there is nothing to catch up.
             # Skipping the list keeps 500 devices from queueing on the database at start.
             return
-        while True:
-            r = await asyncio.to_thread(self.api.call, "GET", "/v1/conversations?limit=1000",
-                                        token=self.token)
-            if r.status == 200:
-                break
-            if r.status == 401:
-                await self.renew()
-            await asyncio.sleep(0.3)
-        for c in r.json["conversations"]:
-            if c["conv"] == self.conv and c["last_seq"] > self.last.get(self.conv, 0):
-                await self.pull(self.conv)
+        await super().sync()
+
+    def _follows(self, conv):
+        return conv == self.conv
 
 
 class GroupSender(Sender):
@@ -78,16 +67,8 @@ class GroupSender(Sender):
         super().__init__(ledger, device)
         self.conv = conv
 
-    async def _write(self, cid, to, content):
-        ws = self.dev.ws
-        if ws is None:
-            return  # resent after the reconnect
-        try:
-            await ws.send(json.dumps({"type": "send", "client_id": cid, "conv": self.conv,
-                                      "content": content}))
-        except websockets.ConnectionClosed:
-            pass
-
+    def _frame(self, cid, to, content):
+        return {"type": "send", "client_id": cid, "conv": self.conv, "content": content}
 
 class Population:
     """Users registered once for every group scenario of a module (argon2id makes each
@@ -127,6 +108,7 @@ class GroupLedger(Ledger):
         self.owner = self.users[0]
         self.changes = []  # (what, user, status) of every membership change made
         self.conv = None
+        self.pulled_at_end = 0
 
     def call(self, method, path, body=None):
         """A client's retries: 503 (the store is catching up) and 5xx (a restart) again,
@@ -225,9 +207,8 @@ class GroupLedger(Ledger):
         keys = [(d["sender"], d["client_id"]) for d in docs]
         stored_dups = len(keys) - len(set(keys))
         stored_ids = {d["_id"] for d in docs}
-        windows = {}
-        for m in self.mongo.members.find({"conv": self.conv}):
-            windows[m["user"]] = (m["joined_seq"], m.get("left_seq") or last)
+        members = list(self.mongo.members.find({"conv": self.conv}))
+        windows = {m["user"]: (m["joined_seq"], m.get("left_seq") or last) for m in members}
         seq_of = {d["_id"]: d["seq"] for d in docs}
         acked_seq = {seq_of[mid]: mid for mid in self.acked.values() if mid in seq_of}
         lost = sum(1 for mid in self.acked.values() if mid not in stored_ids)
@@ -235,19 +216,19 @@ class GroupLedger(Ledger):
         lost_msgs = set()
         for user, devs in self.devices.items():
             joined, left = windows.get(user, (0, -1))
-            want = list(range(joined, left + 1)) if joined else []
+            want_set = set(range(joined, left + 1)) if joined else set()
             for d in devs:
                 shown = d.shown_seqs.get(self.conv, [])
                 ids = d.shown.get(self.conv, [])
                 shown_dups += len(ids) - len(set(ids))
                 if shown != sorted(set(shown)):
                     order_violations += 1
-                outside += sum(1 for s in set(shown) | set(d.pushed) if s not in set(want))
-                gone = set(want) - set(shown)
+                outside += len((set(shown) | set(d.pushed)) - want_set)
+                gone = want_set - set(shown)
                 missing_items += len(gone)
                 lost_msgs |= {acked_seq[s] for s in gone if s in acked_seq}
         lost += len(lost_msgs)
-        lefts = {m["user"]: m.get("left_seq") or 0 for m in self.mongo.members.find({"conv": self.conv})}
+        lefts = {m["user"]: m.get("left_seq") or 0 for m in members}
         removed_ok = sum(1 for u in self.removed if lefts.get(u, 0) > 0)
         deliveries = sum(len(d.shown_seqs.get(self.conv, [])) for devs in self.devices.values()
                          for d in devs)
@@ -259,7 +240,7 @@ class GroupLedger(Ledger):
                 f"order_violations={order_violations} outside_window={outside} "
                 f"removed={removed_ok}/{len(self.removed)} added={len(self.later)} "
                 f"deliveries={deliveries} redelivered={redelivered} "
-                f"pulled_at_end={getattr(self, 'pulled_at_end', 0)}{extra}")
+                f"pulled_at_end={self.pulled_at_end}{extra}")
         print("\n" + line)
         with open(os.path.join(os.environ["PARLEY_VAR"], "..", "ledger.log"), "a") as f:
             f.write(line + "\n")

@@ -99,8 +99,11 @@ class Device:
                 await self.renew()
             await asyncio.sleep(0.3)
         for c in r.json["conversations"]:
-            if c["last_seq"] > self.last.get(c["conv"], 0):
+            if self._follows(c["conv"]) and c["last_seq"] > self.last.get(c["conv"], 0):
                 await self.pull(c["conv"])
+
+    def _follows(self, conv):
+        return True
 
 
 class Sender:
@@ -120,9 +123,12 @@ class Sender:
         if ws is None:
             return  # resent after the reconnect
         try:
-            await ws.send(json.dumps({"type": "send", "client_id": cid, "to": to, "content": content}))
+            await ws.send(json.dumps(self._frame(cid, to, content)))
         except websockets.ConnectionClosed:
             pass
+
+    def _frame(self, cid, to, content):
+        return {"type": "send", "client_id": cid, "to": to, "content": content}
 
     async def resend_all(self):
         for cid, (to, content, _) in list(self.unacked.items()):
