@@ -179,7 +179,13 @@ static int change(auth_ctx_t *ctx, pl_http_resp_t *resp, const char *conv, const
 {
     pl_msg_t m;
     memset(&m, 0, sizeof(m));
-    snprintf(m.client_id, sizeof(m.client_id), PL_SYSTEM_CLIENT_ID_PREFIX "%s", cid);
+    /* The item's client_id names the group as well as the change: msg_id comes from (sender,
+     * client_id) alone, so the same request id in two groups (a removal's default names only
+     * its target and membership) would otherwise be one message, and the second group's change
+     * would be taken for a replay of the first's. */
+    char scoped[PL_MSG_ID_LEN];
+    pl_msg_id(conv, cid, scoped);
+    snprintf(m.client_id, sizeof(m.client_id), PL_SYSTEM_CLIENT_ID_PREFIX "%s", scoped);
     pl_msg_id(by, m.client_id, m.msg_id);
     snprintf(m.conv, sizeof(m.conv), "%s", conv);
     snprintf(m.sender, sizeof(m.sender), "%s", by);

@@ -234,6 +234,30 @@ def test_changes_are_idempotent_by_client_id(edge):
     assert edge.call("GET", f"/v1/groups/{conv}", token=ta).json["member_count"] == 3
 
 
+def test_the_same_change_id_in_two_groups_is_two_changes(edge, mongo):
+    """A request id names a change within its group: the same client_id in two groups, or a
+    removal's default id (its target and membership), makes a change in each group."""
+    (alice, ta), (bob, tb), (carol, tc), (dave, td) = users(edge, 4)
+    convs = [create(edge, ta, f"twin {i}", [bob, carol], client_id=uuid.uuid4().hex)["conv"]
+             for i in range(2)]
+    for conv in convs:
+        r = edge.call("POST", f"/v1/groups/{conv}/members",
+                      {"users": [dave], "client_id": "same"}, token=ta)
+        assert r.status == 200, r
+        r = edge.call("DELETE", f"/v1/groups/{conv}/members/{carol}", token=ta)
+        assert r.status == 204, r
+    for conv in convs:
+        items = history(edge, ta, conv)
+        assert [m["event"]["type"] for m in items] == \
+            ["group_created", "members_added", "member_removed"], items
+        left = mongo.members.find_one({"conv": conv, "user": carol})["left_seq"]
+        assert left == items[-1]["seq"], (conv, left, items)
+        assert edge.call("GET", f"/v1/groups/{conv}", token=ta).json["member_count"] == 3
+    # carol's own stream tells of both removals.
+    removed = [e for e in own_stream_events(edge, tc, carol) if e["type"] == "group_removed"]
+    assert sorted(e["conv"] for e in removed) == sorted(convs)
+
+
 def test_a_resend_goes_back_to_its_device_only(edge):
     """A client's resend of a stored message (same client_id) is acked with the same msg_id
     and pushed to the sending device only, with its seq: the members were pushed the first
