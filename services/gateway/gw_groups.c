@@ -629,7 +629,11 @@ void gw_groups_own_item(gw_groups_t *g, const pl_msg_t *m)
     if (strcmp(type, "group_added") == 0) {
         view_t *v = view_get(g, conv);
         entry_t *e = v ? entry_find(v, m->receiver) : NULL;
-        if (v != NULL && (e == NULL || (e->left > 0 && e->left < seq))) {
+        /* With no entry, a notice the view's version already covers is an old one again (the
+         * router replays what it had not committed when it restarts): the user's window ended
+         * and its entry was let go, and taking the notice would deliver to a removed member. */
+        if (v != NULL &&
+            ((e == NULL && seq > v->mver) || (e != NULL && e->left > 0 && e->left < seq))) {
             entry_set(g, v, m->receiver, seq, 0);
         }
     } else if (strcmp(type, "group_removed") == 0) {
