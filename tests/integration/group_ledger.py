@@ -27,6 +27,7 @@ class GroupDevice(Device):
         super().__init__(api, user, token)
         self.conv = conv
         self.pushed = []  # every seq pushed, to check the window afterwards
+        self.first_gateway = None  # where it was before any fault moved it
 
     def _is_next(self, conv, seq):
         # History begins at the member's joined_seq: a group not started yet starts there.
@@ -51,6 +52,8 @@ class GroupDevice(Device):
         await super().on_push(m)
 
     async def sync(self):
+        if self.first_gateway is None:
+            self.first_gateway = self.gateway
         if self.reconnects <= 1:
             # The first connection: the group is new and this device's state is exact (a
             # member from seq 1, or not a member yet), so there is nothing to catch up.
@@ -241,6 +244,8 @@ class GroupLedger(Ledger):
                 f"removed={removed_ok}/{len(self.removed)} added={len(self.later)} "
                 f"deliveries={deliveries} redelivered={redelivered} "
                 f"pulled_at_end={self.pulled_at_end}{extra}")
+        if missing_items or outside or seq_gaps:
+            self._explain(seqs, last, members, windows)
         print("\n" + line)
         with open(os.path.join(os.environ["PARLEY_VAR"], "..", "ledger.log"), "a") as f:
             f.write(line + "\n")
@@ -249,3 +254,22 @@ class GroupLedger(Ledger):
                     attempted=len(self.attempted), refused=self.refused, outside=outside,
                     missing_items=missing_items, removed_ok=removed_ok, deliveries=deliveries,
                     redelivered=redelivered)
+
+    def _explain(self, seqs, last, members, windows):
+        """What a failed check needs to be understood: holes in the stream, windows that end
+        past its last item, and the devices furthest from their windows."""
+        holes = sorted(set(range(1, last + 1)) - set(seqs))
+        beyond = sorted((m["user"], m["joined_seq"], m.get("left_seq")) for m in members
+                        if (m.get("left_seq") or 0) > last or m["joined_seq"] > last)
+        print(f"\nexplain: holes={holes[:20]} ({len(holes)}) windows past the last item="
+              f"{beyond[:10]} ({len(beyond)})")
+        rows = []
+        for u, devs in self.devices.items():
+            joined, left = windows.get(u, (0, -1))
+            want = set(range(joined, left + 1)) if joined else set()
+            for d in devs:
+                shown = set(d.shown_seqs.get(self.conv, []))
+                rows.append((len((shown | set(d.pushed)) - want), len(want - shown), u,
+                             (joined, left), d.last.get(self.conv), d.gateway))
+        for row in sorted(rows, reverse=True)[:8]:
+            print("explain: outside, missing, user, window, last shown, gateway:", row)

@@ -222,7 +222,8 @@ def group_scenario(edge, mongo, population, name, fault=None, total=200, rate=20
 
     recovery = asyncio.run(go())
     devices = [d for devs in ledger.devices.values() for d in devs]
-    spread = sorted(sum(1 for d in devices if (d.gateway or "").startswith(f"gw{i}-"))
+    # Where the devices were at the start: a killed gateway's devices end on the others.
+    spread = sorted(sum(1 for d in devices if (d.first_gateway or "").startswith(f"gw{i}-"))
                     for i in range(3))
     extra = f" recovery_s={recovery:.2f}" if recovery is not None else ""
     extra += f" devices_per_gateway={spread} duration_s={time.monotonic() - t0:.1f}"
