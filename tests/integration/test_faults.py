@@ -188,10 +188,7 @@ def test_13_sigterm_router_while_redis_is_down(edge, mongo):
 
 # ---- groups (guarantee 8): one group over three gateways ----
 # `make test` runs the steady scenario with PARLEY_GROUP_MEMBERS=100; `make faults-groups`
-# runs it and the kill -9 scenarios with 500 members (the issue's size). The kill -9 ones do
-# not pass yet (issue 14 is open): after the fault, hundreds of devices resync at once, the
-# history pulls queue on FerretDB for minutes, and the check meets windows whose changes the
-# store has not written yet.
+# runs it and the kill -9 scenarios with 500 members (the issue's size; docs/guarantees.md).
 GROUP_MEMBERS = int(os.environ.get("PARLEY_GROUP_MEMBERS", "100"))
 group_faults = pytest.mark.skipif(not os.environ.get("PARLEY_GROUP_FAULTS"),
                                   reason="make faults-groups only")
