@@ -10,7 +10,7 @@ WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 C_SOURCES = $(shell find include libs services tests clients -name '*.[ch]' 2>/dev/null)
 
 .PHONY: all deps build asan run up down status test format format-check lint unit unit-asan \
-        integration faults faults-groups chaos deploy-check compose-test fuzz fuzz-smoke bench bench-presence clean
+        integration faults faults-groups chaos deploy-check compose-test fuzz fuzz-smoke bench bench-presence bench-groups clean
 
 all: build
 
@@ -104,11 +104,18 @@ fuzz-smoke: deps
 bench: build
 	@python3 bench/run.py
 	@python3 bench/presence.py
+	@python3 bench/groups.py
 
 # A login storm of users with many contacts over 3 gateways: presence frames per second, ready
 # to the contacts' online frame (p50/p99), Redis commands per change (bench/presence.py).
 bench-presence: build
 	@python3 bench/presence.py
+
+# Group messages against the peer with rooms: 1,000 and 10,000 members over 3 gateways, stepped
+# rates until p99 > 100 ms; deliveries per gateway CPU-second, Redis commands per message
+# (bench/groups.py).
+bench-groups: build
+	@python3 bench/groups.py
 
 test: deps format-check lint deploy-check unit unit-asan fuzz-smoke integration faults
 	@echo "make test: all checks passed"

@@ -14,7 +14,6 @@ Measured:
 Prints a summary and writes var/bench/<time>/presence.json. Stops by itself.
 """
 import asyncio
-import base64
 import concurrent.futures
 import json
 import os
@@ -22,7 +21,8 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
+
+import benchlib
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 OUT = os.path.join(ROOT, "var", "bench", time.strftime("%Y%m%d-%H%M%S"))
@@ -40,7 +40,6 @@ ENV = dict(os.environ, PARLEY_VAR=VAR, PARLEY_BIN=BIN, PARLEY_GATEWAYS=str(GATEW
            PARLEY_MONGO_DB="parley_presence", PARLEY_KAFKA_PARTITIONS="3",
            PARLEY_LOG_LEVEL="warn", PARLEY_EDGE_CONN_PER_ADDR="60000",
            **{k: str(v) for k, v in PORTS.items()})
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 def say(msg):
@@ -52,26 +51,8 @@ def gateway_ports():
     return [base] + [router + i for i in range(1, GATEWAYS)]
 
 
-def b64url(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def sign(user):
-    """An ES256 access token for user, signed with the cluster's key by the OpenSSL CLI."""
-    now = int(time.time())
-    claims = {"iss": "parley", "aud": "parley", "sub": user, "sid": uuid.uuid4().hex,
-              "jti": uuid.uuid4().hex, "iat": now, "exp": now + 3600}
-    head = b64url(json.dumps({"alg": "ES256", "typ": "JWT"}).encode()) + "." + \
-        b64url(json.dumps(claims).encode())
-    der = subprocess.run(["openssl", "dgst", "-sha256", "-sign",
-                          os.path.join(VAR, "keys", "jwt-private.pem")],
-                         input=head.encode(), capture_output=True, check=True).stdout
-    i = 2 if der[1] < 0x80 else 3
-    rlen = der[i + 1]
-    r = der[i + 2:i + 2 + rlen]
-    j = i + 2 + rlen
-    s = der[j + 2:j + 2 + der[j + 1]]
-    return head + "." + b64url(r[-32:].rjust(32, b"\0") + s[-32:].rjust(32, b"\0"))
+    return benchlib.sign(os.path.join(VAR, "keys", "jwt-private.pem"), user)
 
 
 def name(i):
@@ -106,19 +87,6 @@ def seed(db):
     db.contact_lists.delete_many({})
     db.contact_lists.insert_many([{"_id": u, "open": v} for u, v in lists.items()])
     return len(vals)
-
-
-def commandstats(r):
-    return {k[len("cmdstat_"):]: v["calls"] for k, v in r.info("commandstats").items()}
-
-
-def proc_cpu(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def service_pids():
@@ -207,10 +175,10 @@ def main():
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             tokens = list(pool.map(sign, [name(i) for i in range(USERS)]))
         r = redis.Redis(port=PORTS["PARLEY_REDIS_PORT"])
-        before, cpu0 = commandstats(r), {n: proc_cpu(p) for n, p in service_pids().items()}
+        before, cpu0 = benchlib.commandstats(r), {n: benchlib.proc_cpu(p) for n, p in service_pids().items()}
         say(f"login storm: {USERS} users at {RATE:.0f}/s over {GATEWAYS} gateways")
         lat, nframes, storm_s, total_s = asyncio.run(storm(tokens))
-        after, cpu1 = commandstats(r), {n: proc_cpu(p) for n, p in service_pids().items()}
+        after, cpu1 = benchlib.commandstats(r), {n: benchlib.proc_cpu(p) for n, p in service_pids().items()}
         delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         delta = {k: v for k, v in delta.items() if v > 0}
         changes = USERS

@@ -12,7 +12,10 @@
  * check, which the driver script arranges. Not a test: it prints figures.
  *
  * Modes: chat (default), idle (connect, authenticate, hold: memory per connection), connect
- * (connect as fast as possible: handshakes per second).
+ * (connect as fast as possible: handshakes per second), group (every connection is a member
+ * of the group --conv; the first --senders connections of each worker send to it in turn at
+ * the rate, and every other member's push of a message counts as a delivery; --ports spreads
+ * the connections over several gateways).
  */
 #include "parley/enc.h"
 #include "parley/err.h"
@@ -122,6 +125,10 @@ static struct {
     char src[16][32];
     int nsrc;
     int first_user;
+    const char *conv; /* group mode: the group's conversation id */
+    int senders;      /* group mode: senders per worker */
+    int ports[16];    /* connection i goes to ports[i % nports] (default: port) */
+    int nports;
 } opt = {.host = "127.0.0.1",
          .port = 8080,
          .conns = 100,
@@ -133,7 +140,8 @@ static struct {
          .size = 32,
          .prefix = "bench",
          .key = "var/local/keys/jwt-private.pem",
-         .mode = "chat"};
+         .mode = "chat",
+         .senders = 1};
 
 /* ---- one connection ---- */
 
@@ -287,7 +295,8 @@ static void c_interest(conn_t *c)
 
 static int c_open(conn_t *c, int src)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
+    int port = opt.nports > 0 ? opt.ports[src % opt.nports] : opt.port;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     inet_pton(AF_INET, opt.host, &sa.sin_addr);
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0) {
@@ -423,8 +432,8 @@ static void send_one(conn_t *c, uint64_t k, uint64_t due, int w, const char *con
     char cid[64], frame[70000];
     snprintf(cid, sizeof(cid), "%d.%llu.%llu", w, (unsigned long long)k, (unsigned long long)due);
     int n = snprintf(frame, sizeof(frame),
-                     "{\"type\":\"send\",\"client_id\":\"%s\",\"to\":\"%s\",\"content\":\"%s\"}",
-                     cid, c->peer, content);
+                     "{\"type\":\"send\",\"client_id\":\"%s\",\"%s\":\"%s\",\"content\":\"%s\"}",
+                     cid, opt.conv ? "conv" : "to", opt.conv ? opt.conv : c->peer, content);
     struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)frame, (size_t)n};
     if (wslay_event_queue_msg(c->ws, &m) == 0 && due >= measure_from) {
         rep.sent++;
@@ -506,7 +515,9 @@ static void connect_all(conn_t *cs, int w, int n, char **tokens, int out)
 static void run_schedule(conn_t *cs, int w, int n, char **tokens, const char *content, int out)
 {
     struct epoll_event evs[512];
-    double rate = strcmp(opt.mode, "chat") == 0 ? opt.rate / opt.procs : 0;
+    int group = strcmp(opt.mode, "group") == 0;
+    double rate = strcmp(opt.mode, "chat") == 0 || group ? opt.rate / opt.procs : 0;
+    uint64_t senders = group && opt.senders < n ? (uint64_t)opt.senders : (uint64_t)n;
     uint64_t t0 = now_us(), k = 0;
     measure_from = t0 + (uint64_t)(opt.warmup * 1e6);
     uint64_t end = measure_from + (uint64_t)(opt.seconds * 1e6);
@@ -519,7 +530,7 @@ static void run_schedule(conn_t *cs, int w, int n, char **tokens, const char *co
         /* Every message whose time has come goes out now: open loop. */
         while (rate > 0 && t < end && t0 + (uint64_t)((double)k * 1e6 / rate) <= t) {
             uint64_t due = t0 + (uint64_t)((double)k * 1e6 / rate);
-            conn_t *c = &cs[k % (uint64_t)n];
+            conn_t *c = &cs[k % senders];
             if (c->state == C_OPEN) {
                 send_one(c, k, due, w, content);
                 c_io(c, 0, tokens);
@@ -590,12 +601,14 @@ static int read_rest(int fd, char *buf, size_t have, size_t want)
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: parley-bench [--mode chat|idle|connect] [--host H] [--port P] [--conns N]\n"
-            "         [--procs P] [--rate MSGS_PER_S] [--seconds S] [--warmup S] [--drain S]\n"
-            "         [--size BYTES]\n"
-            "         [--prefix NAME] [--first-user I] [--key PEM] [--src 127.0.0.2,127.0.0.3]\n"
-            "Users <prefix><7 digits> must exist; each sends to its pair (i xor 1).\n");
+    fprintf(
+        stderr,
+        "usage: parley-bench [--mode chat|idle|connect|group] [--host H] [--port P]\n"
+        "         [--ports P1,P2,..] [--conns N] [--procs P] [--rate MSGS_PER_S] [--seconds S]\n"
+        "         [--warmup S] [--drain S] [--size BYTES] [--conv g:ID] [--senders N]\n"
+        "         [--prefix NAME] [--first-user I] [--key PEM] [--src 127.0.0.2,127.0.0.3]\n"
+        "Users <prefix><7 digits> must exist; each sends to its pair (i xor 1), or in group\n"
+        "mode to the group --conv, of which they must be members.\n");
 }
 
 int main(int argc, char **argv)
@@ -605,7 +618,8 @@ int main(int argc, char **argv)
         {"conns", 1, 0, 'c'},      {"procs", 1, 0, 'P'},  {"rate", 1, 0, 'r'},
         {"seconds", 1, 0, 's'},    {"drain", 1, 0, 'd'},  {"size", 1, 0, 'z'},
         {"prefix", 1, 0, 'x'},     {"key", 1, 0, 'k'},    {"src", 1, 0, 'S'},
-        {"first-user", 1, 0, 'f'}, {"warmup", 1, 0, 'w'}, {0, 0, 0, 0},
+        {"first-user", 1, 0, 'f'}, {"warmup", 1, 0, 'w'}, {"conv", 1, 0, 'g'},
+        {"senders", 1, 0, 'n'},    {"ports", 1, 0, 'o'},  {0, 0, 0, 0},
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "", longs, NULL)) != -1) {
@@ -645,6 +659,26 @@ int main(int argc, char **argv)
             break;
         case 'f':
             opt.first_user = (int)strtol(optarg, NULL, 10);
+            break;
+        case 'w':
+            opt.warmup = strtod(optarg, NULL);
+            break;
+        case 'g':
+            opt.conv = optarg;
+            break;
+        case 'n':
+            opt.senders = (int)strtol(optarg, NULL, 10);
+            break;
+        case 'o':
+            for (const char *t = optarg; *t && opt.nports < 16;) {
+                char *end = NULL;
+                opt.ports[opt.nports++] = (int)strtol(t, &end, 10);
+                if (end == t) {
+                    usage();
+                    return 2;
+                }
+                t = *end == ',' ? end + 1 : end;
+            }
             break;
         case 'S':
             for (const char *t = optarg; *t && opt.nsrc < 16;) {

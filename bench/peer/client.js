@@ -1,5 +1,7 @@
 // The peer's load generator: the same open-loop schedule, pairing, client_id timestamps and
 // log-linear histogram as clients/bench.c, with socket.io-client. Prints one JSON line.
+// --mode=group --group=NAME: every socket joins the room; the first --senders sockets of each
+// worker send to it in turn, and every other member's copy counts as a delivery.
 'use strict';
 const { fork } = require('child_process');
 const crypto = require('crypto');
@@ -12,6 +14,7 @@ const opt = {
   conns: Number(args.conns || 100), procs: Number(args.procs || 2), rate: Number(args.rate || 100),
   seconds: Number(args.seconds || 10), drain: Number(args.drain || 3), warmup: Number(args.warmup || 2), size: Number(args.size || 32),
   prefix: args.prefix || 'bench', key: args.key, first: Number(args['first-user'] || 0),
+  group: args.group, senders: Number(args.senders || 1),
 };
 const H_SUB = 64, H_EXP = 40, H_BUCKETS = H_SUB * H_EXP;
 function hIdx(v) {
@@ -57,11 +60,15 @@ async function worker(w, first, n) {
       const user = opt.prefix + String(first + i).padStart(7, '0');
       const s = io(opt.url, { transports: ['websocket'], auth: { token: sign(key, user) }, reconnection: false });
       s.user = user; s.peer = opt.prefix + String(first + (i ^ 1)).padStart(7, '0');
-      s.on('ready', () => { rep.ready++; if (--pending === 0) resolve(); });
+      s.on('ready', () => {
+        if (opt.group) s.emit('join', opt.group);
+        rep.ready++; if (--pending === 0) resolve();
+      });
       s.on('connect_error', () => { rep.failed++; if (--pending === 0) resolve(); });
       s.on('msg', (m) => {
         const due = Number(String(m.client_id).split('.')[2]);
         if (due < t0w.from) return;
+        if (m.sender === s.user) { rep.echoed++; return; }
         rep.delivered++; hAdd(rep.deliver, Math.max(0, nowUs() - due));
       });
       socks.push(s);
@@ -69,20 +76,24 @@ async function worker(w, first, n) {
   });
   const connectSeconds = (nowUs() - t0c) / 1e6;
   process.send({ progress: { ready: rep.ready, failed: rep.failed } });
-  const rate = opt.mode === 'chat' ? opt.rate / opt.procs : 0;
+  const rate = opt.mode === 'chat' || opt.mode === 'group' ? opt.rate / opt.procs : 0;
+  const senders = opt.mode === 'group' ? Math.min(opt.senders, n) : n;
   const content = 'x'.repeat(opt.size);
   const t0 = nowUs(); const from = t0 + opt.warmup * 1e6; t0w.from = from; const end = from + opt.seconds * 1e6; let k = 0;
+  let nextProgress = t0 + 1e6;
   await new Promise((resolve) => {
     const tick = () => {
       const t = nowUs();
+      if (t >= nextProgress) { nextProgress += 1e6; process.send({ progress: { sent: rep.sent } }); }
       while (rate > 0 && t < end && t0 + (k * 1e6) / rate <= t) {
         const due = Math.round(t0 + (k * 1e6) / rate);
-        const s = socks[k % n];
+        const s = socks[k % senders];
         const cid = `${w}.${k}.${due}`;
         if (s.connected) {
           const counted = due >= from; // the warm-up is sent at the rate but not counted
           if (counted) rep.sent++;
-          s.emit('send', { to: s.peer, content, client_id: cid }, (a) => {
+          const target = opt.group ? { group: opt.group } : { to: s.peer };
+          s.emit('send', { ...target, content, client_id: cid }, (a) => {
             if (!counted) return;
             if (a && a.error) { rep.errors++; return; }
             rep.acked++; hAdd(rep.ack, Math.max(0, nowUs() - due));
@@ -90,7 +101,7 @@ async function worker(w, first, n) {
         }
         k++;
       }
-      if (t >= end + opt.drain * 1e6 || (opt.mode !== 'chat' && t >= end)) return resolve();
+      if (t >= end + opt.drain * 1e6 || (rate === 0 && t >= end)) return resolve();
       const next = rate > 0 && t < end ? Math.max(0, (t0 + (k * 1e6) / rate - t) / 1000) : 50;
       setTimeout(tick, Math.min(next, 50));
     };
@@ -108,12 +119,16 @@ if (process.env.PEER_BENCH_WORKER) {
   const finals = [];
   const start = Date.now();
   const kids = [];
+  const sent = new Array(opt.procs).fill(0);
   for (let w = 0; w < opt.procs; w++) {
     const kid = fork(__filename, process.argv.slice(2), { env: { ...process.env, PEER_BENCH_WORKER: `${w},${opt.first + w * per},${per}` } });
-    kid.on('message', (m) => { if (m.final) finals.push(m.final); });
+    kid.on('message', (m) => {
+      if (m.final) finals.push(m.final);
+      if (m.progress && m.progress.sent !== undefined) sent[w] = m.progress.sent;
+    });
     kids.push(new Promise((r) => kid.on('exit', r)));
   }
-  const timer = setInterval(() => process.stderr.write(`\r[peer bench ${Math.round((Date.now() - start) / 1000)}s] workers done ${finals.length}/${opt.procs}   `), 1000);
+  const timer = setInterval(() => process.stderr.write(`\r[peer bench ${Math.round((Date.now() - start) / 1000)}s] sent ${sent.reduce((a, b) => a + b, 0)} workers done ${finals.length}/${opt.procs}   `), 1000);
   Promise.all(kids).then(() => {
     clearInterval(timer); process.stderr.write('\n');
     const s = { ready: 0, failed: 0, sent: 0, acked: 0, delivered: 0, errors: 0, ack: hNew(), deliver: hNew(), connectSeconds: 0 };

@@ -47,12 +47,16 @@ io.use((socket, next) => {
 io.on('connection', (socket) => {
   socket.join(socket.data.user);
   socket.emit('ready', { user: socket.data.user });
+  // Rooms, as the seed's snippet has them (socket.join(group), io.to(group).emit): a group
+  // message is saved first, then emitted to the room, whose sockets all belong to members.
+  socket.on('join', (group) => socket.join(`group:${group}`));
   socket.on('send', async (m, ack) => {
     try {
-      const doc = await Message.create({ sender: socket.data.user, receiver: m.to, content: m.content });
+      const to = m.group ? `group:${m.group}` : m.to;
+      const doc = await Message.create({ sender: socket.data.user, receiver: to, content: m.content });
       const out = { msg_id: String(doc._id), sender: doc.sender, receiver: doc.receiver,
         content: doc.content, timestamp: doc.timestamp, client_id: m.client_id };
-      io.to(m.to).emit('msg', out);
+      io.to(to).emit('msg', out);
       if (typeof ack === 'function') ack({ client_id: m.client_id, msg_id: out.msg_id });
     } catch (e) {
       if (typeof ack === 'function') ack({ client_id: m.client_id, error: 'unavailable' });
