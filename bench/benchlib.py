@@ -44,3 +44,12 @@ def proc_cpu(pid):
 def commandstats(r):
     """Calls per Redis command so far, from Redis's INFO commandstats."""
     return {k[len("cmdstat_"):]: v["calls"] for k, v in r.info("commandstats").items()}
+
+
+def pid_of(var, name):
+    """The pid deploy/cluster.sh or infra.sh wrote for service name under var, or None."""
+    try:
+        with open(os.path.join(var, "run", f"{name}.pid")) as f:
+            return int(f.read())
+    except OSError:
+        return None

@@ -65,11 +65,7 @@ def say(msg):
 
 
 def pid_of(name):
-    try:
-        with open(os.path.join(VAR, "run", f"{name}.pid")) as f:
-            return int(f.read())
-    except OSError:
-        return None
+    return benchlib.pid_of(VAR, name)
 
 
 def gateway_ports():

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+import benchlib
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 STAMP = time.strftime("%Y%m%d-%H%M%S")
 OUT = os.path.join(ROOT, "var", "bench", STAMP)
@@ -50,11 +52,7 @@ def say(msg):
 
 
 def pid_of(name):
-    try:
-        with open(os.path.join(VAR, "run", f"{name}.pid")) as f:
-            return int(f.read())
-    except OSError:
-        return None
+    return benchlib.pid_of(VAR, name)
 
 
 def proc_stats(pid):
