@@ -22,6 +22,7 @@ Prints a summary and writes var/bench/<time>/groups.json. Stops by itself.
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -127,11 +128,16 @@ def create_group(size):
     return conv
 
 
-def parley_cmd(conv, size, rate):
-    return [os.path.join(BIN, "parley-bench"), "--mode=group", f"--conv={conv}",
-            f"--ports={','.join(map(str, gateway_ports()))}", f"--conns={size}", "--procs=2",
-            f"--senders={SENDERS}", f"--rate={rate}", f"--seconds={STEP_S}", "--warmup=5",
-            "--drain=3", "--prefix=bench", f"--key={KEY}", f"--src={SRC}"]
+def parley_cmd(mode, size, *extra):
+    """parley-bench over the 3 gateways, the members' sockets spread over SRC."""
+    return [os.path.join(BIN, "parley-bench"), f"--mode={mode}", f"--conns={size}", "--procs=2",
+            f"--ports={','.join(map(str, gateway_ports()))}", "--prefix=bench", f"--key={KEY}",
+            f"--src={SRC}", *extra]
+
+
+def group_step_cmd(conv, size, rate):
+    return parley_cmd("group", size, f"--conv={conv}", f"--senders={SENDERS}", f"--rate={rate}",
+                      f"--seconds={STEP_S}", "--warmup=5", "--drain=3")
 
 
 def peer_cmd(group, size, rate):
@@ -151,7 +157,6 @@ def run_step(cmd, rate, pids, redis_client):
     counted sends; CPU and Redis's counters are read when the first counted send is out and
     again when the last is, so the members' connects before the sending window and their
     disconnects after it are not charged to the messages."""
-    import re
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     window = {}
     line = b""
@@ -186,10 +191,8 @@ def idle_redis_rates(size, redis_client):
     """Redis calls per second and command with the members' sockets connected and nobody
     sending: the sockets' own periodic work (each renews its route and presence keys), which
     a message is not charged with."""
-    cmd = [os.path.join(BIN, "parley-bench"), "--mode=idle", f"--conns={size}", "--procs=2",
-           f"--ports={','.join(map(str, gateway_ports()))}", "--seconds=40", "--drain=0",
-           "--prefix=bench", f"--key={KEY}", f"--src={SRC}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(parley_cmd("idle", size, "--seconds=40", "--drain=0"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(25)  # connected and settled
     a, t0 = benchlib.commandstats(redis_client), time.monotonic()
     time.sleep(10)
@@ -304,13 +307,14 @@ def main():
             say(f"idle sockets of {size} members: {idle_total:.0f} Redis calls/s")
             # A warm-up step on each system, not recorded: the members' first connections
             # (the gateways learn their groups, the peer's process warms up).
-            for cmd in (parley_cmd(conv, size, rates[0]), peer_cmd(f"bench{size}", size, rates[0])):
+            for cmd in (group_step_cmd(conv, size, rates[0]),
+                        peer_cmd(f"bench{size}", size, rates[0])):
                 quiesce(infra["ferretdb"])
                 run_step(cmd, rates[0], {}, r)
             done = {"parley": False, "peer": False}
             for rate in rates:
                 for name, cmd, pids in (
-                        ("parley", parley_cmd(conv, size, rate), {**parley_pids, **infra}),
+                        ("parley", group_step_cmd(conv, size, rate), {**parley_pids, **infra}),
                         ("peer", peer_cmd(f"bench{size}", size, rate),
                          {"peer": peer.pid, **infra})):
                     if done[name]:

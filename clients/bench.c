@@ -599,6 +599,19 @@ static int read_rest(int fd, char *buf, size_t have, size_t want)
     return 0;
 }
 
+/* Splits a comma-separated list into out (at most max items of under 32 bytes). */
+static int split_list(const char *s, char out[][32], int max)
+{
+    int n = 0;
+    for (const char *t = s; *t && n < max;) {
+        const char *comma = strchr(t, ',');
+        size_t len = comma ? (size_t)(comma - t) : strlen(t);
+        snprintf(out[n++], 32, "%.*s", (int)len, t);
+        t += len + (comma != NULL);
+    }
+    return n;
+}
+
 static void usage(void)
 {
     fprintf(
@@ -669,24 +682,22 @@ int main(int argc, char **argv)
         case 'n':
             opt.senders = (int)strtol(optarg, NULL, 10);
             break;
-        case 'o':
-            for (const char *t = optarg; *t && opt.nports < 16;) {
+        case 'o': {
+            char ports[16][32];
+            int n = split_list(optarg, ports, 16);
+            for (int i = 0; i < n; i++) {
                 char *end = NULL;
-                opt.ports[opt.nports++] = (int)strtol(t, &end, 10);
-                if (end == t) {
+                opt.ports[i] = (int)strtol(ports[i], &end, 10);
+                if (end == ports[i] || *end != '\0') {
                     usage();
                     return 2;
                 }
-                t = *end == ',' ? end + 1 : end;
             }
+            opt.nports = n;
             break;
+        }
         case 'S':
-            for (const char *t = optarg; *t && opt.nsrc < 16;) {
-                const char *comma = strchr(t, ',');
-                size_t len = comma ? (size_t)(comma - t) : strlen(t);
-                snprintf(opt.src[opt.nsrc++], sizeof(opt.src[0]), "%.*s", (int)len, t);
-                t += len + (comma != NULL);
-            }
+            opt.nsrc = split_list(optarg, opt.src, 16);
             break;
         default:
             usage();

@@ -73,6 +73,7 @@ class GroupSender(Sender):
     def _frame(self, cid, to, content):
         return {"type": "send", "client_id": cid, "conv": self.conv, "content": content}
 
+
 class Population:
     """Users registered once for every group scenario of a module (argon2id makes each
     registration and login cost tens of milliseconds), with a token each."""
@@ -217,6 +218,7 @@ class GroupLedger(Ledger):
         lost = sum(1 for mid in self.acked.values() if mid not in stored_ids)
         shown_dups = order_violations = outside = missing_items = 0
         lost_msgs = set()
+        rows = []  # per device: outside, missing, user, window, last shown, gateway
         for user, devs in self.devices.items():
             joined, left = windows.get(user, (0, -1))
             want_set = set(range(joined, left + 1)) if joined else set()
@@ -226,9 +228,12 @@ class GroupLedger(Ledger):
                 shown_dups += len(ids) - len(set(ids))
                 if shown != sorted(set(shown)):
                     order_violations += 1
-                outside += len((set(shown) | set(d.pushed)) - want_set)
+                out = len((set(shown) | set(d.pushed)) - want_set)
                 gone = want_set - set(shown)
+                outside += out
                 missing_items += len(gone)
+                rows.append((out, len(gone), user, (joined, left), d.last.get(self.conv),
+                             d.gateway))
                 lost_msgs |= {acked_seq[s] for s in gone if s in acked_seq}
         lost += len(lost_msgs)
         lefts = {m["user"]: m.get("left_seq") or 0 for m in members}
@@ -245,7 +250,7 @@ class GroupLedger(Ledger):
                 f"deliveries={deliveries} redelivered={redelivered} "
                 f"pulled_at_end={self.pulled_at_end}{extra}")
         if missing_items or outside or seq_gaps:
-            self._explain(seqs, last, members, windows)
+            self._explain(seqs, last, members, rows)
         print("\n" + line)
         with open(os.path.join(os.environ["PARLEY_VAR"], "..", "ledger.log"), "a") as f:
             f.write(line + "\n")
@@ -255,7 +260,7 @@ class GroupLedger(Ledger):
                     missing_items=missing_items, removed_ok=removed_ok, deliveries=deliveries,
                     redelivered=redelivered)
 
-    def _explain(self, seqs, last, members, windows):
+    def _explain(self, seqs, last, members, rows):
         """What a failed check needs to be understood: holes in the stream, windows that end
         past its last item, and the devices furthest from their windows."""
         holes = sorted(set(range(1, last + 1)) - set(seqs))
@@ -263,13 +268,5 @@ class GroupLedger(Ledger):
                         if (m.get("left_seq") or 0) > last or m["joined_seq"] > last)
         print(f"\nexplain: holes={holes[:20]} ({len(holes)}) windows past the last item="
               f"{beyond[:10]} ({len(beyond)})")
-        rows = []
-        for u, devs in self.devices.items():
-            joined, left = windows.get(u, (0, -1))
-            want = set(range(joined, left + 1)) if joined else set()
-            for d in devs:
-                shown = set(d.shown_seqs.get(self.conv, []))
-                rows.append((len((shown | set(d.pushed)) - want), len(want - shown), u,
-                             (joined, left), d.last.get(self.conv), d.gateway))
         for row in sorted(rows, reverse=True)[:8]:
             print("explain: outside, missing, user, window, last shown, gateway:", row)
