@@ -437,6 +437,13 @@ static int change_pair(auth_ctx_t *ctx, pair_t *p, const char *me, const char *o
             *announce = o->err == PL_OK && !out ? json_incref(p->last) : NULL;
             return o->err == PL_OK && p->exists ? sync_lists(ctx, p) : PL_OK;
         }
+        /* The request that wrote the pair's last change may still be producing it. Items go
+         * out in version order only if this one puts that change out first (under its own
+         * client_ids: the store keeps the first copy, the other request's is a duplicate). */
+        if (p->last != NULL && !json_is_true(json_object_get(p->last, "emitted")) &&
+            emit(ctx, p->last) != PL_OK) {
+            return PL_ERR_UNAVAIL;
+        }
         rc = pair_write(ctx, p, o->change);
     }
     if (rc == PL_OK) {
