@@ -23,6 +23,7 @@
 
 #define GROUPS         "groups"
 #define MEMBERS        "members"
+#define GROUP_LISTS    "group_lists" /* {_id: user, groups: {<conv>: window}} (st_group.h) */
 #define NAME_MAX_BYTES 100
 #define USERS_PER_CALL 1000 /* users named in one request */
 #define APPLY_WAIT_MS  10000
@@ -633,23 +634,10 @@ void auth_h_group_delete(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 
 /* ---- for the gateways (the edge never routes /internal) ---- */
 
-struct groups_of {
-    auth_ctx_t *ctx;
-    json_t *arr;
-};
-
-static int on_group_of(void *ud, const bson_t *doc)
-{
-    struct groups_of *g = ud;
-    const char *conv = auth_bson_str(doc, "conv");
-    if (conv != NULL && bson_num(doc, "left_seq") == 0 && bson_num(doc, "joined_seq") > 0) {
-        json_array_append_new(g->arr, json_pack("{s:s,s:I}", "conv", conv, "joined_seq",
-                                                (json_int_t)bson_num(doc, "joined_seq")));
-    }
-    return 1;
-}
-
-/* GET /internal/groups?user=<u>: the groups user is a member of now, with joined_seq. */
+/* GET /internal/groups?user=<u>: the groups user is a member of now, with joined_seq, from
+ * the user's group_lists document (kept by the store with the members documents), one lookup
+ * by _id: a gateway asks on every first socket of a user, and a filter on `members` by user
+ * would scan every membership on FerretDB. No document: no groups yet. */
 void auth_h_internal_groups(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
     auth_ctx_t *ctx = ud;
@@ -659,17 +647,34 @@ void auth_h_internal_groups(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
         pl_http_fail(resp, PL_ERR_INVAL, "user is needed");
         return;
     }
-    bson_t filter = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&filter, "user", user);
-    struct groups_of g = {ctx, json_array()};
-    int rc = pl_mongo_find(ctx->mongo, MEMBERS, &filter, NULL, on_group_of, &g);
-    bson_destroy(&filter);
-    if (rc != PL_OK) {
-        json_decref(g.arr);
+    bson_t *doc = NULL;
+    int rc = pl_mongo_find_id(ctx->mongo, GROUP_LISTS, user, &doc);
+    if (rc != PL_OK && rc != PL_ERR_NOTFOUND) {
         pl_http_fail_dep(resp, rc);
         return;
     }
-    pl_http_reply(resp, 200, json_pack("{s:o}", "groups", g.arr));
+    json_t *arr = json_array();
+    bson_iter_t it, groups;
+    if (doc != NULL && bson_iter_init_find(&it, doc, "groups") && BSON_ITER_HOLDS_DOCUMENT(&it) &&
+        bson_iter_recurse(&it, &groups)) {
+        while (bson_iter_next(&groups)) {
+            const char *conv = bson_iter_key(&groups);
+            bson_t entry;
+            const uint8_t *data;
+            uint32_t len;
+            if (!BSON_ITER_HOLDS_DOCUMENT(&groups) || pl_conv_kind(conv) != 'g') {
+                continue;
+            }
+            bson_iter_document(&groups, &len, &data);
+            if (bson_init_static(&entry, data, len) && bson_num(&entry, "left_seq") == 0 &&
+                bson_num(&entry, "joined_seq") > 0) {
+                json_array_append_new(arr, json_pack("{s:s,s:I}", "conv", conv, "joined_seq",
+                                                     (json_int_t)bson_num(&entry, "joined_seq")));
+            }
+        }
+    }
+    bson_destroy(doc);
+    pl_http_reply(resp, 200, json_pack("{s:o}", "groups", arr));
 }
 
 struct changed {

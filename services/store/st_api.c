@@ -187,22 +187,21 @@ struct windows {
     size_t n, cap;
 };
 
-static int on_membership(void *ud, const bson_t *doc)
+static long long entry_num(const bson_t *entry, const char *key)
 {
-    struct windows *ws = ud;
     bson_iter_t it;
-    const char *conv = NULL;
-    if (bson_iter_init_find(&it, doc, "conv") && BSON_ITER_HOLDS_UTF8(&it)) {
-        conv = bson_iter_utf8(&it, NULL);
-    }
-    if (conv == NULL || pl_conv_kind(conv) != 'g') {
-        return 1;
-    }
+    return bson_iter_init_find(&it, entry, key) && BSON_ITER_HOLDS_NUMBER(&it)
+               ? bson_iter_as_int64(&it)
+               : 0;
+}
+
+static int window_add(struct windows *ws, const char *conv, const bson_t *entry)
+{
     if (ws->n == ws->cap) {
         size_t cap = ws->cap ? ws->cap * 2 : 16;
         struct window *w = realloc(ws->w, cap * sizeof(*w));
         if (w == NULL) {
-            return 0;
+            return PL_ERR_NOMEM;
         }
         ws->w = w;
         ws->cap = cap;
@@ -210,26 +209,37 @@ static int on_membership(void *ud, const bson_t *doc)
     struct window *w = &ws->w[ws->n];
     memset(w, 0, sizeof(*w));
     snprintf(w->conv, sizeof(w->conv), "%s", conv);
-    if (bson_iter_init_find(&it, doc, "joined_seq") && BSON_ITER_HOLDS_NUMBER(&it)) {
-        w->joined = bson_iter_as_int64(&it);
-    }
-    if (bson_iter_init_find(&it, doc, "left_seq") && BSON_ITER_HOLDS_NUMBER(&it)) {
-        w->left = bson_iter_as_int64(&it);
-    }
-    if (bson_iter_init_find(&it, doc, "read_seq") && BSON_ITER_HOLDS_NUMBER(&it)) {
-        w->read = bson_iter_as_int64(&it);
-    }
+    w->joined = entry_num(entry, "joined_seq");
+    w->left = entry_num(entry, "left_seq");
     ws->n += w->joined > 0;
-    return 1;
+    return PL_OK;
 }
 
-/* The groups user belongs or belonged to, with their windows (members documents). */
+/* The groups user belongs or belonged to, with their windows: the user's group_lists document
+ * (st_group.h), one lookup by _id. read is left 0 (it lives in the members documents). */
 static int user_groups(st_ctx_t *ctx, const char *user, struct windows *ws)
 {
-    bson_t filter = BSON_INITIALIZER;
-    BSON_APPEND_UTF8(&filter, "user", user);
-    int rc = pl_mongo_find(ctx->mongo, ST_MEMBERS, &filter, NULL, on_membership, ws);
-    bson_destroy(&filter);
+    bson_t *doc = NULL;
+    int rc = pl_mongo_find_id(ctx->mongo, ST_GROUP_LISTS, user, &doc);
+    if (rc == PL_ERR_NOTFOUND) {
+        return PL_OK;
+    }
+    bson_iter_t it, groups;
+    if (rc == PL_OK && bson_iter_init_find(&it, doc, "groups") && BSON_ITER_HOLDS_DOCUMENT(&it) &&
+        bson_iter_recurse(&it, &groups)) {
+        while (rc == PL_OK && bson_iter_next(&groups)) {
+            const char *conv = bson_iter_key(&groups);
+            const uint8_t *data;
+            uint32_t len;
+            bson_t entry;
+            if (BSON_ITER_HOLDS_DOCUMENT(&groups) && pl_conv_kind(conv) == 'g' &&
+                strlen(conv) < PL_CONV_ID_LEN) {
+                bson_iter_document(&groups, &len, &data);
+                rc = bson_init_static(&entry, data, len) ? window_add(ws, conv, &entry) : rc;
+            }
+        }
+    }
+    bson_destroy(doc);
     return rc;
 }
 
@@ -320,6 +330,9 @@ static int add_groups(st_ctx_t *ctx, const char *me, json_t *list)
         if (o == NULL) {
             continue;
         }
+        long long joined, left;
+        rc = group_window(ctx, ws.w[i].conv, me, &joined, &left, &ws.w[i].read);
+        rc = rc == PL_ERR_NOTFOUND ? PL_OK : rc;
         json_object_set_new(o, "read_seq", json_integer(ws.w[i].read));
         json_object_set_new(
             o, "_from",

@@ -659,10 +659,43 @@ static int upserts_run(pl_mongo_t *mg, const char *coll, struct upserts *u)
     return rc;
 }
 
-/* The members document of (conv, user): role, window, cursors. */
-static int member_doc(struct upserts *u, const group_t *gr, const char *user, long long seq,
+/* The entry of gr in user's group_lists document: the same window as the members document.
+ * A role change leaves it alone. */
+static int list_entry(struct upserts *u, const group_t *gr, const char *user, long long seq,
                       int joining)
 {
+    char path[PL_CONV_ID_LEN + 32];
+    if (!joining && role_of(gr, user) != NONE) {
+        return PL_OK;
+    }
+    bson_t *upd = upsert_new(u, user);
+    if (upd == NULL) {
+        return PL_ERR_NOMEM;
+    }
+    bson_t set, entry;
+    BSON_APPEND_DOCUMENT_BEGIN(upd, "$set", &set);
+    if (joining) {
+        snprintf(path, sizeof(path), "groups.%s", gr->conv);
+        BSON_APPEND_DOCUMENT_BEGIN(&set, path, &entry);
+        BSON_APPEND_INT64(&entry, "joined_seq", seq);
+        BSON_APPEND_INT64(&entry, "left_seq", 0);
+        bson_append_document_end(&set, &entry);
+    } else {
+        snprintf(path, sizeof(path), "groups.%s.left_seq", gr->conv);
+        BSON_APPEND_INT64(&set, path, seq);
+    }
+    bson_append_document_end(upd, &set);
+    return PL_OK;
+}
+
+/* The members document of (conv, user): role, window, cursors; and user's group_lists entry. */
+static int member_doc(struct upserts *u, struct upserts *lists, const group_t *gr, const char *user,
+                      long long seq, int joining)
+{
+    int rc = list_entry(lists, gr, user, seq, joining);
+    if (rc != PL_OK) {
+        return rc;
+    }
     char id[PL_CONV_ID_LEN + PL_USERNAME_LEN + 2];
     snprintf(id, sizeof(id), "%s|%s", gr->conv, user);
     bson_t *upd = upsert_new(u, id);
@@ -730,7 +763,7 @@ static group_t *group_held(st_group_t *g, const char *conv)
 
 /* The documents and items of applied change r (record i). */
 static int commit_change(st_group_t *g, group_t *gr, st_rec_t *r, size_t i, struct upserts *mem,
-                         json_t *uitems)
+                         struct upserts *lists, json_t *uitems)
 {
     const char *type = json_string_value(json_object_get(r->m.event, "type"));
     int rc = PL_OK;
@@ -743,14 +776,14 @@ static int commit_change(st_group_t *g, group_t *gr, st_rec_t *r, size_t i, stru
             m->joined = r->m.seq;
         }
         if (rc == PL_OK) {
-            rc = member_doc(mem, gr, json_string_value(v), r->m.seq, 1);
+            rc = member_doc(mem, lists, gr, json_string_value(v), r->m.seq, 1);
         }
         json_array_append_new(uitems, user_item(gr, r, json_string_value(v), "group_added"));
     }
     char user[PL_USERNAME_LEN];
     if (rc == PL_OK && (strcmp(type, "member_removed") == 0 || strcmp(type, "role_changed") == 0) &&
         event_user(r->m.event, "user", user)) {
-        rc = member_doc(mem, gr, user, r->m.seq, 0);
+        rc = member_doc(mem, lists, gr, user, r->m.seq, 0);
         if (strcmp(type, "member_removed") == 0) {
             json_array_append_new(uitems, user_item(gr, r, user, "group_removed"));
         }
@@ -793,7 +826,7 @@ static int group_docs(st_group_t *g, struct upserts *grp, struct upserts *conv)
 
 int st_group_commit(st_group_t *g, st_rec_t *recs, size_t n, json_t *uitems)
 {
-    struct upserts mem = {0}, grp = {0}, conv = {0};
+    struct upserts mem = {0}, lists = {0}, grp = {0}, conv = {0};
     int rc = PL_OK;
     for (size_t i = 0; i < n && rc == PL_OK; i++) {
         st_rec_t *r = &recs[i];
@@ -808,7 +841,7 @@ int st_group_commit(st_group_t *g, st_rec_t *recs, size_t n, json_t *uitems)
             }
             gr->changed = g->batch;
             gr->applied = r->m.seq > gr->applied ? r->m.seq : gr->applied;
-            rc = commit_change(g, gr, r, i, &mem, uitems);
+            rc = commit_change(g, gr, r, i, &mem, &lists, uitems);
         }
         r->m.mver = gr->mver;
     }
@@ -818,9 +851,11 @@ int st_group_commit(st_group_t *g, st_rec_t *recs, size_t n, json_t *uitems)
     /* Members first: the groups document's mver says "applied up to here" to parley-auth,
      * which waits for it before answering the change's request. */
     int rc1 = rc == PL_OK ? upserts_run(g->mongo, ST_MEMBERS, &mem) : rc;
+    rc1 = rc1 == PL_OK ? upserts_run(g->mongo, ST_GROUP_LISTS, &lists) : rc1;
     int rc2 = rc1 == PL_OK ? upserts_run(g->mongo, "conversations", &conv) : rc1;
     int rc3 = rc2 == PL_OK ? upserts_run(g->mongo, ST_GROUPS, &grp) : rc2;
     upserts_clear(&mem); /* what an earlier failure left */
+    upserts_clear(&lists);
     upserts_clear(&conv);
     upserts_clear(&grp);
     return rc3;

@@ -6,7 +6,8 @@
  * is checked against the group as it stands at that point of the stream and applied: its seq
  * becomes the added members' joined_seq or the removed member's left_seq, so membership and
  * messages order together. The module keeps each group it met in memory (settings and current
- * members, loaded once from MongoDB) and writes the `members` and `groups` documents. Not for
+ * members, loaded once from MongoDB) and writes the `members`, `group_lists` and `groups`
+ * documents. Not for
  * 1:1 permissions (st_policy.h). Consumer thread only.
  */
 #ifndef PARLEY_ST_GROUP_H
@@ -18,9 +19,13 @@
 #include <jansson.h>
 #include <stddef.h>
 
-/* Collections (DESIGN 7.1). members: _id "<conv>|<user>". */
-#define ST_GROUPS  "groups"
-#define ST_MEMBERS "members"
+/* Collections (DESIGN 7.1). members: _id "<conv>|<user>". group_lists: _id <user>, groups
+ * {<conv>: {joined_seq, left_seq}}, every group the user is or was in: what the members
+ * documents say of one user, read by _id (FerretDB on SQLite pushes down no other filter, so
+ * asking `members` by user scans them all). */
+#define ST_GROUPS      "groups"
+#define ST_MEMBERS     "members"
+#define ST_GROUP_LISTS "group_lists"
 
 typedef struct st_group_cfg_s {
     long member_limit; /* members of one group, at most */
