@@ -23,7 +23,7 @@ case "$FERRETDB_SYNC" in
 esac
 PARTITIONS=${PARLEY_KAFKA_PARTITIONS:-6}
 KAFKA_HEAP=${PARLEY_KAFKA_HEAP:-512m}
-TOPICS=(parley.messages parley.committed)
+TOPICS=(parley.messages parley.committed parley.cursors)
 
 kafka_java() {
   java -Xms128m -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \

@@ -64,7 +64,22 @@ int pl_json_depth_ok(const char *p, size_t len, int max);
 /* 1 when p[0..len) is valid UTF-8 (no overlongs, surrogates or values above U+10FFFF). */
 int pl_utf8_valid(const unsigned char *p, size_t len);
 
-enum pl_frame_type { PL_FRAME_SEND = 1, PL_FRAME_AUTH = 2 };
+enum pl_frame_type {
+    PL_FRAME_SEND = 1,
+    PL_FRAME_AUTH = 2,
+    PL_FRAME_READ,
+    PL_FRAME_DELIVERED,
+    PL_FRAME_TYPING,
+    PL_FRAME_EDIT,
+    PL_FRAME_RECALL
+};
+
+/* Cursor kinds (DESIGN 7.5): how far a member has read, and how far its devices have received. */
+#define PL_CURSOR_READ      "read"
+#define PL_CURSOR_DELIVERED "delivered"
+#define PL_CURSOR_LEN       10
+/* The largest seq a cursor frame may name: JSON numbers stay exact below 2^53. */
+#define PL_SEQ_MAX 9007199254740991LL
 
 /* A client frame. Strings point into root, which the caller releases with pl_frame_clear(). */
 typedef struct pl_frame_s {
@@ -76,14 +91,20 @@ typedef struct pl_frame_s {
     char conv[PL_CONV_ID_LEN];            /* send to a conversation ("d:" or "g:"); or "" */
     const char *content;                  /* send; may contain NUL bytes */
     size_t content_len;
+    long long seq;        /* read, delivered: the cursor's new position, 1..PL_SEQ_MAX */
+    int typing;           /* typing: 1 for "start", 0 for "stop" */
+    long long target_seq; /* edit, recall: the item changed */
 } pl_frame_t;
 
 /*
- * Parses one client text frame. A send names its destination with "to" (a user) or "conv" (a
- * "d:" or "g:" conversation id), exactly one of them. Returns PL_OK with *f filled, or
- * PL_ERR_INVAL (bad JSON, too deep, unknown type, missing or malformed fields) or PL_ERR_TOOBIG
- * (content over PL_MAX_CONTENT) with a reason in *why (a static string). Fields a client may not
- * set (sender, seq, msg_id, timestamp) are ignored.
+ * Parses one client text frame. A read or delivered frame names a "conv" (d:, g: or u:) and a
+ * "seq"; a typing frame a "conv" (d: or g:) and a "state" ("start" or "stop"); an edit a
+ * "client_id", a "conv" (d: or g:), a "target_seq" and a "content", a recall the same but
+ * the content. A send names its
+ * destination with "to" (a user) or "conv" (a "d:" or "g:" conversation id), exactly one of them.
+ * Returns PL_OK with *f filled, or PL_ERR_INVAL (bad JSON, too deep, unknown type, missing or
+ * malformed fields) or PL_ERR_TOOBIG (content over PL_MAX_CONTENT) with a reason in *why (a static
+ * string). Fields a client may not set (sender, seq, msg_id, timestamp) are ignored.
  */
 int pl_frame_parse(const char *data, size_t len, pl_frame_t *f, const char **why);
 void pl_frame_clear(pl_frame_t *f);
@@ -104,6 +125,8 @@ int pl_policy_allows(const pl_policy_facts_t *f);
 /* Kinds of stream item (DESIGN 7.1). A record or document without one is a text item. */
 #define PL_KIND_TEXT   "text"
 #define PL_KIND_SYSTEM "system"
+#define PL_KIND_EDIT   "edit"   /* new content for target_seq (DESIGN 7.5) */
+#define PL_KIND_RECALL "recall" /* target_seq's content taken back */
 #define PL_KIND_LEN    8
 
 /* A message (any stream item) as it travels through Kafka and out to clients. */
@@ -119,7 +142,10 @@ typedef struct pl_msg_s {
     long long seq;   /* 0 until the store numbers it */
     char origin_gw[PL_GATEWAY_ID_LEN];
     unsigned long long origin_conn;
-    char kind[PL_KIND_LEN]; /* PL_KIND_TEXT or PL_KIND_SYSTEM; never empty once parsed */
+    char kind[PL_KIND_LEN]; /* PL_KIND_*; never empty once parsed */
+    long long target_seq;   /* edit and recall items: the item they change */
+    long long edited_at_ms; /* history only: the target's latest edit (0: none) */
+    unsigned char recalled; /* history only: the target was recalled (its content erased) */
     json_t *event;          /* system items: what happened (an object); borrowed like content */
     /* parley.committed only: the store refused the message (an error code such as
      * "forbidden"); it was not stored, has no seq, and goes back to its sender only. */
@@ -154,8 +180,33 @@ json_t *pl_msg_json(const pl_msg_t *m, int frame);
 /* The "msg" frame of m as compact JSON text (free() it), or NULL when out of memory. */
 char *pl_msg_frame_text(const pl_msg_t *m);
 
+/*
+ * A cursor as it travels on PL_TOPIC_CURSORS (gateway -> store, keyed by conv): user has read
+ * (or received) conv up to seq. The gateway checked that user belongs to conv.
+ */
+typedef struct pl_cursor_s {
+    char kind[PL_CURSOR_LEN]; /* PL_CURSOR_READ or PL_CURSOR_DELIVERED */
+    char conv[PL_CONV_ID_LEN];
+    char user[PL_USERNAME_LEN];
+    long long seq;
+    long long ts_ms; /* accepted at the gateway */
+    char origin_gw[PL_GATEWAY_ID_LEN];
+    unsigned long long origin_conn;
+} pl_cursor_t;
+
+/* The record value of c (new string, caller frees; NULL when out of memory). */
+char *pl_cursor_record(const pl_cursor_t *c);
+/* Parses a PL_TOPIC_CURSORS record value. PL_OK or PL_ERR_INVAL. */
+int pl_cursor_parse(const char *data, size_t len, pl_cursor_t *c);
+
 /* Server frames, as new strings the caller frees. retry_after_ms <= 0 omits it. */
 char *pl_frame_ack(const char *client_id, const char *msg_id);
+/* The ack of a read or delivered frame: {"type":"ack","cursor":kind,"conv","seq"}. */
+char *pl_frame_cursor_ack(const char *kind, const char *conv, long long seq);
+/* {"type":"typing","conv","user","state":"start"|"stop"} (DESIGN 7.5). */
+char *pl_frame_typing(const char *conv, const char *user, int start);
+/* {"type":"receipt","conv","user","kind","seq"} (DESIGN 7.5). */
+char *pl_frame_receipt(const char *conv, const char *user, const char *kind, long long seq);
 char *pl_frame_error(const char *code, const char *message, const char *client_id,
                      long retry_after_ms);
 

@@ -9,9 +9,11 @@
 
 #include <stddef.h>
 
-/* Kafka topics. Both are keyed by conversation id. */
+/* Kafka topics. All are keyed by conversation id. */
 #define PL_TOPIC_MESSAGES  "parley.messages"  /* gateways -> store: accepted sends */
 #define PL_TOPIC_COMMITTED "parley.committed" /* store -> router: stored, numbered messages */
+/* gateways -> store: read and delivered cursors (no seq of their own; DESIGN 7.5) */
+#define PL_TOPIC_CURSORS "parley.cursors"
 
 /* Redis pub/sub channel on which parley-auth announces revoked sessions to the gateways. */
 #define PL_CHANNEL_REVOKE "parley:revoke"

@@ -208,6 +208,131 @@ void pl_frame_clear(pl_frame_t *f)
     memset(f, 0, sizeof(*f));
 }
 
+/* The fields of a read or delivered frame: NULL when good, else why not. */
+static const char *parse_cursor(pl_frame_t *f)
+{
+    json_t *conv = json_object_get(f->root, "conv");
+    json_t *seq = json_object_get(f->root, "seq");
+    int kind = json_is_string(conv) && json_string_length(conv) == strlen(json_string_value(conv))
+                   ? pl_conv_kind(json_string_value(conv))
+                   : 0;
+    if (kind == 0) {
+        return "\"conv\" must be a conversation id";
+    }
+    if (!json_is_integer(seq) || json_integer_value(seq) < 1 ||
+        json_integer_value(seq) > PL_SEQ_MAX) {
+        return "\"seq\" must be a positive integer";
+    }
+    memcpy(f->conv, json_string_value(conv), json_string_length(conv) + 1);
+    f->seq = (long long)json_integer_value(seq);
+    return NULL;
+}
+
+/* The fields of a typing frame: NULL when good, else why not. */
+static const char *parse_typing(pl_frame_t *f)
+{
+    json_t *conv = json_object_get(f->root, "conv");
+    const char *state = json_string_value(json_object_get(f->root, "state"));
+    int kind = json_is_string(conv) && json_string_length(conv) == strlen(json_string_value(conv))
+                   ? pl_conv_kind(json_string_value(conv))
+                   : 0;
+    if (kind != 'd' && kind != 'g') {
+        return "\"conv\" must be a d: or g: conversation id";
+    }
+    if (state == NULL || (strcmp(state, "start") != 0 && strcmp(state, "stop") != 0)) {
+        return "\"state\" must be \"start\" or \"stop\"";
+    }
+    memcpy(f->conv, json_string_value(conv), json_string_length(conv) + 1);
+    f->typing = strcmp(state, "start") == 0;
+    return NULL;
+}
+
+/* A frame's client_id into f: PL_OK, or PL_ERR_INVAL with *why. */
+static int parse_client_id(pl_frame_t *f, const char **why)
+{
+    json_t *cid = json_object_get(f->root, "client_id");
+    if (!json_is_string(cid) || !client_id_ok(json_string_value(cid), json_string_length(cid))) {
+        *why = "client_id must be 1 to 64 printable ASCII characters, not starting with "
+               "\"" PL_SYSTEM_CLIENT_ID_PREFIX "\"";
+        return PL_ERR_INVAL;
+    }
+    memcpy(f->client_id, json_string_value(cid), json_string_length(cid) + 1);
+    return PL_OK;
+}
+
+/* A frame's content into f: PL_OK, or PL_ERR_INVAL / PL_ERR_TOOBIG with *why. */
+static int parse_content(pl_frame_t *f, const char **why)
+{
+    json_t *content = json_object_get(f->root, "content");
+    if (!json_is_string(content) || json_string_length(content) == 0) {
+        *why = "content must be a non-empty string";
+        return PL_ERR_INVAL;
+    }
+    if (json_string_length(content) > PL_MAX_CONTENT) {
+        *why = "content is larger than 60 KiB";
+        return PL_ERR_TOOBIG;
+    }
+    f->content = json_string_value(content);
+    f->content_len = json_string_length(content);
+    return PL_OK;
+}
+
+/* The fields of an edit (with content) or a recall frame. */
+static int parse_change(pl_frame_t *f, int edit, const char **why)
+{
+    int rc = parse_client_id(f, why);
+    json_t *conv = json_object_get(f->root, "conv");
+    json_t *target = json_object_get(f->root, "target_seq");
+    int kind = json_is_string(conv) && json_string_length(conv) == strlen(json_string_value(conv))
+                   ? pl_conv_kind(json_string_value(conv))
+                   : 0;
+    if (rc != PL_OK) {
+        return rc;
+    }
+    if (kind != 'd' && kind != 'g') {
+        *why = "\"conv\" must be a d: or g: conversation id";
+        return PL_ERR_INVAL;
+    }
+    if (!json_is_integer(target) || json_integer_value(target) < 1 ||
+        json_integer_value(target) > PL_SEQ_MAX) {
+        *why = "\"target_seq\" must be a positive integer";
+        return PL_ERR_INVAL;
+    }
+    memcpy(f->conv, json_string_value(conv), json_string_length(conv) + 1);
+    f->target_seq = (long long)json_integer_value(target);
+    return edit ? parse_content(f, why) : PL_OK;
+}
+
+/* The fields of a send frame: PL_OK, or PL_ERR_INVAL / PL_ERR_TOOBIG with *why. */
+static int parse_send(pl_frame_t *f, const char **why)
+{
+    json_t *to = json_object_get(f->root, "to");
+    json_t *conv = json_object_get(f->root, "conv");
+    if (parse_client_id(f, why) != PL_OK) {
+        return PL_ERR_INVAL;
+    }
+    if ((to == NULL) == (conv == NULL)) {
+        *why = "a send names either \"to\" (a username) or \"conv\" (a conversation id)";
+        return PL_ERR_INVAL;
+    }
+    if (conv != NULL) {
+        int kind =
+            json_is_string(conv) && json_string_length(conv) == strlen(json_string_value(conv))
+                ? pl_conv_kind(json_string_value(conv))
+                : 0;
+        if (kind != 'd' && kind != 'g') {
+            *why = "\"conv\" must be a d: or g: conversation id";
+            return PL_ERR_INVAL;
+        }
+        memcpy(f->conv, json_string_value(conv), json_string_length(conv) + 1);
+    } else if (!json_is_string(to) || json_string_length(to) != strlen(json_string_value(to)) ||
+               pl_username_normalize(json_string_value(to), f->to) != PL_OK) {
+        *why = "\"to\" must be a username";
+        return PL_ERR_INVAL;
+    }
+    return parse_content(f, why);
+}
+
 int pl_frame_parse(const char *data, size_t len, pl_frame_t *f, const char **why)
 {
     memset(f, 0, sizeof(*f));
@@ -220,76 +345,41 @@ int pl_frame_parse(const char *data, size_t len, pl_frame_t *f, const char **why
         *why = "JSON nests too deeply";
         return PL_ERR_INVAL;
     }
+    int rc = PL_ERR_INVAL;
     f->root = json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL);
+    const char *type = json_string_value(json_object_get(f->root, "type"));
     if (!json_is_object(f->root)) {
         *why = "frame is not a JSON object";
-        goto bad;
-    }
-    const char *type = json_string_value(json_object_get(f->root, "type"));
-    if (type == NULL) {
+    } else if (type == NULL) {
         *why = "frame has no \"type\"";
-        goto bad;
-    }
-    if (strcmp(type, "auth") == 0) {
+    } else if (strcmp(type, "auth") == 0) {
         f->type = PL_FRAME_AUTH;
         f->token = json_string_value(json_object_get(f->root, "token"));
         if (f->token == NULL || *f->token == '\0') {
             *why = "auth frame needs a \"token\" string";
-            goto bad;
+        } else {
+            rc = PL_OK;
         }
-        return PL_OK;
-    }
-    if (strcmp(type, "send") != 0) {
+    } else if (strcmp(type, PL_CURSOR_READ) == 0 || strcmp(type, PL_CURSOR_DELIVERED) == 0) {
+        f->type = strcmp(type, PL_CURSOR_READ) == 0 ? PL_FRAME_READ : PL_FRAME_DELIVERED;
+        rc = (*why = parse_cursor(f)) == NULL ? PL_OK : PL_ERR_INVAL;
+    } else if (strcmp(type, "typing") == 0) {
+        f->type = PL_FRAME_TYPING;
+        rc = (*why = parse_typing(f)) == NULL ? PL_OK : PL_ERR_INVAL;
+    } else if (strcmp(type, "send") == 0) {
+        f->type = PL_FRAME_SEND;
+        rc = parse_send(f, why);
+    } else if (strcmp(type, PL_KIND_EDIT) == 0 || strcmp(type, PL_KIND_RECALL) == 0) {
+        f->type = strcmp(type, PL_KIND_EDIT) == 0 ? PL_FRAME_EDIT : PL_FRAME_RECALL;
+        rc = parse_change(f, f->type == PL_FRAME_EDIT, why);
+    } else {
         *why = "unknown frame type";
-        goto bad;
     }
-    f->type = PL_FRAME_SEND;
-    json_t *cid = json_object_get(f->root, "client_id");
-    json_t *to = json_object_get(f->root, "to");
-    json_t *conv = json_object_get(f->root, "conv");
-    json_t *content = json_object_get(f->root, "content");
-    if (!json_is_string(cid) || !client_id_ok(json_string_value(cid), json_string_length(cid))) {
-        *why = "client_id must be 1 to 64 printable ASCII characters, not starting with "
-               "\"" PL_SYSTEM_CLIENT_ID_PREFIX "\"";
-        goto bad;
-    }
-    memcpy(f->client_id, json_string_value(cid), json_string_length(cid) + 1);
-    if ((to == NULL) == (conv == NULL)) {
-        *why = "a send names either \"to\" (a username) or \"conv\" (a conversation id)";
-        goto bad;
-    }
-    if (conv != NULL) {
-        int kind =
-            json_is_string(conv) && json_string_length(conv) == strlen(json_string_value(conv))
-                ? pl_conv_kind(json_string_value(conv))
-                : 0;
-        if (kind != 'd' && kind != 'g') {
-            *why = "\"conv\" must be a d: or g: conversation id";
-            goto bad;
-        }
-        memcpy(f->conv, json_string_value(conv), json_string_length(conv) + 1);
-    } else if (!json_is_string(to) || json_string_length(to) != strlen(json_string_value(to)) ||
-               pl_username_normalize(json_string_value(to), f->to) != PL_OK) {
-        *why = "\"to\" must be a username";
-        goto bad;
-    }
-    if (!json_is_string(content) || json_string_length(content) == 0) {
-        *why = "content must be a non-empty string";
-        goto bad;
-    }
-    if (json_string_length(content) > PL_MAX_CONTENT) {
-        *why = "content is larger than 60 KiB";
+    if (rc != PL_OK) {
         json_decref(f->root);
         memset(f, 0, sizeof(*f));
-        return PL_ERR_TOOBIG;
     }
-    f->content = json_string_value(content);
-    f->content_len = json_string_length(content);
-    return PL_OK;
-bad:
-    json_decref(f->root);
-    memset(f, 0, sizeof(*f));
-    return PL_ERR_INVAL;
+    return rc;
 }
 
 static int copy_field(json_t *o, const char *key, char *dst, size_t cap, int required)
@@ -328,6 +418,11 @@ static int kind_from_json(json_t *o, pl_msg_t *m)
     if (strcmp(m->kind, PL_KIND_SYSTEM) == 0) {
         m->event = event;
         return json_is_object(event);
+    }
+    if (strcmp(m->kind, PL_KIND_EDIT) == 0 || strcmp(m->kind, PL_KIND_RECALL) == 0) {
+        json_t *target = json_object_get(o, "target_seq");
+        m->target_seq = json_is_integer(target) ? (long long)json_integer_value(target) : 0;
+        return m->target_seq > 0 && event == NULL;
     }
     return strcmp(m->kind, PL_KIND_TEXT) == 0 && event == NULL;
 }
@@ -407,6 +502,9 @@ char *pl_msg_record(const pl_msg_t *m)
         json_object_set_new(o, "seq", json_integer((json_int_t)m->seq));
     }
     add_kind(o, m);
+    if (o != NULL && m->target_seq > 0) {
+        json_object_set_new(o, "target_seq", json_integer((json_int_t)m->target_seq));
+    }
     if (o != NULL && m->mver > 0) {
         json_object_set_new(o, "mver", json_integer((json_int_t)m->mver));
     }
@@ -441,6 +539,16 @@ json_t *pl_msg_json(const pl_msg_t *m, int frame)
                   (json_int_t)m->seq, "sender", m->sender, "receiver", m->receiver, "content",
                   m->content, m->content_len, "timestamp", when, "client_id", m->client_id);
     add_kind(o, m);
+    if (o != NULL && m->target_seq > 0) {
+        json_object_set_new(o, "target_seq", json_integer((json_int_t)m->target_seq));
+    }
+    if (o != NULL && m->edited_at_ms > 0) {
+        pl_iso8601_ms(m->edited_at_ms, when);
+        json_object_set_new(o, "edited_at", json_string(when));
+    }
+    if (o != NULL && m->recalled) {
+        json_object_set_new(o, "recalled", json_true());
+    }
     if (o != NULL && frame) {
         json_object_set_new(o, "type", json_string("msg"));
     }
@@ -453,6 +561,73 @@ char *pl_frame_ack(const char *client_id, const char *msg_id)
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     return s;
+}
+
+char *pl_frame_cursor_ack(const char *kind, const char *conv, long long seq)
+{
+    json_t *o = json_pack("{s:s,s:s,s:s,s:I}", "type", "ack", "cursor", kind, "conv", conv, "seq",
+                          (json_int_t)seq);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return s;
+}
+
+char *pl_frame_typing(const char *conv, const char *user, int start)
+{
+    json_t *o = json_pack("{s:s,s:s,s:s,s:s}", "type", "typing", "conv", conv, "user", user,
+                          "state", start ? "start" : "stop");
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return s;
+}
+
+char *pl_frame_receipt(const char *conv, const char *user, const char *kind, long long seq)
+{
+    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:I}", "type", "receipt", "conv", conv, "user", user,
+                          "kind", kind, "seq", (json_int_t)seq);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return s;
+}
+
+char *pl_cursor_record(const pl_cursor_t *c)
+{
+    json_t *o =
+        json_pack("{s:s,s:s,s:s,s:I,s:I,s:{s:s,s:I}}", "kind", c->kind, "conv", c->conv, "user",
+                  c->user, "seq", (json_int_t)c->seq, "timestamp", (json_int_t)c->ts_ms, "origin",
+                  "gateway", c->origin_gw, "conn", (json_int_t)c->origin_conn);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return s;
+}
+
+int pl_cursor_parse(const char *data, size_t len, pl_cursor_t *c)
+{
+    memset(c, 0, sizeof(*c));
+    json_t *o = pl_json_depth_ok(data, len, PL_MAX_JSON_DEPTH)
+                    ? json_loadb(data, len, JSON_REJECT_DUPLICATES, NULL)
+                    : NULL;
+    json_t *seq = json_object_get(o, "seq"), *ts = json_object_get(o, "timestamp");
+    json_t *origin = json_object_get(o, "origin");
+    int ok = json_is_object(o) && copy_field(o, "kind", c->kind, sizeof(c->kind), 1) &&
+             copy_field(o, "conv", c->conv, sizeof(c->conv), 1) &&
+             copy_field(o, "user", c->user, sizeof(c->user), 1) && json_is_integer(seq) &&
+             json_integer_value(seq) > 0 && json_is_integer(ts) &&
+             (strcmp(c->kind, PL_CURSOR_READ) == 0 || strcmp(c->kind, PL_CURSOR_DELIVERED) == 0) &&
+             pl_conv_kind(c->conv) != 0;
+    if (ok) {
+        c->seq = (long long)json_integer_value(seq);
+        c->ts_ms = (long long)json_integer_value(ts);
+        copy_field(origin, "gateway", c->origin_gw, sizeof(c->origin_gw), 0);
+        json_t *conn = json_object_get(origin, "conn");
+        c->origin_conn = json_is_integer(conn) ? (unsigned long long)json_integer_value(conn) : 0;
+    }
+    json_decref(o);
+    if (!ok) {
+        memset(c, 0, sizeof(*c));
+        return PL_ERR_INVAL;
+    }
+    return PL_OK;
 }
 
 char *pl_frame_error(const char *code, const char *message, const char *client_id,

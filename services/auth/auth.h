@@ -108,6 +108,8 @@ void auth_h_group_delete(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 void auth_h_internal_groups(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 void auth_h_internal_members(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 void auth_h_internal_may_post(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
+/* GET /internal/typing?conv=&user= (auth_typing.c): who may see user typing in conv. */
+void auth_h_internal_typing(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 /* Presence (auth_presence.c, DESIGN 7.3). */
 void auth_h_presence(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
 void auth_h_internal_presence(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);

@@ -802,6 +802,7 @@ const pl_http_route_t auth_routes[] = {
     {"GET", "/internal/groups", auth_h_internal_groups},
     {"POST", "/internal/groups/members", auth_h_internal_members},
     {"GET", "/internal/groups/may_post", auth_h_internal_may_post},
+    {"GET", "/internal/typing", auth_h_internal_typing},
     {"POST", "/internal/presence/", auth_h_internal_presence},
     {"PUT", "/v1/blocks/", auth_h_block},
     {"DELETE", "/v1/blocks/", auth_h_unblock},

@@ -740,10 +740,11 @@ void auth_h_internal_members(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     pl_http_reply(resp, 200, json_pack("{s:I,s:o}", "mver", (json_int_t)mver, "members", c.arr));
 }
 
-/* GET /internal/groups/may_post?conv=&user=: 200 when user is a member now and the post
- * policy lets it post, else 403 (the same for a group that does not exist). A gateway asks
- * when its view does not show the sender as a member, so a send that the store would refuse
- * is answered `forbidden` at once instead of an ack and a refusal after it. */
+/* GET /internal/groups/may_post?conv=&user=[&need=member]: 200 when user is a member now and
+ * the post policy lets it post (with need=member: a member, whatever the policy; for read and
+ * delivered frames), else 403 (the same for a group that does not exist). A gateway asks when
+ * its view does not show the sender as a member, so a send that the store would refuse is
+ * answered `forbidden` at once instead of an ack and a refusal after it. */
 void auth_h_internal_may_post(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
 {
     auth_ctx_t *ctx = ud;
@@ -754,10 +755,12 @@ void auth_h_internal_may_post(pl_http_req_t *req, pl_http_resp_t *resp, void *ud
         pl_http_fail(resp, PL_ERR_INVAL, "conv and user are needed");
         return;
     }
+    const char *need = pl_http_query(req, "need");
+    int any_member = need != NULL && strcmp(need, "member") == 0;
     int role = NONE;
     int rc = member_role(ctx, conv, user, &role, NULL);
     bson_t *doc = NULL;
-    if (rc == PL_OK && role != NONE && role < ADMIN) {
+    if (rc == PL_OK && role != NONE && role < ADMIN && !any_member) {
         rc = pl_mongo_find_id(ctx->mongo, GROUPS, conv, &doc);
         const char *policy = rc == PL_OK ? auth_bson_str(doc, "post_policy") : NULL;
         role = policy != NULL && strcmp(policy, "admins") == 0 ? NONE : role;

@@ -392,17 +392,28 @@ static void t_unblock(pair_t *p, outcome_t *o)
     t_block_to(p, o, 0);
 }
 
-/* Adds other to me's list of open contacts, or takes it out. */
-static int list_one(auth_ctx_t *ctx, const char *me, const char *other, int open)
+/* Puts other in me's list of open contacts (accepted, no block) or takes it out, and in me's
+ * list of users with a block either way (the store leaves them out of a group's receipts). */
+static int list_one(auth_ctx_t *ctx, const char *me, const char *other, int open, int blocked)
 {
     bson_t filter = BSON_INITIALIZER;
     bson_t upd = BSON_INITIALIZER;
     bson_t op;
     BSON_APPEND_UTF8(&filter, "_id", me);
-    BSON_APPEND_DOCUMENT_BEGIN(&upd, open ? "$addToSet" : "$pull", &op);
-    BSON_APPEND_UTF8(&op, "open", other);
-    bson_append_document_end(&upd, &op);
-    int rc = pl_mongo_update_one(ctx->mongo, AUTH_CONTACT_LISTS, &filter, &upd, open, NULL);
+    if (open == blocked) { /* both out (open and blocked cannot both hold) */
+        BSON_APPEND_DOCUMENT_BEGIN(&upd, "$pull", &op);
+        BSON_APPEND_UTF8(&op, "open", other);
+        BSON_APPEND_UTF8(&op, "blocked", other);
+        bson_append_document_end(&upd, &op);
+    } else {
+        BSON_APPEND_DOCUMENT_BEGIN(&upd, "$addToSet", &op);
+        BSON_APPEND_UTF8(&op, open ? "open" : "blocked", other);
+        bson_append_document_end(&upd, &op);
+        BSON_APPEND_DOCUMENT_BEGIN(&upd, "$pull", &op);
+        BSON_APPEND_UTF8(&op, open ? "blocked" : "open", other);
+        bson_append_document_end(&upd, &op);
+    }
+    int rc = pl_mongo_update_one(ctx->mongo, AUTH_CONTACT_LISTS, &filter, &upd, 1, NULL);
     bson_destroy(&filter);
     bson_destroy(&upd);
     return rc;
@@ -412,9 +423,10 @@ static int list_one(auth_ctx_t *ctx, const char *me, const char *other, int open
  * repairs what a crash between the pair's write and these left behind). */
 static int sync_lists(auth_ctx_t *ctx, const pair_t *p)
 {
-    int open = p->state == ACCEPTED && !p->i_blocked && !p->they_blocked;
-    int rc = list_one(ctx, p->me, p->other, open);
-    return rc == PL_OK ? list_one(ctx, p->other, p->me, open) : rc;
+    int blocked = p->i_blocked || p->they_blocked;
+    int open = p->state == ACCEPTED && !blocked;
+    int rc = list_one(ctx, p->me, p->other, open, blocked);
+    return rc == PL_OK ? list_one(ctx, p->other, p->me, open, blocked) : rc;
 }
 
 /* Reads, decides and writes with a compare-and-swap, again if someone changed the pair in

@@ -285,6 +285,31 @@ int gw_groups_is_member(gw_groups_t *g, const char *conv, const char *user)
     return e != NULL && e->left == 0;
 }
 
+static int listed(json_t *users, const char *name)
+{
+    for (size_t i = 0; i < json_array_size(users); i++) {
+        const char *u = json_string_value(json_array_get(users, i));
+        if (u != NULL && strcmp(u, name) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void gw_groups_send_members(gw_groups_t *g, const char *conv, const char *text, size_t len,
+                            const char *skip, json_t *except)
+{
+    view_t *v = view_find(g, conv);
+    for (size_t b = 0; v != NULL && b < v->nbuckets; b++) {
+        for (entry_t *e = v->entries[b]; e != NULL; e = e->next) {
+            if (e->joined > 0 && e->left == 0 && strcmp(e->user, skip) != 0 &&
+                !listed(except, e->user)) {
+                g->cfg.deliver(g->cfg.ud, e->user, text, len);
+            }
+        }
+    }
+}
+
 /* ---- delivering ---- */
 
 static void deliver(gw_groups_t *g, view_t *v, json_t *rec)

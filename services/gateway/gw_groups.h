@@ -50,6 +50,11 @@ void gw_groups_own_item(gw_groups_t *g, const pl_msg_t *m);
 /* 1 when this gateway's view of conv holds user as a member now (a local user only). */
 int gw_groups_is_member(gw_groups_t *g, const char *conv, const char *user);
 
+/* Writes text (an ephemeral frame: a receipt, typing) to the local current members of conv
+ * but skip and the users listed in except (a JSON array, may be NULL). No view: nothing. */
+void gw_groups_send_members(gw_groups_t *g, const char *conv, const char *text, size_t len,
+                            const char *skip, json_t *except);
+
 /* Every 30 s, and when Redis came back: interest renewed, failed fetches asked again. */
 void gw_groups_tick(gw_groups_t *g, int resync);
 

@@ -599,6 +599,54 @@ void gw_redis_reap(gw_redis_t *g, long long grace_ms, gw_redis_user_fn fn, void 
     }
 }
 
+/* The live gateways holding a device of any user in KEYS (presence hashes) each get ARGV[3] on
+ * their delivery channel, once. */
+static const char FANOUT_LUA[] = "local seen = {} "
+                                 "for _, k in ipairs(KEYS) do "
+                                 "  for _, gw in ipairs(redis.call('HVALS', k)) do "
+                                 "    if not seen[gw] then "
+                                 "      seen[gw] = true "
+                                 "      if redis.call('EXISTS', ARGV[1] .. gw) == 1 then "
+                                 "        redis.call('PUBLISH', ARGV[2] .. gw, ARGV[3]) "
+                                 "      end "
+                                 "    end "
+                                 "  end "
+                                 "end "
+                                 "return 0";
+
+void gw_redis_fanout(gw_redis_t *g, const char *const *users, size_t n, const char *text)
+{
+    redisAsyncContext *ac = cmd_ac(g);
+    char gwp[PL_KEY_LEN], delp[PL_KEY_LEN], nkeys[24];
+    size_t argc = 3 + n + 3;
+    const char **argv = ac ? calloc(argc, sizeof(*argv)) : NULL;
+    char(*keys)[PL_KEY_LEN] = argv ? calloc(n ? n : 1, PL_KEY_LEN) : NULL;
+    if (keys == NULL || pl_key_gateway(gwp, "") != PL_OK || pl_key_deliver(delp, "") != PL_OK) {
+        free(argv);
+        free(keys);
+        return; /* Redis away or no memory: a hint lost */
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (pl_key_presence(keys[k], users[i]) == PL_OK) {
+            k++;
+        }
+    }
+    snprintf(nkeys, sizeof(nkeys), "%zu", k);
+    argv[0] = "EVAL";
+    argv[1] = FANOUT_LUA;
+    argv[2] = nkeys;
+    for (size_t i = 0; i < k; i++) {
+        argv[3 + i] = keys[i];
+    }
+    argv[3 + k] = gwp;
+    argv[4 + k] = delp;
+    argv[5 + k] = text;
+    redisAsyncCommandArgv(ac, NULL, NULL, (int)(6 + k), argv, NULL);
+    free(argv);
+    free(keys);
+}
+
 void gw_redis_publish(gw_redis_t *g, const char *channel, const char *text)
 {
     redisAsyncContext *ac = cmd_ac(g);

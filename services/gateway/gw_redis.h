@@ -72,6 +72,9 @@ void gw_redis_went_offline(gw_redis_t *r, const char *user, gw_redis_change_fn f
 /* The reaper: gateways whose liveness has been gone longer than grace_ms lose their devices;
  * fn(arg, user, at) for each user that went offline by it. */
 void gw_redis_reap(gw_redis_t *r, long long grace_ms, gw_redis_user_fn fn, void *arg);
+/* Publishes text (a delivery envelope) once to every live gateway holding a device of any of
+ * users[0..n), in one script (dropped while Redis is away). For typing: nothing stored. */
+void gw_redis_fanout(gw_redis_t *r, const char *const *users, size_t n, const char *text);
 /* PUBLISH text on channel (dropped while Redis is away). */
 void gw_redis_publish(gw_redis_t *r, const char *channel, const char *text);
 

@@ -42,7 +42,11 @@ struct gw_sess_s {
     char sid[PL_SESSION_ID_LEN];
     long token_exp;
     long long opened_ms;
-    unsigned inflight; /* sends awaiting a lookup or a delivery report */
+    unsigned inflight; /* sends and cursors awaiting a lookup or a delivery report */
+    float ctokens;     /* the cursor frames' bucket (cfg.cursor_rate, burst twice that) */
+    long long crefill_ms;
+    float ttokens; /* the typing frames' bucket (cfg.typing_rate, burst five times that) */
+    long long trefill_ms;
     unsigned char in_presence;
     gw_sess_t *id_next;         /* in the id table */
     gw_sess_t *u_prev, *u_next; /* among the user's open sessions */
@@ -59,8 +63,12 @@ struct user_s {
     user_t *next;
 };
 
+/* What a delivery report names: a send or a cursor (each begins with its kind). */
+enum produced { PRODUCED_SEND = 1, PRODUCED_CURSOR };
+
 /* A send between its frame and its delivery report. */
 typedef struct send_s {
+    enum produced what;
     gw_sessions_t *S;
     uint64_t sess_id;
     char client_id[PL_MAX_CLIENT_ID + 1];
@@ -68,11 +76,21 @@ typedef struct send_s {
     char sender[PL_USERNAME_LEN];
     char to[PL_USERNAME_LEN];
     char group[PL_CONV_ID_LEN]; /* a group's conversation id, or "" */
+    char kind[PL_KIND_LEN];     /* text, edit or recall */
+    long long target_seq;       /* edit, recall */
     char *content;
     size_t content_len;
     long long ts_ms;
     struct timespec started;
 } send_t;
+
+/* A read or delivered frame between its frame and its delivery report. */
+typedef struct cursor_s {
+    enum produced what;
+    gw_sessions_t *S;
+    uint64_t sess_id;
+    pl_cursor_t c;
+} cursor_t;
 
 struct gw_sessions_s {
     gw_sessions_cfg_t cfg;
@@ -407,6 +425,8 @@ static void produce(gw_sessions_t *S, send_t *d)
     m.content = d->content;
     m.content_len = d->content_len;
     m.ts_ms = d->ts_ms;
+    snprintf(m.kind, sizeof(m.kind), "%s", d->kind);
+    m.target_seq = d->target_seq;
     char *rec = pl_msg_record(&m);
     int rc = rec ? S->cfg.outside.produce(S->cfg.outside.ud, PL_TOPIC_MESSAGES, m.conv, rec, d)
                  : PL_ERR_NOMEM;
@@ -498,13 +518,16 @@ static void on_send_frame(gw_sessions_t *S, gw_sess_t *s, const pl_frame_t *f)
         return;
     }
     send_t *d = calloc(1, sizeof(*d));
-    if (d == NULL || (d->content = malloc(f->content_len ? f->content_len : 1)) == NULL) {
+    if (d == NULL || (d->content = calloc(1, f->content_len ? f->content_len : 1)) == NULL) {
         free(d);
         send_error(S, s, PL_ERR_NOMEM, "out of memory", f->client_id, 1000);
         return;
     }
-    memcpy(d->content, f->content, f->content_len);
+    if (f->content_len > 0) { /* a recall has none */
+        memcpy(d->content, f->content, f->content_len);
+    }
     d->content_len = f->content_len;
+    d->what = PRODUCED_SEND;
     d->S = S;
     d->sess_id = s->id;
     snprintf(d->client_id, sizeof(d->client_id), "%s", f->client_id);
@@ -513,15 +536,190 @@ static void on_send_frame(gw_sessions_t *S, gw_sess_t *s, const pl_frame_t *f)
     if (f->conv[0] == 'g') {
         snprintf(d->group, sizeof(d->group), "%s", f->conv);
     }
+    snprintf(d->kind, sizeof(d->kind), "%s",
+             f->type == PL_FRAME_EDIT     ? PL_KIND_EDIT
+             : f->type == PL_FRAME_RECALL ? PL_KIND_RECALL
+                                          : PL_KIND_TEXT);
+    d->target_seq = f->target_seq;
     pl_msg_id(s->user, f->client_id, d->msg_id);
     d->ts_ms = pl_now_ms();
     clock_gettime(CLOCK_MONOTONIC, &d->started);
     s->inflight++;
     if (d->group[0]) {
-        S->cfg.outside.may_post(S->cfg.outside.ud, d->sender, d->group, on_poster, d);
+        /* An edit or a recall needs a member, not the post policy: the store checks the rest. */
+        (strcmp(d->kind, PL_KIND_TEXT) == 0 ? S->cfg.outside.may_post : S->cfg.outside.is_member)(
+            S->cfg.outside.ud, d->sender, d->group, on_poster, d);
         return;
     }
     S->cfg.outside.may_write(S->cfg.outside.ud, d->sender, d->to, on_recipient, d);
+}
+
+/* ---- read and delivered cursors, typing (DESIGN 7.5) ---- */
+
+/* Takes one frame from a session's bucket of rate a second holding burst: 0 when allowed,
+ * else the ms until one is. The bucket starts full. */
+static long take_light_token(float *tokens, long long *refill_ms, double rate, double burst)
+{
+    long long now = pl_now_ms();
+    double t = *refill_ms ? *tokens + (double)(now - *refill_ms) * rate / 1000.0 : burst;
+    *refill_ms = now;
+    *tokens = (float)(t > burst ? burst : t);
+    if (*tokens < 1.0f) {
+        return 1 + (long)((1.0 - *tokens) * 1000.0 / rate);
+    }
+    *tokens -= 1.0f;
+    return 0;
+}
+
+static long take_cursor_token(gw_sessions_t *S, gw_sess_t *s)
+{
+    return take_light_token(&s->ctokens, &s->crefill_ms, S->cfg.cursor_rate,
+                            2.0 * S->cfg.cursor_rate);
+}
+
+/* A typing frame's answer: only a refusal is worth a frame. */
+struct typing_q {
+    gw_sessions_t *S;
+    uint64_t sess_id;
+};
+
+static void on_typing_told(void *arg, int rc)
+{
+    struct typing_q *q = arg;
+    gw_sess_t *s = find(q->S, q->sess_id);
+    if (s != NULL && rc == PL_ERR_FORBIDDEN) {
+        send_error(q->S, s, PL_ERR_FORBIDDEN, "you are not a member of this conversation", NULL, 0);
+    }
+    free(q);
+}
+
+/* A typing frame: never stored and never in Kafka; the outside tells the other members. */
+static void on_typing_frame(gw_sessions_t *S, gw_sess_t *s, const pl_frame_t *f)
+{
+    char peer[PL_USERNAME_LEN];
+    if (f->conv[0] == 'd' && (!conv_peer(f->conv, s->user, peer) || strcmp(peer, s->user) == 0)) {
+        send_error(S, s, PL_ERR_FORBIDDEN, "you are not a member of this conversation", NULL, 0);
+        return;
+    }
+    long retry_ms =
+        take_light_token(&s->ttokens, &s->trefill_ms, S->cfg.typing_rate, 5.0 * S->cfg.typing_rate);
+    if (retry_ms > 0) {
+        send_error(S, s, PL_ERR_RATELIMIT, "too many typing frames; slow down", NULL, retry_ms);
+        return;
+    }
+    struct typing_q *q = malloc(sizeof(*q));
+    if (q == NULL) {
+        return; /* typing is a hint: nothing to answer */
+    }
+    *q = (struct typing_q){S, s->id};
+    S->cfg.outside.typing(S->cfg.outside.ud, s->user, f->conv, f->typing, on_typing_told, q);
+}
+
+static void cursor_done(gw_sessions_t *S, cursor_t *c)
+{
+    gw_sess_t *s = find(S, c->sess_id);
+    if (s != NULL) {
+        s->inflight--;
+    }
+    free(c);
+}
+
+static void cursor_fail(gw_sessions_t *S, cursor_t *c, int err, const char *msg, long retry_ms)
+{
+    gw_sess_t *s = find(S, c->sess_id);
+    if (s != NULL) {
+        send_error(S, s, err, msg, NULL, retry_ms);
+    }
+    cursor_done(S, c);
+}
+
+static void produce_cursor(gw_sessions_t *S, cursor_t *c)
+{
+    gw_sess_t *s = find(S, c->sess_id);
+    if (s == NULL || s->state != OPEN) {
+        cursor_done(S, c);
+        return;
+    }
+    char *rec = pl_cursor_record(&c->c);
+    int rc = rec ? S->cfg.outside.produce(S->cfg.outside.ud, PL_TOPIC_CURSORS, c->c.conv, rec, c)
+                 : PL_ERR_NOMEM;
+    free(rec);
+    if (rc != PL_OK) {
+        cursor_fail(S, c, PL_ERR_UNAVAIL, "cursor queue is full; retry", 1000);
+    }
+}
+
+static void on_cursor_member(void *arg, int rc)
+{
+    cursor_t *c = arg;
+    if (rc == PL_OK) {
+        produce_cursor(c->S, c);
+    } else if (rc == PL_ERR_FORBIDDEN) {
+        cursor_fail(c->S, c, PL_ERR_FORBIDDEN, "you are not a member of this conversation", 0);
+    } else {
+        cursor_fail(c->S, c, PL_ERR_UNAVAIL, "cannot check the group now; retry", 1000);
+    }
+}
+
+static void cursor_delivered(gw_sessions_t *S, cursor_t *c, int err)
+{
+    if (err != PL_OK) {
+        cursor_fail(S, c, PL_ERR_UNAVAIL, "cursor not accepted; send it again", 1000);
+        return;
+    }
+    gw_sess_t *s = find(S, c->sess_id);
+    if (s != NULL) {
+        char *f = pl_frame_cursor_ack(c->c.kind, c->c.conv, c->c.seq);
+        send_text(s, f);
+        free(f);
+    }
+    cursor_done(S, c);
+}
+
+/* A read or delivered frame: a member's cursor goes to the store through PL_TOPIC_CURSORS
+ * (it takes no seq); its ack comes from the delivery report, like a send's. */
+static void on_cursor_frame(gw_sessions_t *S, gw_sess_t *s, const pl_frame_t *f)
+{
+    char peer[PL_USERNAME_LEN], own[PL_CONV_ID_LEN];
+    int kind = pl_conv_kind(f->conv);
+    pl_user_conv(s->user, own);
+    if ((kind == 'd' && !conv_peer(f->conv, s->user, peer)) ||
+        (kind == 'u' && strcmp(f->conv, own) != 0)) {
+        send_error(S, s, PL_ERR_FORBIDDEN, "you are not a member of this conversation", NULL, 0);
+        return;
+    }
+    if (s->inflight >= S->cfg.inflight_max) {
+        send_error(S, s, PL_ERR_RATELIMIT, "too many unacknowledged frames", NULL, 100);
+        return;
+    }
+    long retry_ms = take_cursor_token(S, s);
+    if (retry_ms > 0) {
+        send_error(S, s, PL_ERR_RATELIMIT, "too many read and delivered frames; slow down", NULL,
+                   retry_ms);
+        return;
+    }
+    cursor_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        send_error(S, s, PL_ERR_NOMEM, "out of memory", NULL, 1000);
+        return;
+    }
+    c->what = PRODUCED_CURSOR;
+    c->S = S;
+    c->sess_id = s->id;
+    snprintf(c->c.kind, sizeof(c->c.kind), "%s",
+             f->type == PL_FRAME_READ ? PL_CURSOR_READ : PL_CURSOR_DELIVERED);
+    snprintf(c->c.conv, sizeof(c->c.conv), "%s", f->conv);
+    snprintf(c->c.user, sizeof(c->c.user), "%s", s->user);
+    snprintf(c->c.origin_gw, sizeof(c->c.origin_gw), "%s", S->gw_id);
+    c->c.origin_conn = s->id;
+    c->c.seq = f->seq;
+    c->c.ts_ms = pl_now_ms();
+    s->inflight++;
+    if (kind == 'g') {
+        S->cfg.outside.is_member(S->cfg.outside.ud, s->user, f->conv, on_cursor_member, c);
+        return;
+    }
+    produce_cursor(S, c);
 }
 
 static void on_auth_frame(gw_sessions_t *S, gw_sess_t *s, const pl_frame_t *f)
@@ -571,8 +769,12 @@ static void on_text(void *ud, gw_sess_t *s, const char *data, size_t len)
     } else if (rc != PL_OK) {
         on_bad_frame(S, s, data, len, rc, why);
         return;
-    } else if (f.type == PL_FRAME_SEND) {
+    } else if (f.type == PL_FRAME_SEND || f.type == PL_FRAME_EDIT || f.type == PL_FRAME_RECALL) {
         on_send_frame(S, s, &f);
+    } else if (f.type == PL_FRAME_READ || f.type == PL_FRAME_DELIVERED) {
+        on_cursor_frame(S, s, &f);
+    } else if (f.type == PL_FRAME_TYPING) {
+        on_typing_frame(S, s, &f);
     } else {
         send_error(S, s, PL_ERR_INVAL, "already authenticated", NULL, 0);
     }
@@ -587,8 +789,14 @@ const gw_link_cbs_t gw_sessions_link_cbs = {
 
 /* ---- from the outside ---- */
 
+static void cursor_delivered(gw_sessions_t *S, cursor_t *c, int err);
+
 void gw_sessions_delivered(gw_sessions_t *S, void *opaque, int err)
 {
+    if (*(enum produced *)opaque == PRODUCED_CURSOR) {
+        cursor_delivered(S, opaque, err);
+        return;
+    }
     send_t *d = opaque;
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -643,9 +851,15 @@ static void push_refusal(gw_sessions_t *S, const pl_msg_t *m)
     }
     int err =
         strcmp(m->refused, pl_errcode(PL_ERR_FORBIDDEN)) == 0 ? PL_ERR_FORBIDDEN : PL_ERR_INTERNAL;
-    send_error(S, s, err,
-               group ? "you cannot post in this conversation" : "you cannot message this user",
-               m->client_id, 0);
+    const char *why =
+        group ? "you cannot post in this conversation" : "you cannot message this user";
+    if (strcmp(m->kind, PL_KIND_EDIT) == 0) {
+        why = "you cannot edit this message (only its author, within the edit window)";
+    } else if (strcmp(m->kind, PL_KIND_RECALL) == 0) {
+        why = "you cannot recall this message (only its author within the recall window, or a "
+              "group admin)";
+    }
+    send_error(S, s, err, why, m->client_id, 0);
 }
 
 void gw_sessions_push(gw_sessions_t *S, json_t *msg)
@@ -677,6 +891,35 @@ void gw_sessions_push(gw_sessions_t *S, json_t *msg)
     push_to(S, m.receiver, text, len);
     if (strcmp(m.sender, m.receiver) != 0) {
         push_to(S, m.sender, text, len);
+    }
+    free(text);
+}
+
+void gw_sessions_receipt(gw_sessions_t *S, json_t *rec)
+{
+    const char *conv = json_string_value(json_object_get(rec, "conv"));
+    const char *user = json_string_value(json_object_get(rec, "user"));
+    const char *kind = json_string_value(json_object_get(rec, "kind"));
+    json_t *origin = json_object_get(rec, "origin");
+    const char *ogw = json_string_value(json_object_get(origin, "gateway"));
+    json_int_t oconn = json_integer_value(json_object_get(origin, "conn"));
+    long long seq = (long long)json_integer_value(json_object_get(rec, "seq"));
+    char *text = conv && user && kind && seq > 0 ? pl_frame_receipt(conv, user, kind, seq) : NULL;
+    if (text == NULL) {
+        return;
+    }
+    size_t len = strlen(text);
+    user_t *u = user_find(S, user);
+    for (gw_sess_t *s = u ? u->sessions : NULL; s != NULL; s = s->u_next) {
+        int origin_here = ogw != NULL && strcmp(ogw, S->gw_id) == 0 && s->id == (uint64_t)oconn;
+        if (s->state == OPEN && !origin_here) {
+            s->ops->send_text(s->link, text, len);
+        }
+    }
+    char peer[PL_USERNAME_LEN];
+    if (json_is_true(json_object_get(rec, "share")) && pl_conv_kind(conv) == 'd' &&
+        conv_peer(conv, user, peer) && strcmp(peer, user) != 0) {
+        push_to(S, peer, text, len);
     }
     free(text);
 }

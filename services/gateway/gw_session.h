@@ -1,12 +1,12 @@
 /*
  * The session layer: one gw_sess_t per connected device, whatever its transport. It
  * authenticates (token at the handshake or in a first frame, then the revocation check),
- * keeps each user's send budget, turns "send" frames into parley.messages records and acks
- * them from the delivery report only, pushes committed messages to the user's devices, and
- * closes revoked or expired sessions. It does no I/O of its own: frames come and go through
- * gw_link.h, and Kafka, Redis and parley-auth are reached through gw_outside_t, so unit tests
- * drive it with scripted frames and fakes. Not for framing, sockets or Redis protocol.
- * Everything here runs on the gateway's loop thread.
+ * keeps each user's send budget, turns "send" frames into parley.messages records and "read"
+ * and "delivered" frames into parley.cursors records and acks them from the delivery report only,
+ * pushes committed messages to the user's devices, and closes revoked or expired sessions. It does
+ * no I/O of its own: frames come and go through gw_link.h, and Kafka, Redis and parley-auth are
+ * reached through gw_outside_t, so unit tests drive it with scripted frames and fakes. Not for
+ * framing, sockets or Redis protocol. Everything here runs on the gateway's loop thread.
  */
 #ifndef PARLEY_GW_SESSION_H
 #define PARLEY_GW_SESSION_H
@@ -49,6 +49,13 @@ typedef struct gw_outside_s {
     /* May user post in group conv now? done(arg, rc): PL_OK (or not known for certain: the
      * store decides in stream order), PL_ERR_FORBIDDEN, or PL_ERR_UNAVAIL. */
     void (*may_post)(void *ud, const char *user, const char *conv, gw_answer_fn done, void *arg);
+    /* Is user a member of group conv now (whatever the post policy)? done(arg, rc) as
+     * may_post. */
+    void (*is_member)(void *ud, const char *user, const char *conv, gw_answer_fn done, void *arg);
+    /* user started (start 1) or stopped typing in conv: tell those who may know. done(arg,
+     * rc): PL_OK, PL_ERR_FORBIDDEN (not a member) or PL_ERR_UNAVAIL. */
+    void (*typing)(void *ud, const char *user, const char *conv, int start, gw_answer_fn done,
+                   void *arg);
 } gw_outside_t;
 
 typedef struct gw_sessions_cfg_s {
@@ -58,6 +65,8 @@ typedef struct gw_sessions_cfg_s {
     pl_metrics_t *metrics;             /* borrowed */
     unsigned inflight_max;             /* unacknowledged sends per session */
     double user_rate, user_burst;      /* per-user token bucket on this gateway */
+    double cursor_rate;                /* read/delivered frames per second per session */
+    double typing_rate;                /* typing frames per second per session (burst 5x) */
     long auth_timeout_ms;              /* a first-frame token must come within this */
 } gw_sessions_cfg_t;
 
@@ -75,6 +84,10 @@ void gw_sessions_delivered(gw_sessions_t *S, void *opaque, int err);
 /* A committed message (a parley.committed record as JSON, borrowed) for this gateway's
  * devices of its sender and receiver. */
 void gw_sessions_push(gw_sessions_t *S, json_t *msg);
+/* A receipt from the router (a parley.committed record of type "receipt", borrowed): to the
+ * reader's devices here but the one that sent it, and when shared in a 1:1 conversation to
+ * the other member's. Groups' other members are gw_groups_send_members()'. */
+void gw_sessions_receipt(gw_sessions_t *S, json_t *rec);
 /* Writes text (a server frame) to every open session of user here (none: nothing). */
 void gw_sessions_send_user(gw_sessions_t *S, const char *user, const char *text, size_t len);
 /* Closes the sessions of sid (revoked). */

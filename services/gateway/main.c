@@ -6,6 +6,7 @@
  */
 #include "gw_loop.h"
 #include "gw_groups.h"
+#include "gw_typing.h"
 #include "gw_presence.h"
 #include "gw_redis.h"
 #include "gw_session.h"
@@ -43,6 +44,7 @@ typedef struct gw_main_s {
     gw_users_t *users;
     gw_presence_t *presence;
     gw_groups_t *groups;
+    gw_typing_t *typing;
     gw_sessions_t *sessions;
     pl_metric_t *m_envelope[3]; /* items received from the router, by conversation kind */
     gw_ws_t *ws;
@@ -147,6 +149,34 @@ static void out_may_post(void *ud, const char *user, const char *conv, gw_answer
     gw_users_call(g->users, "GET", path, NULL, on_may_post, q);
 }
 
+/* Membership only, for read and delivered frames: the view, else parley-auth. */
+static void out_is_member(void *ud, const char *user, const char *conv, gw_answer_fn done,
+                          void *arg)
+{
+    gw_main_t *g = ud;
+    if (gw_groups_is_member(g->groups, conv, user)) {
+        done(arg, PL_OK);
+        return;
+    }
+    struct post_question *q = malloc(sizeof(*q));
+    char path[180];
+    if (q == NULL) {
+        done(arg, PL_ERR_UNAVAIL);
+        return;
+    }
+    q->done = done;
+    q->arg = arg;
+    snprintf(path, sizeof(path), "/internal/groups/may_post?conv=%s&user=%s&need=member", conv,
+             user);
+    gw_users_call(g->users, "GET", path, NULL, on_may_post, q);
+}
+
+static void out_typing(void *ud, const char *user, const char *conv, int start, gw_answer_fn done,
+                       void *arg)
+{
+    gw_typing_send(((gw_main_t *)ud)->typing, user, conv, start, done, arg);
+}
+
 /* ---- reports from below ---- */
 
 static void on_delivery(void *ud, void *opaque, int err)
@@ -167,9 +197,34 @@ static void on_dr_pipe(gw_watch_t *w, uint32_t events)
 /* A committed item from the router: a group's goes through the group views (membership
  * filter), anything else to the sender's and receiver's sessions; a user's own group notices
  * also update the views. */
+static void on_receipt(gw_main_t *g, json_t *rec)
+{
+    gw_sessions_receipt(g->sessions, rec);
+    const char *conv = json_string_value(json_object_get(rec, "conv"));
+    const char *user = json_string_value(json_object_get(rec, "user"));
+    if (pl_conv_kind(conv) == 'g' && user != NULL && json_is_true(json_object_get(rec, "share"))) {
+        char *text = pl_frame_receipt(conv, user, json_string_value(json_object_get(rec, "kind")),
+                                      (long long)json_integer_value(json_object_get(rec, "seq")));
+        if (text != NULL) {
+            gw_groups_send_members(g->groups, conv, text, strlen(text), user,
+                                   json_object_get(rec, "except"));
+        }
+        free(text);
+    }
+}
+
 static void on_push(void *ud, json_t *msg)
 {
     gw_main_t *g = ud;
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    if (type != NULL && strcmp(type, "receipt") == 0) {
+        on_receipt(g, msg);
+        return;
+    }
+    if (type != NULL && strcmp(type, "typing") == 0) {
+        gw_typing_heard(g->typing, msg); /* from a gateway, never through Kafka */
+        return;
+    }
     pl_msg_t m;
     if (pl_msg_from_json(msg, &m) != PL_OK) {
         gw_sessions_push(g->sessions, msg); /* logged there */
@@ -304,7 +359,7 @@ static const pl_http_route_t routes[] = {
 /* The gateway's settings (README, configuration table). */
 struct settings {
     long port, redis_port, leeway, sendq, inflight, auth_port, auth_timeout, ping, dead, rate,
-        burst, grace;
+        burst, grace, cursor_rate, typing_rate;
     int trust;
 };
 
@@ -317,6 +372,8 @@ static int read_settings(struct settings *c)
                    pl_cfg_int("PARLEY_GATEWAY_INFLIGHT_MAX", 64, 1, 100000, &c->inflight) ||
                    pl_cfg_int("PARLEY_GATEWAY_USER_RATE", 20, 1, 10000000, &c->rate) ||
                    pl_cfg_int("PARLEY_GATEWAY_USER_BURST", 60, 1, 10000000, &c->burst) ||
+                   pl_cfg_int("PARLEY_GATEWAY_CURSOR_RATE", 50, 1, 10000000, &c->cursor_rate) ||
+                   pl_cfg_int("PARLEY_GATEWAY_TYPING_RATE", 2, 1, 10000, &c->typing_rate) ||
                    pl_cfg_int("PARLEY_GATEWAY_AUTH_TIMEOUT_MS", 10000, 100, 600000,
                               &c->auth_timeout) ||
                    pl_cfg_int("PARLEY_GATEWAY_PING_MS", 30000, 100, 600000, &c->ping) ||
@@ -371,11 +428,13 @@ static int assemble(gw_main_t *g, const struct settings *c)
         .gw_id = g->gw_id,
         .verifier = g->verifier,
         .outside = {g, out_produce, out_presence_add, out_presence_del, out_check_revoked,
-                    out_may_write, out_may_post},
+                    out_may_write, out_may_post, out_is_member, out_typing},
         .metrics = g->metrics,
         .inflight_max = (unsigned)c->inflight,
         .user_rate = (double)c->rate,
         .user_burst = (double)c->burst,
+        .cursor_rate = (double)c->cursor_rate,
+        .typing_rate = (double)c->typing_rate,
         .auth_timeout_ms = c->auth_timeout,
     };
     gw_ws_cfg_t wc = {
@@ -406,7 +465,10 @@ static int assemble(gw_main_t *g, const struct settings *c)
             pl_metrics_counter(g->metrics, "parley_gateway_routed_items_total",
                                "Items the router sent here, by conversation kind", kinds[i]);
     }
-    return (g->presence = gw_presence_new(&pc)) != NULL && (g->groups = gw_groups_new(&gc)) != NULL
+    gw_typing_cfg_t tc = {g->redis, g->users, g->metrics, g, deliver_presence};
+    return (g->presence = gw_presence_new(&pc)) != NULL &&
+                   (g->groups = gw_groups_new(&gc)) != NULL &&
+                   (g->typing = gw_typing_new(&tc)) != NULL
                ? PL_OK
                : PL_ERR_NOMEM;
 }
@@ -454,6 +516,7 @@ static void serve(gw_main_t *g, int sigfd)
                 gw_presence_tick(g->presence);
                 gw_groups_tick(g->groups, 0);
             }
+            gw_typing_tick(g->typing);
         }
         if (now >= next_refresh && !atomic_load(&g->draining)) {
             next_refresh = now + 5000;
@@ -479,6 +542,7 @@ static void teardown(gw_main_t *g)
     gw_redis_free(&g->redis);
     gw_presence_free(&g->presence);
     gw_groups_free(&g->groups);
+    gw_typing_free(&g->typing);
     pl_kafka_free(&g->producer);
     gw_sessions_free(&g->sessions);
     pl_jwt_verifier_free(&g->verifier);

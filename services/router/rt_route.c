@@ -262,6 +262,29 @@ static void add_user(struct batch *b, const char *name)
     }
 }
 
+/* A receipt (DESIGN 7.5), made by the store from a read or delivered cursor: not a stream
+ * item. It goes to the reader's gateways and, when shared, to the other member's (1:1) or to
+ * the group's interested gateways. */
+static int is_receipt(json_t *rec)
+{
+    const char *type = json_string_value(json_object_get(rec, "type"));
+    return type != NULL && strcmp(type, "receipt") == 0;
+}
+
+/* The other member of a shared 1:1 receipt, into peer; 0 when there is none to tell. */
+static int receipt_peer(json_t *rec, char peer[PL_USERNAME_LEN])
+{
+    const char *conv = json_string_value(json_object_get(rec, "conv"));
+    const char *user = json_string_value(json_object_get(rec, "user"));
+    char a[PL_USERNAME_LEN], b[PL_USERNAME_LEN];
+    if (!json_is_true(json_object_get(rec, "share")) || pl_conv_kind(conv) != 'd' || user == NULL ||
+        sscanf(conv, "d:%32[^:]:%32s", a, b) != 2) {
+        return 0;
+    }
+    snprintf(peer, PL_USERNAME_LEN, "%s", strcmp(a, user) == 0 ? b : a);
+    return strcmp(peer, user) != 0;
+}
+
 /* The users a membership change names (added, removed, or the members of a new group). */
 static json_t *named_users(json_t *rec, json_t **one)
 {
@@ -287,6 +310,14 @@ static int collect_users(struct batch *b, json_t **recs, size_t n)
     }
     for (size_t i = 0; i < n; i++) {
         if (recs[i] == NULL) {
+            continue;
+        }
+        char peer[PL_USERNAME_LEN];
+        if (is_receipt(recs[i])) {
+            add_user(b, json_string_value(json_object_get(recs[i], "user")));
+            if (receipt_peer(recs[i], peer)) {
+                add_user(b, peer);
+            }
             continue;
         }
         add_user(b, json_string_value(json_object_get(recs[i], "sender")));
@@ -319,7 +350,8 @@ static int collect_groups(struct batch *b, json_t **recs, size_t n)
         return PL_ERR_NOMEM;
     }
     for (size_t i = 0; i < n; i++) {
-        if (recs[i] == NULL || !is_group(recs[i]) || json_object_get(recs[i], "refused")) {
+        if (recs[i] == NULL || !is_group(recs[i]) || json_object_get(recs[i], "refused") ||
+            (is_receipt(recs[i]) && !json_is_true(json_object_get(recs[i], "share")))) {
             continue;
         }
         const char *conv = json_string_value(json_object_get(recs[i], "conv"));
@@ -445,6 +477,21 @@ static void add_group_targets(struct batch *b, json_t *rec, int *seen)
     }
 }
 
+static void assign_receipt(struct batch *b, json_t *rec, int *seen)
+{
+    char peer[PL_USERNAME_LEN];
+    add_targets(b, json_string_value(json_object_get(rec, "user")), rec, seen);
+    if (receipt_peer(rec, peer)) {
+        add_targets(b, peer, rec, seen);
+    }
+    struct group *g = json_is_true(json_object_get(rec, "share"))
+                          ? find_group(b, json_string_value(json_object_get(rec, "conv")))
+                          : NULL;
+    for (int k = 0; g != NULL && k < g->ngw; k++) {
+        give_once(b, g->gw[k], rec, seen);
+    }
+}
+
 /* Gives each message to the live gateways of its receiver and of its sender (once each). */
 static int assign(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n)
 {
@@ -458,6 +505,10 @@ static int assign(rt_ctx_t *ctx, struct batch *b, json_t **recs, size_t n)
             continue;
         }
         memset(seen, 0, (b->ngws ? b->ngws : 1) * sizeof(*seen));
+        if (is_receipt(recs[i])) {
+            assign_receipt(b, recs[i], seen);
+            continue;
+        }
         if (json_object_get(recs[i], "refused") != NULL ||
             json_is_true(json_object_get(recs[i], "replay"))) {
             add_origin(b, recs[i]); /* a refusal or a resend goes back to the sender only */
@@ -574,6 +625,23 @@ static int route_once(rt_ctx_t *ctx, json_t **recs, size_t n)
     return rc;
 }
 
+/* A receipt record with the fields routing needs, or NULL (not one, or malformed). */
+static json_t *receipt_parse(const pl_kafka_rec_t *r)
+{
+    if (r->vlen < 2 || memmem(r->value, r->vlen, "\"receipt\"", 9) == NULL ||
+        !pl_json_depth_ok(r->value, r->vlen, PL_MAX_JSON_DEPTH)) {
+        return NULL;
+    }
+    json_t *o = json_loadb(r->value, r->vlen, 0, NULL);
+    if (!is_receipt(o) || pl_conv_kind(json_string_value(json_object_get(o, "conv"))) == 0 ||
+        !json_is_string(json_object_get(o, "user")) ||
+        !json_is_integer(json_object_get(o, "seq"))) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
 int rt_route_batch(rt_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n, int attempt)
 {
     json_t **objs = calloc(n ? n : 1, sizeof(*objs));
@@ -583,6 +651,12 @@ int rt_route_batch(rt_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n, int atte
     size_t valid = 0;
     for (size_t i = 0; i < n; i++) {
         pl_msg_t m;
+        json_t *receipt = receipt_parse(&recs[i]);
+        if (receipt != NULL) {
+            objs[i] = receipt;
+            valid++;
+            continue;
+        }
         if (pl_msg_parse(recs[i].value, recs[i].vlen, &m) != PL_OK ||
             (m.seq <= 0 && m.refused[0] == '\0')) {
             if (attempt == 0) {

@@ -5,6 +5,7 @@
  * batch in hand, commits, and stops.
  */
 #include "store.h"
+#include "st_cursor.h"
 #include "parley/cfg.h"
 #include "parley/consume.h"
 #include "parley/enc.h"
@@ -112,7 +113,9 @@ int main(void)
     pl_http_t *http = NULL;
     char *pub = NULL;
     size_t pub_len = 0;
-    long port, threads, redis_port, leeway, cold, member_limit, group_rate;
+    long port, threads, redis_port, leeway, cold, member_limit, group_rate, cursor_ms, share_max;
+    long edit_s, recall_s;
+    st_cursors_t *cursors = NULL;
     int trust;
     memset(&ctx, 0, sizeof(ctx));
 
@@ -126,6 +129,10 @@ int main(void)
         pl_cfg_int("PARLEY_STORE_COLD_CHECK_S", 120, 0, 86400, &cold) ||
         pl_cfg_int("PARLEY_GROUP_MEMBER_LIMIT", 10000, 2, 1000000, &member_limit) ||
         pl_cfg_int("PARLEY_GROUP_RATE", 20, 1, 100000, &group_rate) ||
+        pl_cfg_int("PARLEY_CURSOR_FLUSH_MS", 1000, 10, 60000, &cursor_ms) ||
+        pl_cfg_int("PARLEY_EDIT_WINDOW_S", 48 * 3600, 0, 10L * 365 * 86400, &edit_s) ||
+        pl_cfg_int("PARLEY_RECALL_WINDOW_S", 24 * 3600, 0, 10L * 365 * 86400, &recall_s) ||
+        pl_cfg_int("PARLEY_RECEIPTS_GROUP_MAX", 100, 0, 1000000, &share_max) ||
         pl_cfg_bool("PARLEY_TRUST_FORWARDED", 0, &trust)) {
         goto out;
     }
@@ -149,6 +156,8 @@ int main(void)
         goto out;
     }
     init_metrics(&ctx);
+    ctx.edit.edit_window_ms = edit_s * 1000LL;
+    ctx.edit.recall_window_ms = recall_s * 1000LL;
     st_db_t db;
     st_mongo_db(ctx.mongo, &db);
     /* Slow mode: a group takes group_rate items a second, with two seconds' worth at once. */
@@ -186,6 +195,13 @@ int main(void)
         sleep(1);
     }
 
+    st_cursors_cfg_t kc = {
+        brokers,   pl_cfg_str("PARLEY_STORE_CURSOR_GROUP", "parley-store-cursors"),
+        ctx.mongo, ctx.metrics,
+        cursor_ms, share_max};
+    if (st_cursors_start(&kc, &cursors) != PL_OK) {
+        goto out;
+    }
     pl_consume_cfg_t cc = {
         .consumer = ctx.consumer,
         .batch_max = BATCH_MAX,
@@ -203,6 +219,7 @@ stop:
     pl_log_info("stopping", "draining: committing offsets and leaving the group");
     rc = 0;
 out:
+    st_cursors_stop(&cursors); /* a last flush of the cursors, then their offsets */
     pl_http_stop(&http);
     pl_kafka_free(&ctx.consumer);
     pl_kafka_free(&ctx.producer);

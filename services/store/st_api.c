@@ -270,8 +270,14 @@ static int count_unread(st_ctx_t *ctx, const char *conv, const char *me, long lo
     BSON_APPEND_DOCUMENT_BEGIN(&filter, "sender", &notme);
     BSON_APPEND_UTF8(&notme, "$ne", me);
     bson_append_document_end(&filter, &notme);
+    /* text items only: system, edit and recall items are not messages to read */
     BSON_APPEND_DOCUMENT_BEGIN(&filter, "kind", &notsys);
-    BSON_APPEND_UTF8(&notsys, "$ne", PL_KIND_SYSTEM);
+    bson_t nin;
+    BSON_APPEND_ARRAY_BEGIN(&notsys, "$nin", &nin);
+    BSON_APPEND_UTF8(&nin, "0", PL_KIND_SYSTEM);
+    BSON_APPEND_UTF8(&nin, "1", "edit");
+    BSON_APPEND_UTF8(&nin, "2", "recall");
+    bson_append_array_end(&notsys, &nin);
     bson_append_document_end(&filter, &notsys);
     BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
     BSON_APPEND_INT32(&proj, "_id", 1);
@@ -356,6 +362,23 @@ static int by_time_desc(const void *a, const void *b)
     return x < y ? 1 : x > y ? -1 : 0;
 }
 
+/* The user's read cursor in a 1:1 conversation or its own stream: the `members` document
+ * "<conv>|<user>" that parley-store's cursor writer keeps (0 before any read). */
+static int own_cursor(st_ctx_t *ctx, const char *conv, const char *user, long long *read)
+{
+    char id[2 * PL_CONV_ID_LEN];
+    bson_t *doc = NULL;
+    bson_iter_t it;
+    *read = 0;
+    snprintf(id, sizeof(id), "%s|%.*s", conv, PL_USERNAME_MAX, user);
+    int rc = pl_mongo_find_id(ctx->mongo, ST_MEMBERS, id, &doc);
+    if (rc == PL_OK && bson_iter_init_find(&it, doc, "read_seq") && BSON_ITER_HOLDS_NUMBER(&it)) {
+        *read = bson_iter_as_int64(&it);
+    }
+    bson_destroy(doc);
+    return rc == PL_ERR_NOTFOUND ? PL_OK : rc;
+}
+
 /* Sorts list newest first, keeps limit entries, and fills read_seq and unread. */
 static int finish_list(st_ctx_t *ctx, const char *me, json_t *list, long long limit, json_t **out)
 {
@@ -376,7 +399,10 @@ static int finish_list(st_ctx_t *ctx, const char *me, json_t *list, long long li
         long long from = json_integer_value(json_object_get(o, "_from"));
         long unread = 0;
         if (json_object_get(o, "read_seq") == NULL) {
-            json_object_set_new(o, "read_seq", json_integer(0)); /* receipts: issue 15 */
+            long long read = 0;
+            rc = own_cursor(ctx, conv, me, &read);
+            json_object_set_new(o, "read_seq", json_integer(read));
+            from = read > from ? read : from;
         }
         if (pl_conv_kind(conv) != 'u') {
             rc = count_unread(ctx, conv, me, from,
@@ -467,15 +493,20 @@ static void h_messages(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     if (pl_http_authenticate(req, resp, ctx->verifier, &c) != PL_OK) {
         return;
     }
-    /* /v1/conversations/<conv>/messages */
+    /* /v1/conversations/<conv>/messages or /receipts */
     const char *p = pl_http_path(req) + strlen("/v1/conversations/");
     const char *slash = strchr(p, '/');
-    if (slash == NULL || strcmp(slash, "/messages") != 0 || (size_t)(slash - p) >= sizeof(conv)) {
+    if (slash == NULL || (strcmp(slash, "/messages") != 0 && strcmp(slash, "/receipts") != 0) ||
+        (size_t)(slash - p) >= sizeof(conv)) {
         pl_http_fail(resp, PL_ERR_NOTFOUND, "no such endpoint");
         return;
     }
     memcpy(conv, p, (size_t)(slash - p));
     conv[slash - p] = '\0';
+    if (strcmp(slash, "/receipts") == 0) {
+        st_receipts_reply(ctx, req, resp, conv, c.sub);
+        return;
+    }
     long long lo = 0, hi = 0; /* the caller's window in a group: (lo, hi], hi 0 = open */
     if (pl_conv_kind(conv) == 'g') {
         long long joined = 0, left = 0;
@@ -579,8 +610,14 @@ static void h_recent(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     free(ws.w);
     bson_append_array_end(&filter, &any);
     /* The seed's recent messages: a user's own stream (u:) holds no messages. */
+    /* text items only: system, edit and recall items are not messages to read */
     BSON_APPEND_DOCUMENT_BEGIN(&filter, "kind", &notsys);
-    BSON_APPEND_UTF8(&notsys, "$ne", PL_KIND_SYSTEM);
+    bson_t nin;
+    BSON_APPEND_ARRAY_BEGIN(&notsys, "$nin", &nin);
+    BSON_APPEND_UTF8(&nin, "0", PL_KIND_SYSTEM);
+    BSON_APPEND_UTF8(&nin, "1", "edit");
+    BSON_APPEND_UTF8(&nin, "2", "recall");
+    bson_append_array_end(&notsys, &nin);
     bson_append_document_end(&filter, &notsys);
     BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
     /* Messages accepted in the same millisecond keep their conversation order. */

@@ -76,6 +76,12 @@ int st_msg_from_bson(const bson_t *doc, pl_msg_t *m)
             have |= 4;
         } else if (strcmp(k, "event") == 0 && BSON_ITER_HOLDS_DOCUMENT(&it)) {
             event_from_bson(&it, m);
+        } else if (strcmp(k, "target_seq") == 0 && BSON_ITER_HOLDS_NUMBER(&it)) {
+            m->target_seq = bson_iter_as_int64(&it);
+        } else if (strcmp(k, "edited_at") == 0 && BSON_ITER_HOLDS_DATE_TIME(&it)) {
+            m->edited_at_ms = bson_iter_date_time(&it);
+        } else if (strcmp(k, "recalled") == 0 && BSON_ITER_HOLDS_BOOL(&it)) {
+            m->recalled = bson_iter_bool(&it);
         }
     }
     if (m->kind[0] == '\0') {
@@ -101,6 +107,9 @@ static bson_t *msg_doc(const pl_msg_t *m)
     BSON_APPEND_INT64(d, "seq", m->seq);
     BSON_APPEND_UTF8(d, "client_id", m->client_id);
     BSON_APPEND_UTF8(d, "kind", m->kind[0] ? m->kind : PL_KIND_TEXT);
+    if (m->target_seq > 0) {
+        BSON_APPEND_INT64(d, "target_seq", m->target_seq);
+    }
     if (m->event != NULL) {
         /* Events are small objects made by parley-auth: JSON → BSON once, at the write. */
         char *text = json_dumps(m->event, JSON_COMPACT);

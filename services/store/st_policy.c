@@ -129,10 +129,11 @@ static void on_token(void *ud, size_t idx, const char *field, const char *value)
     snprintf(t->tok[idx], TOKEN_LEN, "%s", value);
 }
 
-/* A candidate: a new text item between two different users of a 1:1 conversation. */
+/* A candidate: a new text, edit or recall item between two different users of a 1:1
+ * conversation. */
 static int candidate(const st_rec_t *r)
 {
-    return r->first && strcmp(r->m.kind, PL_KIND_TEXT) == 0 && strncmp(r->m.conv, "d:", 2) == 0 &&
+    return r->first && strcmp(r->m.kind, PL_KIND_SYSTEM) != 0 && strncmp(r->m.conv, "d:", 2) == 0 &&
            strcmp(r->m.sender, r->m.receiver) != 0;
 }
 

@@ -35,6 +35,8 @@ typedef struct st_rec_s {
     unsigned char refused;  /* not allowed (st_policy.h, st_group.h): not stored, its sender
                                is told refuse_code (PL_ERR_FORBIDDEN when 0) */
     int refuse_code;
+    unsigned char by_admin;        /* an edit or recall in a group by an admin or its owner */
+    char target_id[PL_MSG_ID_LEN]; /* an edit's or recall's target, found by st_edit_check */
     /* working state of one st_seq_write() call */
     unsigned char careful;   /* may already be stored: checked and written one at a time */
     unsigned char fast;      /* numbered from memory and bulk inserted */

@@ -211,7 +211,13 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n, int atte
         rc = st_group_check(ctx->groups, r, n);
     }
     if (rc == PL_OK) {
+        rc = st_edit_check(ctx->mongo, &ctx->edit, r, n);
+    }
+    if (rc == PL_OK) {
         rc = st_seq_write(ctx->seq, r, n, attempt);
+    }
+    if (rc == PL_OK) {
+        rc = st_edit_apply(ctx->mongo, r, n);
     }
     if (rc == PL_OK) {
         rc = st_group_commit(ctx->groups, r, n, uitems);

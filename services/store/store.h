@@ -15,6 +15,7 @@
 #include "parley/redis.h"
 #include "parley/wire.h"
 #include "st_mongo.h"
+#include "st_edit.h"
 #include "st_group.h"
 #include "st_policy.h"
 #include "st_seq.h"
@@ -31,6 +32,7 @@ typedef struct st_ctx_s {
     st_seq_t *seq;           /* the sequence allocator; consumer thread only */
     st_policy_t *policy;     /* who may write to whom; consumer thread only */
     st_group_t *groups;      /* who may post to a group, membership; consumer thread only */
+    st_edit_cfg_t edit;      /* edit and recall windows */
     atomic_int batch_failed; /* a committed record of the current batch was not delivered */
     atomic_int indexes_ready;
     pl_metric_t *m_stored;
@@ -63,6 +65,10 @@ long long st_query_num(const char *v, long long def);
  * stream "u:<a>" (b = a); fills a and b (PL_USERNAME_LEN bytes each). 1 when well formed,
  * else 0. Pure. */
 int st_conv_parse(const char *conv, char *a, char *b);
+
+/* GET /v1/conversations/<conv>/receipts?seq=N for user (st_receipts.c). */
+void st_receipts_reply(st_ctx_t *ctx, pl_http_req_t *req, pl_http_resp_t *resp, const char *conv,
+                       const char *user);
 
 extern const pl_http_route_t st_routes[];
 extern const size_t st_nroutes;

@@ -40,6 +40,9 @@ export PARLEY_GATEWAY_USER_RATE=1000000
 export PARLEY_GATEWAY_USER_BURST=1000000
 # Group slow mode (per-group send rate) has a test with a store of its own (test_groups.py).
 export PARLEY_GROUP_RATE=100000
+# Edit and recall windows short enough for test_edits.py to wait one out.
+export PARLEY_EDIT_WINDOW_S=6
+export PARLEY_RECALL_WINDOW_S=6
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 

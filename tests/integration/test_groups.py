@@ -74,7 +74,7 @@ def test_create_send_and_read_back(edge):
     assert [(m["seq"], m["kind"]) for m in items] == [(1, "system"), (2, "text"), (3, "text")]
     entry = conversation(edge, tb, conv)
     assert entry["kind"] == "g" and entry["name"] == "Weekend 周末" and entry["last_seq"] == 3
-    assert entry["unread"] == 2 and entry["read_seq"] == 0  # both texts; receipts: issue 15
+    assert entry["unread"] == 2 and entry["read_seq"] == 0  # both texts; nothing read yet
     assert entry["last_item"]["content"] == "hi all" and entry["last_item"]["sender"] == carol
     assert conversation(edge, tc, conv)["unread"] == 1  # her own does not count
     recent = edge.call("GET", "/v1/messages/recent?limit=10", token=tb).json["messages"]

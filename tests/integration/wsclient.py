@@ -28,6 +28,9 @@ class Chat:
         self.system = []
         self.presence = []
         self.acks = {}
+        self.cursor_acks = []  # acks of read and delivered frames
+        self.receipts = []
+        self.typing = []
         self.errors = []
         self.closed = None
         self._task = asyncio.get_event_loop().create_task(self._reader())
@@ -54,8 +57,14 @@ class Chat:
                     self.msgs.append(f)
                 elif f["type"] == "presence":
                     self.presence.append(f)
+                elif f["type"] == "ack" and "cursor" in f:
+                    self.cursor_acks.append(f)
                 elif f["type"] == "ack":
                     self.acks[f["client_id"]] = f
+                elif f["type"] == "receipt":
+                    self.receipts.append(f)
+                elif f["type"] == "typing":
+                    self.typing.append(f)
                 elif f["type"] == "error":
                     self.errors.append(f)
         except websockets.ConnectionClosed as e:
@@ -74,6 +83,10 @@ class Chat:
         cid = client_id or uuid.uuid4().hex
         await self.ws.send(json.dumps(dict(type="send", client_id=cid, conv=conv, content=content)))
         return cid
+
+    async def cursor(self, kind, conv, seq):
+        """A read or delivered frame (DESIGN 7.5)."""
+        await self.ws.send(json.dumps(dict(type=kind, conv=conv, seq=seq)))
 
     def items(self, conv):
         """Every item of conv this device was pushed (messages and system items), in arrival

@@ -144,6 +144,13 @@ static void o_may_post(void *ud, const char *user, const char *conv, gw_answer_f
     done(arg, PL_OK);
 }
 
+static void o_is_member(void *ud, const char *user, const char *conv, gw_answer_fn done, void *arg)
+{
+    (void)ud;
+    (void)conv;
+    done(arg, strcmp(user, "alice") == 0 ? PL_OK : PL_ERR_FORBIDDEN);
+}
+
 static void o_may_write(void *ud, const char *from, const char *to, gw_answer_fn done, void *arg)
 {
     (void)ud;
@@ -186,11 +193,12 @@ static gw_sessions_t *new_sessions(double rate, double burst, long auth_timeout_
         .gw_id = "gw-test",
         .verifier = verifier,
         .outside = {NULL, o_produce, o_presence_add, o_presence_del, o_check_revoked, o_may_write,
-                    o_may_post},
+                    o_may_post, o_is_member},
         .metrics = metrics,
         .inflight_max = 4,
         .user_rate = rate,
         .user_burst = burst,
+        .cursor_rate = 2, /* a burst of 4 */
         .auth_timeout_ms = auth_timeout_ms,
     };
     return gw_sessions_new(&cfg);
@@ -330,6 +338,64 @@ static void test_send_ack_and_push(void)
     CU_ASSERT_TRUE(has(&b, 1, "\"seq\":7"));
     CU_ASSERT_EQUAL(a2.nframes, 2);
     CU_ASSERT_EQUAL(b.nframes, 2);
+    gw_sessions_link_cbs.on_closed(S, a.sess);
+    gw_sessions_link_cbs.on_closed(S, a2.sess);
+    gw_sessions_link_cbs.on_closed(S, b.sess);
+}
+
+static void test_cursors(void)
+{
+    fresh(1000, 1000);
+    struct link a, a2, b;
+    open_as(&a, "alice", "0123456789abcdef0123456789abcdef");
+    open_as(&a2, "alice", "11111111111111111111111111111111");
+    open_as(&b, "bob", "22222222222222222222222222222222");
+    text(&a, "{\"type\":\"read\",\"conv\":\"d:alice:bob\",\"seq\":5}");
+    CU_ASSERT_EQUAL_FATAL(out.nrec, 1);
+    CU_ASSERT_STRING_EQUAL(out.rec[0].topic, PL_TOPIC_CURSORS);
+    pl_cursor_t c;
+    CU_ASSERT_EQUAL_FATAL(pl_cursor_parse(out.rec[0].value, strlen(out.rec[0].value), &c), PL_OK);
+    CU_ASSERT_STRING_EQUAL(c.user, "alice");
+    CU_ASSERT_STRING_EQUAL(c.kind, "read");
+    CU_ASSERT_EQUAL(c.seq, 5);
+    CU_ASSERT_STRING_EQUAL(c.origin_gw, "gw-test");
+    CU_ASSERT_EQUAL(a.nframes, 1); /* acked from the delivery report only */
+    gw_sessions_delivered(S, out.rec[0].opaque, PL_OK);
+    CU_ASSERT_TRUE(has(&a, 1, "\"cursor\":\"read\""));
+    /* A group: asked about (bob is not a member here); another's 1:1 or own stream: refused. */
+    text(&b, "{\"type\":\"delivered\",\"conv\":\"g:0123456789ABCDEFGHJKMNPQRS\",\"seq\":1}");
+    text(&b, "{\"type\":\"read\",\"conv\":\"d:alice:carol\",\"seq\":1}");
+    text(&b, "{\"type\":\"read\",\"conv\":\"u:alice\",\"seq\":1}");
+    CU_ASSERT_EQUAL(out.nrec, 1);
+    CU_ASSERT_TRUE(has(&b, 1, "forbidden") && has(&b, 2, "forbidden") && has(&b, 3, "forbidden"));
+    /* A failed report: an error, never an ack. */
+    text(&a, "{\"type\":\"delivered\",\"conv\":\"g:0123456789ABCDEFGHJKMNPQRS\",\"seq\":2}");
+    CU_ASSERT_EQUAL_FATAL(out.nrec, 2);
+    gw_sessions_delivered(S, out.rec[1].opaque, PL_ERR_UNAVAIL);
+    CU_ASSERT_TRUE(has(&a, 2, "unavailable"));
+    /* The bucket: 4 at once (two taken), then rate_limited. */
+    text(&a, "{\"type\":\"read\",\"conv\":\"u:alice\",\"seq\":1}");
+    text(&a, "{\"type\":\"read\",\"conv\":\"u:alice\",\"seq\":2}");
+    text(&a, "{\"type\":\"read\",\"conv\":\"u:alice\",\"seq\":3}");
+    CU_ASSERT_EQUAL(out.nrec, 4);
+    CU_ASSERT_TRUE(has(&a, 3, "rate_limited"));
+    /* A receipt: the reader's other devices and the other member, not the reading device. */
+    json_t *r = json_pack("{s:s,s:s,s:s,s:s,s:i,s:b,s:{s:s,s:I}}", "type", "receipt", "kind",
+                          "read", "conv", "d:alice:bob", "user", "alice", "seq", 5, "share", 1,
+                          "origin", "gateway", "gw-test", "conn", (json_int_t)1);
+    int before = a.nframes;
+    gw_sessions_receipt(S, r);
+    CU_ASSERT_EQUAL(a.nframes, before);
+    CU_ASSERT_TRUE(has(&a2, 1, "\"type\":\"receipt\""));
+    CU_ASSERT_TRUE(has(&b, 4, "\"type\":\"receipt\""));
+    json_object_set_new(r, "share", json_false());
+    gw_sessions_receipt(S, r);
+    CU_ASSERT_TRUE(has(&a2, 2, "\"type\":\"receipt\""));
+    CU_ASSERT_EQUAL(b.nframes, 5); /* not shared: not to bob */
+    json_decref(r);
+    for (int i = 2; i < 4; i++) {
+        gw_sessions_delivered(S, out.rec[i].opaque, PL_OK);
+    }
     gw_sessions_link_cbs.on_closed(S, a.sess);
     gw_sessions_link_cbs.on_closed(S, a2.sess);
     gw_sessions_link_cbs.on_closed(S, b.sess);
@@ -493,6 +559,7 @@ int main(void)
     CU_add_test(s, "forged and revoked tokens", test_bad_and_revoked_tokens);
     CU_add_test(s, "send, ack from the report, push to every device", test_send_ack_and_push);
     CU_add_test(s, "refused sends", test_send_failures);
+    CU_add_test(s, "read and delivered cursors, receipts", test_cursors);
     CU_add_test(s, "budget and in-flight cap", test_budget_and_inflight);
     CU_add_test(s, "revoke, drain", test_revoke_drain);
     CU_add_test(s, "expired token and authentication timeout", test_expiry);

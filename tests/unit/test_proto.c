@@ -220,6 +220,115 @@ static void test_records(void)
     free(err);
 }
 
+static void test_cursors(void)
+{
+    pl_frame_t f;
+    const char *why;
+    const char *ok = "{\"type\":\"read\",\"conv\":\"d:alice:bob\",\"seq\":7}";
+    CU_ASSERT_EQUAL_FATAL(pl_frame_parse(ok, strlen(ok), &f, &why), PL_OK);
+    CU_ASSERT_EQUAL(f.type, PL_FRAME_READ);
+    CU_ASSERT_STRING_EQUAL(f.conv, "d:alice:bob");
+    CU_ASSERT_EQUAL(f.seq, 7);
+    pl_frame_clear(&f);
+    const char *own = "{\"type\":\"delivered\",\"conv\":\"u:alice\",\"seq\":9007199254740991}";
+    CU_ASSERT_EQUAL_FATAL(pl_frame_parse(own, strlen(own), &f, &why), PL_OK);
+    CU_ASSERT_EQUAL(f.type, PL_FRAME_DELIVERED);
+    CU_ASSERT_EQUAL(f.seq, PL_SEQ_MAX);
+    pl_frame_clear(&f);
+    const char *bad[] = {
+        "{\"type\":\"read\",\"conv\":\"d:alice:bob\",\"seq\":0}",
+        "{\"type\":\"read\",\"conv\":\"d:alice:bob\",\"seq\":-3}",
+        "{\"type\":\"read\",\"conv\":\"d:alice:bob\",\"seq\":\"7\"}",
+        "{\"type\":\"read\",\"conv\":\"d:alice:bob\",\"seq\":1.5}",
+        "{\"type\":\"read\",\"conv\":\"d:alice:bob\",\"seq\":9007199254740992}",
+        "{\"type\":\"read\",\"conv\":\"x:1\",\"seq\":1}",
+        "{\"type\":\"read\",\"seq\":1}",
+        "{\"type\":\"delivered\",\"conv\":\"d:bob:alice\",\"seq\":1}", /* not in order */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CU_ASSERT_EQUAL(pl_frame_parse(bad[i], strlen(bad[i]), &f, &why), PL_ERR_INVAL);
+        CU_ASSERT_PTR_NOT_NULL(why);
+    }
+    pl_cursor_t c = {"read", "g:0123456789ABCDEFGHJKMNPQRS", "bob", 42, 1700000000123LL, "gw-1", 5};
+    char *rec = pl_cursor_record(&c);
+    pl_cursor_t back;
+    CU_ASSERT_EQUAL_FATAL(pl_cursor_parse(rec, strlen(rec), &back), PL_OK);
+    CU_ASSERT_STRING_EQUAL(back.kind, "read");
+    CU_ASSERT_STRING_EQUAL(back.conv, c.conv);
+    CU_ASSERT_STRING_EQUAL(back.user, "bob");
+    CU_ASSERT_EQUAL(back.seq, 42);
+    CU_ASSERT_EQUAL(back.ts_ms, 1700000000123LL);
+    CU_ASSERT_STRING_EQUAL(back.origin_gw, "gw-1");
+    CU_ASSERT_EQUAL(back.origin_conn, 5);
+    free(rec);
+    const char *junk = "{\"kind\":\"typing\",\"conv\":\"d:a12:b12\",\"user\":\"a12\",\"seq\":1,"
+                       "\"timestamp\":1}";
+    CU_ASSERT_EQUAL(pl_cursor_parse(junk, strlen(junk), &back), PL_ERR_INVAL);
+    char *ack = pl_frame_cursor_ack("read", "d:alice:bob", 3);
+    CU_ASSERT_STRING_EQUAL(
+        ack, "{\"type\":\"ack\",\"cursor\":\"read\",\"conv\":\"d:alice:bob\",\"seq\":3}");
+    free(ack);
+    char *rc = pl_frame_receipt("d:alice:bob", "bob", "delivered", 3);
+    CU_ASSERT_STRING_EQUAL(rc, "{\"type\":\"receipt\",\"conv\":\"d:alice:bob\",\"user\":\"bob\","
+                               "\"kind\":\"delivered\",\"seq\":3}");
+    free(rc);
+}
+
+static void test_changes(void)
+{
+    pl_frame_t f;
+    const char *why;
+    const char *edit = "{\"type\":\"edit\",\"client_id\":\"e1\",\"conv\":\"d:alice:bob\","
+                       "\"target_seq\":4,\"content\":\"fixed\"}";
+    CU_ASSERT_EQUAL_FATAL(pl_frame_parse(edit, strlen(edit), &f, &why), PL_OK);
+    CU_ASSERT_EQUAL(f.type, PL_FRAME_EDIT);
+    CU_ASSERT_EQUAL(f.target_seq, 4);
+    CU_ASSERT_STRING_EQUAL(f.client_id, "e1");
+    CU_ASSERT_EQUAL(f.content_len, 5);
+    pl_frame_clear(&f);
+    const char *recall = "{\"type\":\"recall\",\"client_id\":\"r1\",\"conv\":"
+                         "\"g:0123456789ABCDEFGHJKMNPQRS\",\"target_seq\":9}";
+    CU_ASSERT_EQUAL_FATAL(pl_frame_parse(recall, strlen(recall), &f, &why), PL_OK);
+    CU_ASSERT_EQUAL(f.type, PL_FRAME_RECALL);
+    CU_ASSERT_EQUAL(f.content_len, 0);
+    pl_frame_clear(&f);
+    const char *bad[] = {
+        "{\"type\":\"edit\",\"client_id\":\"e1\",\"conv\":\"d:alice:bob\",\"target_seq\":4}",
+        "{\"type\":\"edit\",\"client_id\":\"e1\",\"conv\":\"d:alice:bob\",\"target_seq\":0,"
+        "\"content\":\"x\"}",
+        "{\"type\":\"recall\",\"conv\":\"d:alice:bob\",\"target_seq\":1}",
+        "{\"type\":\"recall\",\"client_id\":\"r\",\"conv\":\"u:alice\",\"target_seq\":1}",
+        "{\"type\":\"recall\",\"client_id\":\"sys:r\",\"conv\":\"d:alice:bob\",\"target_seq\":1}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CU_ASSERT_EQUAL(pl_frame_parse(bad[i], strlen(bad[i]), &f, &why), PL_ERR_INVAL);
+    }
+    /* target_seq travels in the record and back; an edit without one is not a record */
+    pl_msg_t m;
+    memset(&m, 0, sizeof(m));
+    snprintf(m.msg_id, sizeof(m.msg_id), "%s", "00112233445566778899aabbccddeeff");
+    snprintf(m.conv, sizeof(m.conv), "%s", "d:alice:bob");
+    snprintf(m.sender, sizeof(m.sender), "%s", "alice");
+    snprintf(m.receiver, sizeof(m.receiver), "%s", "bob");
+    snprintf(m.client_id, sizeof(m.client_id), "%s", "e1");
+    snprintf(m.kind, sizeof(m.kind), "%s", PL_KIND_EDIT);
+    m.content = "fixed";
+    m.content_len = 5;
+    m.target_seq = 4;
+    m.seq = 5;
+    char *rec = pl_msg_record(&m);
+    pl_msg_t back;
+    CU_ASSERT_EQUAL_FATAL(pl_msg_parse(rec, strlen(rec), &back), PL_OK);
+    CU_ASSERT_STRING_EQUAL(back.kind, "edit");
+    CU_ASSERT_EQUAL(back.target_seq, 4);
+    pl_msg_clear(&back);
+    free(rec);
+    m.target_seq = 0;
+    rec = pl_msg_record(&m);
+    CU_ASSERT_EQUAL(pl_msg_parse(rec, strlen(rec), &back), PL_ERR_INVAL);
+    free(rec);
+}
+
 static void test_handshake(void)
 {
     const char *why;
@@ -576,6 +685,8 @@ int main(void)
     CU_add_test(s, "records and server frames", test_records);
     CU_add_test(s, "stream item kinds, refusals, who may message whom", test_kinds_and_policy);
     CU_add_test(s, "conversation kinds, group ids, sends to a conversation", test_groups);
+    CU_add_test(s, "read and delivered cursors", test_cursors);
+    CU_add_test(s, "edit and recall frames and records", test_changes);
     CU_add_test(s, "WebSocket handshake", test_handshake);
     CU_add_test(s, "WebSocket frames in", test_ws_rx);
     CU_add_test(s, "WebSocket frames out", test_ws_header);

@@ -1,0 +1,488 @@
+/*
+ * Cursors (see st_cursor.h). The thread holds every record it consumed since the last flush
+ * (at most HOLD_MAX); each chunk is announced at once, one receipt per (conv, user, kind) of
+ * the chunk with its highest seq; the chunk's cursors are merged into a pending table, one
+ * entry per (conv, user); every flush_ms the table is written, one update per entry, and only
+ * then are the held records' offsets stored. A flush that fails keeps everything and is tried
+ * again with a growing backoff; consuming pauses while the hold is full.
+ *
+ * Who sees a receipt (DESIGN 7.5, guarantee 9): the reader's other devices always; the other
+ * members when the reader's settings.read_receipts is not false, in a 1:1 conversation with no
+ * block between the two, in a group of at most share_max members, never the users the
+ * reader's contact_lists document lists as blocked either way ("except", filtered by the
+ * gateways). Decided from documents read by _id once per chunk.
+ */
+#include "st_cursor.h"
+#include "parley/consume.h"
+#include "parley/enc.h"
+#include "parley/err.h"
+#include "parley/kafka.h"
+#include "parley/log.h"
+#include "parley/proto.h"
+#include "parley/wire.h"
+#include "st_group.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HOLD_MAX      20000
+#define CHUNK_MAX     500
+#define PENDING_BKTS  4096
+#define CONV_CACHE    65536
+#define CONTACT_LISTS "contact_lists"
+
+typedef struct pending_s {
+    struct pending_s *next;
+    char conv[PL_CONV_ID_LEN];
+    char user[PL_USERNAME_LEN];
+    long long read, delivered;
+} pending_t;
+
+/* A conversation's last seq as last read, the bound of its cursors. */
+typedef struct conv_s {
+    struct conv_s *next;
+    char conv[PL_CONV_ID_LEN];
+    long long last;
+} conv_t;
+
+struct st_cursors_s {
+    st_cursors_cfg_t cfg;
+    pl_kafka_t *consumer, *producer;
+    pthread_t thread;
+    int started;
+    atomic_int stop;
+    pl_kafka_rec_t *held;
+    size_t nheld;
+    pending_t *pending[PENDING_BKTS];
+    size_t npending;
+    int redo; /* a cursor could not be made pending: settle() re-reads the held records */
+    conv_t *convs[PENDING_BKTS];
+    size_t nconvs;
+    pl_metric_t *m_cursors, *m_writes, *m_receipts, *m_invalid, *m_flush_failed;
+};
+
+/* ---- the conversations' bounds ---- */
+
+static void convs_forget(st_cursors_t *c)
+{
+    for (size_t b = 0; b < PENDING_BKTS; b++) {
+        while (c->convs[b] != NULL) {
+            conv_t *v = c->convs[b];
+            c->convs[b] = v->next;
+            free(v);
+        }
+    }
+    c->nconvs = 0;
+}
+
+/* The highest seq conv has (0: none), read again when seq is past what was known. */
+static int conv_last(st_cursors_t *c, const char *conv, long long seq, long long *last)
+{
+    size_t b = pl_hash_str(conv) % PENDING_BKTS;
+    conv_t *v = c->convs[b];
+    while (v != NULL && strcmp(v->conv, conv) != 0) {
+        v = v->next;
+    }
+    if (v != NULL && seq <= v->last) {
+        *last = v->last;
+        return PL_OK;
+    }
+    bson_t *doc = NULL;
+    bson_iter_t it;
+    int rc = pl_mongo_find_id(c->cfg.mongo, "conversations", conv, &doc);
+    if (rc != PL_OK && rc != PL_ERR_NOTFOUND) {
+        return rc;
+    }
+    *last = doc && bson_iter_init_find(&it, doc, "last_seq") && BSON_ITER_HOLDS_NUMBER(&it)
+                ? bson_iter_as_int64(&it)
+                : 0;
+    bson_destroy(doc);
+    if (v == NULL) {
+        if (c->nconvs >= CONV_CACHE) {
+            convs_forget(c);
+            b = pl_hash_str(conv) % PENDING_BKTS;
+        }
+        if ((v = calloc(1, sizeof(*v))) == NULL) {
+            return PL_OK;
+        }
+        snprintf(v->conv, sizeof(v->conv), "%s", conv);
+        v->next = c->convs[b];
+        c->convs[b] = v;
+        c->nconvs++;
+    }
+    v->last = *last;
+    return PL_OK;
+}
+
+/* ---- who sees a receipt ---- */
+
+static int doc_bool(const bson_t *doc, const char *path, int def)
+{
+    bson_iter_t root, it;
+    if (doc != NULL && bson_iter_init(&root, doc) && bson_iter_find_descendant(&root, path, &it) &&
+        BSON_ITER_HOLDS_BOOL(&it)) {
+        return bson_iter_bool(&it);
+    }
+    return def;
+}
+
+/* The users of the array at key of doc, as a new JSON array. */
+static json_t *doc_users(const bson_t *doc, const char *key)
+{
+    json_t *out = json_array();
+    bson_iter_t it, arr;
+    if (doc != NULL && bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_ARRAY(&it) &&
+        bson_iter_recurse(&it, &arr)) {
+        while (bson_iter_next(&arr)) {
+            if (BSON_ITER_HOLDS_UTF8(&arr)) {
+                json_array_append_new(out, json_string(bson_iter_utf8(&arr, NULL)));
+            }
+        }
+    }
+    return out;
+}
+
+static int find_opt(st_cursors_t *c, const char *coll, const char *id, bson_t **doc)
+{
+    int rc = pl_mongo_find_id(c->cfg.mongo, coll, id, doc);
+    if (rc == PL_ERR_NOTFOUND) {
+        *doc = NULL;
+        return PL_OK;
+    }
+    return rc;
+}
+
+/* Whether cur's receipt goes to the other members, and whom to leave out (*except, new). */
+static int share_of(st_cursors_t *c, const pl_cursor_t *cur, int *share, json_t **except)
+{
+    bson_t *user = NULL, *other = NULL;
+    *share = 0;
+    *except = NULL;
+    int kind = pl_conv_kind(cur->conv);
+    if (kind == 'u') {
+        return PL_OK;
+    }
+    int rc = find_opt(c, "users", cur->user, &user);
+    if (rc != PL_OK || !doc_bool(user, "settings.read_receipts", 1)) {
+        bson_destroy(user);
+        return rc;
+    }
+    bson_destroy(user);
+    if (kind == 'd') {
+        /* The pair's contacts document has the 1:1 conversation's id. */
+        rc = find_opt(c, "contacts", cur->conv, &other);
+        bson_iter_t it, arr;
+        *share = rc == PL_OK && !(other && bson_iter_init_find(&it, other, "blocks") &&
+                                  BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &arr) &&
+                                  bson_iter_next(&arr));
+        bson_destroy(other);
+        return rc;
+    }
+    rc = find_opt(c, ST_GROUPS, cur->conv, &other);
+    bson_iter_t it;
+    long long count =
+        other && bson_iter_init_find(&it, other, "member_count") && BSON_ITER_HOLDS_NUMBER(&it)
+            ? bson_iter_as_int64(&it)
+            : 0;
+    bson_destroy(other);
+    if (rc != PL_OK || count > c->cfg.share_max) {
+        return rc;
+    }
+    other = NULL;
+    rc = find_opt(c, CONTACT_LISTS, cur->user, &other);
+    if (rc == PL_OK) {
+        *share = 1;
+        *except = doc_users(other, "blocked");
+    }
+    bson_destroy(other);
+    return rc;
+}
+
+/* Produces cur's receipt to parley.committed for the router. Best effort: the cursor itself
+ * is durable, and a device that missed the push reads read_seq in the conversation list. */
+static void announce(st_cursors_t *c, const pl_cursor_t *cur)
+{
+    int share = 0;
+    json_t *except = NULL;
+    if (share_of(c, cur, &share, &except) != PL_OK) {
+        json_decref(except);
+        return;
+    }
+    json_t *o =
+        json_pack("{s:s,s:s,s:s,s:s,s:I,s:b,s:{s:s,s:I}}", "type", "receipt", "kind", cur->kind,
+                  "conv", cur->conv, "user", cur->user, "seq", (json_int_t)cur->seq, "share", share,
+                  "origin", "gateway", cur->origin_gw, "conn", (json_int_t)cur->origin_conn);
+    if (o != NULL && json_array_size(except) > 0) {
+        json_object_set(o, "except", except);
+    }
+    json_decref(except);
+    char *rec = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (rec != NULL && pl_kafka_produce(c->producer, PL_TOPIC_COMMITTED, cur->conv,
+                                        strlen(cur->conv), rec, strlen(rec), NULL) == PL_OK) {
+        pl_metric_inc(c->m_receipts);
+    }
+    free(rec);
+}
+
+/* ---- the pending table ---- */
+
+static size_t pending_bucket(const char *conv, const char *user)
+{
+    return (pl_hash_str(conv) * 31 + pl_hash_str(user)) % PENDING_BKTS;
+}
+
+static void pending_add(st_cursors_t *c, const pl_cursor_t *cur)
+{
+    size_t b = pending_bucket(cur->conv, cur->user);
+    pending_t *p = c->pending[b];
+    while (p != NULL && (strcmp(p->conv, cur->conv) != 0 || strcmp(p->user, cur->user) != 0)) {
+        p = p->next;
+    }
+    if (p == NULL) {
+        if ((p = calloc(1, sizeof(*p))) == NULL) {
+            c->redo = 1; /* the next settle takes every held record again */
+            return;
+        }
+        snprintf(p->conv, sizeof(p->conv), "%s", cur->conv);
+        snprintf(p->user, sizeof(p->user), "%s", cur->user);
+        p->next = c->pending[b];
+        c->pending[b] = p;
+        c->npending++;
+    }
+    long long *at = strcmp(cur->kind, PL_CURSOR_READ) == 0 ? &p->read : &p->delivered;
+    if (cur->seq > *at) {
+        *at = cur->seq;
+    }
+}
+
+/* One $max update of p's members document: upserted for a 1:1 or own stream, never created
+ * for a group (its documents are the store's membership records; a cursor of someone whose
+ * document is missing is dropped). */
+static int write_one(st_cursors_t *c, pending_t *p)
+{
+    long long last = 0;
+    long long top = p->read > p->delivered ? p->read : p->delivered;
+    int rc = conv_last(c, p->conv, top, &last);
+    if (rc != PL_OK) {
+        return rc;
+    }
+    long long read = p->read < last ? p->read : last;
+    long long delivered = p->delivered < last ? p->delivered : last;
+    delivered = delivered > read ? delivered : read; /* read implies received */
+    if (delivered <= 0) {
+        return PL_OK;
+    }
+    char id[2 * PL_CONV_ID_LEN];
+    snprintf(id, sizeof(id), "%s|%s", p->conv, p->user);
+    bson_t filter = BSON_INITIALIZER, upd = BSON_INITIALIZER, max, set;
+    BSON_APPEND_UTF8(&filter, "_id", id);
+    BSON_APPEND_DOCUMENT_BEGIN(&upd, "$max", &max);
+    if (read > 0) {
+        BSON_APPEND_INT64(&max, "read_seq", read);
+    }
+    BSON_APPEND_INT64(&max, "delivered_seq", delivered);
+    bson_append_document_end(&upd, &max);
+    int group = pl_conv_kind(p->conv) == 'g';
+    if (!group) {
+        BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
+        BSON_APPEND_UTF8(&set, "conv", p->conv);
+        BSON_APPEND_UTF8(&set, "user", p->user);
+        bson_append_document_end(&upd, &set);
+    }
+    rc = pl_mongo_update_one(c->cfg.mongo, ST_MEMBERS, &filter, &upd, !group, NULL);
+    bson_destroy(&filter);
+    bson_destroy(&upd);
+    if (rc == PL_OK) {
+        pl_metric_inc(c->m_writes);
+    }
+    return rc;
+}
+
+/* Writes every pending entry; each written one leaves the table. PL_OK when all are. */
+static int flush(st_cursors_t *c)
+{
+    int rc = PL_OK;
+    for (size_t b = 0; b < PENDING_BKTS && rc == PL_OK; b++) {
+        while (c->pending[b] != NULL && rc == PL_OK) {
+            pending_t *p = c->pending[b];
+            rc = write_one(c, p);
+            if (rc == PL_OK) {
+                c->pending[b] = p->next;
+                free(p);
+                c->npending--;
+            }
+        }
+    }
+    return rc;
+}
+
+/* ---- the thread ---- */
+
+static int by_key_seq(const void *a, const void *b)
+{
+    const pl_cursor_t *x = a, *y = b;
+    int d = strcmp(x->conv, y->conv);
+    d = d ? d : strcmp(x->user, y->user);
+    d = d ? d : strcmp(x->kind, y->kind);
+    return d ? d : (x->seq < y->seq ? -1 : x->seq > y->seq);
+}
+
+/* A chunk just consumed: parsed, bounded, announced (highest per key), made pending. */
+static void take(st_cursors_t *c, const pl_kafka_rec_t *recs, size_t n)
+{
+    pl_cursor_t *cur = calloc(n, sizeof(*cur));
+    size_t k = 0;
+    if (cur == NULL) {
+        c->redo = 1;
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (pl_cursor_parse(recs[i].value, recs[i].vlen, &cur[k]) != PL_OK) {
+            pl_metric_inc(c->m_invalid);
+            continue;
+        }
+        pl_metric_inc(c->m_cursors);
+        pending_add(c, &cur[k]);
+        k++;
+    }
+    qsort(cur, k, sizeof(*cur), by_key_seq);
+    for (size_t i = 0; i < k; i++) {
+        int last_of_key = i + 1 == k || strcmp(cur[i].conv, cur[i + 1].conv) != 0 ||
+                          strcmp(cur[i].user, cur[i + 1].user) != 0 ||
+                          strcmp(cur[i].kind, cur[i + 1].kind) != 0;
+        long long bound = 0;
+        if (last_of_key && conv_last(c, cur[i].conv, cur[i].seq, &bound) == PL_OK && bound > 0) {
+            cur[i].seq = cur[i].seq < bound ? cur[i].seq : bound;
+            announce(c, &cur[i]);
+        }
+    }
+    free(cur);
+}
+
+/* Writes the pending cursors and, once all are written, stores the held records' offsets. */
+static int settle(st_cursors_t *c)
+{
+    if (c->redo) {
+        c->redo = 0;
+        for (size_t i = 0; i < c->nheld; i++) {
+            pl_cursor_t cur;
+            if (pl_cursor_parse(c->held[i].value, c->held[i].vlen, &cur) == PL_OK) {
+                pending_add(c, &cur);
+            }
+        }
+        if (c->redo) {
+            return PL_ERR_NOMEM;
+        }
+    }
+    int rc = flush(c);
+    if (rc == PL_OK) {
+        pl_kafka_store_offsets(c->consumer, c->held, c->nheld);
+        pl_kafka_release(c->held, c->nheld);
+        c->nheld = 0;
+    }
+    return rc;
+}
+
+static void *run(void *arg)
+{
+    st_cursors_t *c = arg;
+    long long first_ms = 0, retry_ms = 0;
+    int failures = 0;
+    while (!atomic_load(&c->stop)) {
+        size_t room = HOLD_MAX - c->nheld;
+        long n = room == 0 ? 0
+                           : pl_kafka_consume(c->consumer, c->held + c->nheld,
+                                              room < CHUNK_MAX ? room : CHUNK_MAX, 100);
+        if (n > 0) {
+            first_ms = c->nheld == 0 ? pl_now_ms() : first_ms;
+            take(c, c->held + c->nheld, (size_t)n);
+            c->nheld += (size_t)n;
+        }
+        pl_kafka_poll(c->producer, room == 0 ? 50 : 0);
+        long long now = pl_now_ms();
+        if (c->nheld > 0 && now - first_ms >= c->cfg.flush_ms && now >= retry_ms) {
+            if (settle(c) == PL_OK) {
+                failures = 0;
+            } else {
+                pl_metric_inc(c->m_flush_failed);
+                retry_ms = now + pl_consume_backoff_ms(++failures);
+                pl_log_warn("cursor_flush_failed", "%zu cursors not written; retrying",
+                            c->npending);
+            }
+        }
+    }
+    if (c->nheld > 0 && settle(c) != PL_OK) {
+        /* Unstored: read again after the restart and written then. */
+        pl_kafka_release(c->held, c->nheld);
+        c->nheld = 0;
+    }
+    pl_kafka_flush(c->producer, 5000);
+    return NULL;
+}
+
+int st_cursors_start(const st_cursors_cfg_t *cfg, st_cursors_t **out)
+{
+    *out = NULL;
+    st_cursors_t *c = calloc(1, sizeof(*c));
+    if (c == NULL || (c->held = calloc(HOLD_MAX, sizeof(*c->held))) == NULL) {
+        free(c);
+        return PL_ERR_NOMEM;
+    }
+    c->cfg = *cfg;
+    c->cfg.flush_ms = cfg->flush_ms > 0 ? cfg->flush_ms : 1000;
+    pl_metrics_t *m = cfg->metrics;
+    c->m_cursors = pl_metrics_counter(m, "parley_store_cursors_total",
+                                      "Read and delivered cursors consumed", NULL);
+    c->m_writes = pl_metrics_counter(m, "parley_store_cursor_writes_total",
+                                     "Cursor writes to members documents (coalesced)", NULL);
+    c->m_receipts = pl_metrics_counter(m, "parley_store_receipts_total",
+                                       "Receipts produced for the router", NULL);
+    c->m_invalid = pl_metrics_counter(m, "parley_store_cursor_invalid_total",
+                                      "Cursor records skipped as malformed", NULL);
+    c->m_flush_failed = pl_metrics_counter(m, "parley_store_cursor_flush_failures_total",
+                                           "Cursor flushes that failed (retried)", NULL);
+    int rc = pl_kafka_producer_new(cfg->brokers, NULL, NULL, NULL, &c->producer);
+    if (rc == PL_OK) {
+        rc = pl_kafka_consumer_new(cfg->brokers, cfg->group, PL_TOPIC_CURSORS, NULL, &c->consumer);
+    }
+    if (rc == PL_OK && pthread_create(&c->thread, NULL, run, c) != 0) {
+        rc = PL_ERR_NOMEM;
+    }
+    if (rc != PL_OK) {
+        st_cursors_stop(&c);
+        return rc;
+    }
+    c->started = 1;
+    *out = c;
+    return PL_OK;
+}
+
+void st_cursors_stop(st_cursors_t **pc)
+{
+    if (pc == NULL || *pc == NULL) {
+        return;
+    }
+    st_cursors_t *c = *pc;
+    atomic_store(&c->stop, 1);
+    if (c->started) {
+        pthread_join(c->thread, NULL);
+    }
+    pl_kafka_release(c->held, c->nheld);
+    for (size_t b = 0; b < PENDING_BKTS; b++) {
+        while (c->pending[b] != NULL) {
+            pending_t *p = c->pending[b];
+            c->pending[b] = p->next;
+            free(p);
+        }
+    }
+    convs_forget(c);
+    pl_kafka_free(&c->consumer);
+    pl_kafka_free(&c->producer);
+    free(c->held);
+    free(c);
+    *pc = NULL;
+}
