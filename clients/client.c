@@ -460,10 +460,16 @@ int pc_send(pc_client_t *c, const char *to, const char *content, const char *cli
     /* A conversation id (d:…, g:…) goes as conv, a username as to. */
     json_t *f = json_pack("{s:s,s:s,s:s,s:s}", "type", "send", "client_id", client_id,
                           pl_conv_kind(to) ? "conv" : "to", to, "content", content);
-    char *text = f ? json_dumps(f, JSON_COMPACT) : NULL;
+    int rc = f ? pc_send_frame(c, f) : PL_ERR_INVAL;
     json_decref(f);
+    return rc;
+}
+
+int pc_send_frame(pc_client_t *c, json_t *frame)
+{
+    char *text = c->ws != NULL ? json_dumps(frame, JSON_COMPACT) : NULL;
     if (text == NULL) {
-        return PL_ERR_INVAL;
+        return c->ws == NULL ? PL_ERR_UNAVAIL : PL_ERR_INVAL;
     }
     struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)text, strlen(text)};
     int rc = wslay_event_queue_msg(c->ws, &m) == 0 ? flush(c) : PL_ERR_UNAVAIL;

@@ -42,6 +42,9 @@ const char *pc_gateway(const pc_client_t *c);
 int pc_send(pc_client_t *c, const char *to, const char *content, const char *client_id,
             char cid_out[65]);
 
+/* Sends any client frame (read, typing, edit, recall, …) as JSON (borrowed). PL_OK or an error. */
+int pc_send_frame(pc_client_t *c, json_t *frame);
+
 /*
  * Waits up to timeout_ms for frames and handles them: pushed messages go through
  * de-duplication and gap filling to on_msg; acks and errors go to on_frame (may be NULL).

@@ -300,20 +300,91 @@ static void describe_event(json_t *ev, const char *sender, char *out, size_t cap
     }
 }
 
+/* What a chat follows besides the messages: the user's own last item (for /edit, /recall and
+ * the receipts shown under it), how far the others have received and read it, the latest seq
+ * shown (sent back as a read cursor), and who is typing. */
+struct chat {
+    const char *me;
+    char conv[PL_CONV_ID_LEN];
+    long long own, latest, read_sent, shown_delivered, shown_read;
+    char typing[PL_USERNAME_MAX + 1];
+};
+
+/* What the frames of a send or a chat report to (the ud of print_msg and on_frame). */
+struct send_wait {
+    char cid[65];
+    int done;
+    int failed;
+    const char *peer;  /* chat: whose presence to show */
+    struct chat *chat; /* chat: receipts, typing, the user's last item */
+};
+
 static void print_msg(void *ud, json_t *m)
 {
-    (void)ud;
+    struct send_wait *w = ud;
+    struct chat *ch = w != NULL ? w->chat : NULL;
     char when[32];
     fmt_time(json_string_value(json_object_get(m, "timestamp")), when, sizeof(when));
     const char *kind = json_string_value(json_object_get(m, "kind"));
-    if (kind != NULL && strcmp(kind, PL_KIND_SYSTEM) == 0) {
+    const char *sender = json_string_value(json_object_get(m, "sender"));
+    const char *content = json_string_value(json_object_get(m, "content"));
+    long long seq = json_integer_value(json_object_get(m, "seq"));
+    long long target = json_integer_value(json_object_get(m, "target_seq"));
+    kind = kind ? kind : PL_KIND_TEXT;
+    if (strcmp(kind, PL_KIND_SYSTEM) == 0) {
         char what[512];
-        describe_event(json_object_get(m, "event"), json_string_value(json_object_get(m, "sender")),
-                       what, sizeof(what));
+        describe_event(json_object_get(m, "event"), sender, what, sizeof(what));
         printf("[%s] -- %s --\n", when, what);
+    } else if (strcmp(kind, PL_KIND_EDIT) == 0) {
+        printf("[%s] %s edited a message (#%lld): %s\n", when, sender, target, content);
+    } else if (strcmp(kind, PL_KIND_RECALL) == 0) {
+        printf("[%s] -- %s recalled a message (#%lld) --\n", when, sender, target);
     } else {
-        printf("[%s] %s: %s\n", when, json_string_value(json_object_get(m, "sender")),
-               json_string_value(json_object_get(m, "content")));
+        int recalled = json_is_true(json_object_get(m, "recalled"));
+        printf("[%s] %s: %s%s\n", when, sender, recalled ? "(recalled)" : content,
+               json_object_get(m, "edited_at") && !recalled ? " (edited)" : "");
+    }
+    fflush(stdout);
+    const char *conv = json_string_value(json_object_get(m, "conv"));
+    if (ch != NULL && conv != NULL && strcmp(conv, ch->conv) == 0) {
+        ch->latest = seq > ch->latest ? seq : ch->latest;
+        if (sender != NULL && strcmp(sender, ch->me) == 0 && strcmp(kind, PL_KIND_TEXT) == 0) {
+            ch->own = seq;
+        }
+        if (sender != NULL && strcmp(sender, ch->typing) == 0) {
+            ch->typing[0] = '\0'; /* their message ends their typing */
+        }
+    }
+}
+
+/* A receipt or a typing frame of the chat's conversation, shown under the user's last item. */
+static void chat_frame(struct chat *ch, json_t *f, const char *type)
+{
+    const char *user = json_string_value(json_object_get(f, "user"));
+    const char *conv = json_string_value(json_object_get(f, "conv"));
+    if (ch == NULL || user == NULL || conv == NULL || strcmp(conv, ch->conv) != 0 ||
+        strcmp(user, ch->me) == 0) {
+        return;
+    }
+    if (strcmp(type, "typing") == 0) {
+        int start = strcmp(json_string_value(json_object_get(f, "state")) ?: "", "start") == 0;
+        if (start && strcmp(ch->typing, user) != 0) {
+            fprintf(stderr, "-- %s is typing… --\n", user);
+        }
+        snprintf(ch->typing, sizeof(ch->typing), "%s", start ? user : "");
+        return;
+    }
+    const char *kind = json_string_value(json_object_get(f, "kind"));
+    long long seq = json_integer_value(json_object_get(f, "seq"));
+    if (ch->own == 0 || seq < ch->own || kind == NULL) {
+        return;
+    }
+    if (strcmp(kind, "read") == 0 && ch->shown_read < ch->own) {
+        printf("   ✓✓ read by %s\n", user);
+        ch->shown_read = ch->shown_delivered = ch->own;
+    } else if (strcmp(kind, "delivered") == 0 && ch->shown_delivered < ch->own) {
+        printf("   ✓ delivered\n");
+        ch->shown_delivered = ch->own;
     }
     fflush(stdout);
 }
@@ -370,13 +441,6 @@ static int cmd_logout(void)
     return status == 204 ? 0 : 1;
 }
 
-struct send_wait {
-    char cid[65];
-    int done;
-    int failed;
-    const char *peer; /* chat: whose presence to show */
-};
-
 /* "-- bob is online --" or "-- bob is offline (last seen 14:02) --". */
 static void print_presence(const char *user, const char *status, const char *last_seen)
 {
@@ -393,6 +457,10 @@ static void on_frame(void *ud, json_t *f)
     struct send_wait *w = ud;
     const char *type = json_string_value(json_object_get(f, "type"));
     const char *cid = json_string_value(json_object_get(f, "client_id"));
+    if (type != NULL && (strcmp(type, "receipt") == 0 || strcmp(type, "typing") == 0)) {
+        chat_frame(w->chat, f, type);
+        return;
+    }
     if (type != NULL && strcmp(type, "presence") == 0) {
         const char *user = json_string_value(json_object_get(f, "user"));
         if (w->peer != NULL && user != NULL && strcmp(user, w->peer) == 0) {
@@ -530,6 +598,47 @@ static void chat_intro_group(pc_client_t *c, const char *conv)
     json_decref(resp);
 }
 
+/* "/edit <text>" and "/recall" act on the user's last message of the chat: 1 when line was
+ * one of them (sent or refused here), 0 for a line to send as a message. */
+static int chat_command(pc_client_t *c, struct chat *ch, const char *line)
+{
+    int edit = strncmp(line, "/edit ", 6) == 0 && line[6] != '\0';
+    if (!edit && strcmp(line, "/recall") != 0) {
+        return 0;
+    }
+    if (ch->own == 0) {
+        fprintf(stderr, "-- nothing of yours to %s here yet --\n", edit ? "edit" : "recall");
+        return 1;
+    }
+    char cid[33];
+    pl_random_hex(cid, 16);
+    json_t *f = json_pack("{s:s,s:s,s:s,s:I}", "type", edit ? PL_KIND_EDIT : PL_KIND_RECALL,
+                          "client_id", cid, "conv", ch->conv, "target_seq", (json_int_t)ch->own);
+    if (f != NULL && edit) {
+        json_object_set_new(f, "content", json_string(line + 6));
+    }
+    if (f == NULL || pc_send_frame(c, f) != PL_OK) {
+        fprintf(stderr, "-- not sent; try again --\n");
+    }
+    json_decref(f);
+    return 1;
+}
+
+/* Tells the server how far this terminal has shown the conversation (a read cursor), once per
+ * new item shown: the others see ✓✓ and every device of the user loses the unread badge. */
+static void chat_read(pc_client_t *c, struct chat *ch)
+{
+    if (ch->latest <= ch->read_sent) {
+        return;
+    }
+    json_t *f =
+        json_pack("{s:s,s:s,s:I}", "type", "read", "conv", ch->conv, "seq", (json_int_t)ch->latest);
+    if (f != NULL && pc_send_frame(c, f) == PL_OK) {
+        ch->read_sent = ch->latest;
+    }
+    json_decref(f);
+}
+
 static int cmd_chat(int argc, char **argv)
 {
     if (argc < 1) {
@@ -538,6 +647,14 @@ static int cmd_chat(int argc, char **argv)
     char peer[PL_USERNAME_MAX + 1], conv[PL_CONV_ID_LEN];
     chat_target(argv[0], peer, conv);
     pc_client_t *c = client(1);
+    struct send_wait w;
+    struct chat ch;
+    memset(&w, 0, sizeof(w));
+    memset(&ch, 0, sizeof(ch));
+    w.peer = *peer ? peer : NULL;
+    w.chat = &ch;
+    ch.me = sget("username");
+    snprintf(ch.conv, sizeof(ch.conv), "%s", conv);
     /* Show the last messages, then follow live from there. */
     char path[256];
     int status;
@@ -548,7 +665,7 @@ static int cmd_chat(int argc, char **argv)
         json_t *m;
         json_array_foreach(json_object_get(resp, "messages"), i, m)
         {
-            print_msg(NULL, m);
+            print_msg(&w, m);
             pc_set_seen(c, conv, json_integer_value(json_object_get(m, "seq")));
         }
     }
@@ -558,9 +675,6 @@ static int cmd_chat(int argc, char **argv)
     } else {
         chat_intro_group(c, conv);
     }
-    struct send_wait w;
-    memset(&w, 0, sizeof(w));
-    w.peer = *peer ? peer : NULL;
     int backoff = 1;
     for (;;) {
         if (connect_ws(c) != PL_OK) {
@@ -570,7 +684,7 @@ static int cmd_chat(int argc, char **argv)
             continue;
         }
         backoff = 1;
-        pc_sync(c, print_msg, NULL); /* whatever arrived while away, in order, once */
+        pc_sync(c, print_msg, &w); /* whatever arrived while away, in order, once */
         for (;;) {
             struct pollfd p[2] = {{.fd = STDIN_FILENO, .events = POLLIN},
                                   {.fd = pc_fd(c), .events = POLLIN}};
@@ -582,7 +696,7 @@ static int cmd_chat(int argc, char **argv)
                     return 0;
                 }
                 line[strcspn(line, "\n")] = '\0';
-                if (*line) {
+                if (!chat_command(c, &ch, line) && *line) {
                     pc_send(c, *peer ? peer : conv, line, NULL, w.cid);
                 }
             }
@@ -590,6 +704,7 @@ static int cmd_chat(int argc, char **argv)
                 fprintf(stderr, "-- connection closed (%d); reconnecting --\n", pc_close_code(c));
                 break;
             }
+            chat_read(c, &ch);
         }
     }
 }

@@ -95,6 +95,54 @@ def test_cli_chat_two_terminals(tmp_path):
         assert time.strftime("%H:", time.gmtime()) in lines[0] or lines[0][1:3].isdigit()
 
 
+def test_cli_chat_receipts_typing_edit_recall(tmp_path):
+    """parley chat sends a read cursor for what it shows, prints ✓✓ under the user's last
+    message when the other side read it, "… is typing…", and /edit and /recall act on the
+    user's last message."""
+    import asyncio
+    import json
+
+    from wsclient import Chat
+
+    a, b = unique_name("chr"), unique_name("chr")
+    ha, hb = two_logged_in(tmp_path, a, b)
+    binary = os.path.join(os.environ["PARLEY_BIN"], "parley")
+    pa = subprocess.Popen([binary, "chat", b], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=chat_env(ha))
+    pb = subprocess.Popen([binary, "chat", a], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=chat_env(hb))
+    time.sleep(1.5)
+    pa.stdin.write("helo\n")
+    pa.stdin.flush()
+    time.sleep(1.5)  # b shows it, and tells the server it has read it
+
+    async def typing():
+        token = json.load(open(os.path.join(hb, "session.json")))["access_token"]
+        dev = await Chat.connect(token)
+        conv = "d:" + ":".join(sorted((a, b)))
+        await dev.ws.send(json.dumps({"type": "typing", "conv": conv, "state": "start"}))
+        await asyncio.sleep(1.0)
+        await dev.close()
+
+    asyncio.run(typing())
+    for line in ("/edit hello", "/recall"):
+        pa.stdin.write(line + "\n")
+        pa.stdin.flush()
+        time.sleep(1.5)
+    out_a, err_a = pa.communicate(timeout=10)
+    out_b, _ = pb.communicate(timeout=10)
+    assert "   ✓✓ read by " + b in out_a.splitlines(), out_a
+    assert f"-- {b} is typing… --" in err_a.splitlines(), err_a
+    shown = [l.split("] ", 1)[1] for l in out_b.splitlines() if l.startswith("[")]
+    assert shown == [f"{a}: helo", f"{a} edited a message (#1): hello",
+                     f"-- {a} recalled a message (#1) --"], out_b
+    # History as a later chat shows it: the message recalled, its edit's words gone too.
+    again = subprocess.run([binary, "chat", a], input="", capture_output=True, text=True,
+                           env=chat_env(hb), timeout=15)
+    shown = [l.split("] ", 1)[1] for l in again.stdout.splitlines() if l.startswith("[")]
+    assert shown[0] == f"{a}: (recalled)" and "hello" not in again.stdout, again.stdout
+
+
 def test_cli_contacts_and_blocks(tmp_path):
     a, b = unique_name("clc"), unique_name("clc")
     ha, hb = two_logged_in(tmp_path, a, b)
