@@ -10,7 +10,7 @@ WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 C_SOURCES = $(shell find include libs services tests clients -name '*.[ch]' 2>/dev/null)
 
 .PHONY: all deps build asan run up down status test format format-check lint unit unit-asan \
-        integration faults faults-groups chaos deploy-check compose-test fuzz fuzz-smoke bench bench-presence bench-groups clean
+        integration faults faults-groups chaos deploy-check compose-test fuzz fuzz-smoke bench bench-presence bench-groups bench-receipts clean
 
 all: build
 
@@ -105,6 +105,7 @@ bench: build
 	@python3 bench/run.py
 	@python3 bench/presence.py
 	@python3 bench/groups.py
+	@python3 bench/receipts.py
 
 # A login storm of users with many contacts over 3 gateways: presence frames per second, ready
 # to the contacts' online frame (p50/p99), Redis commands per change (bench/presence.py).
@@ -116,6 +117,11 @@ bench-presence: build
 # (bench/groups.py).
 bench-groups: build
 	@python3 bench/groups.py
+
+# Read receipts at 1,000 messages/s, every recipient reading every message, against the same
+# steps without: send->deliver p99, cursor writes to MongoDB per second (bench/receipts.py).
+bench-receipts: build
+	@python3 bench/receipts.py
 
 test: deps format-check lint deploy-check unit unit-asan fuzz-smoke integration faults
 	@echo "make test: all checks passed"

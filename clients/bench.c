@@ -103,8 +103,9 @@ static double h_pct(const hist_t *h, double p)
 typedef struct {
     int final;
     uint64_t opened, ready, failed, sent, acked, delivered, echoed, errors, rate_limited, closed;
-    double connect_seconds; /* connect mode: first connect to last ready */
-    hist_t ack, deliver;    /* only in the final report */
+    uint64_t reads, read_acks, receipts; /* --receipts */
+    double connect_seconds;              /* connect mode: first connect to last ready */
+    hist_t ack, deliver;                 /* only in the final report */
 } report_t;
 
 /* ---- options ---- */
@@ -129,6 +130,7 @@ static struct {
     int senders;      /* group mode: senders per worker */
     int ports[16];    /* connection i goes to ports[i % nports] (default: port) */
     int nports;
+    int receipts; /* every delivered message is answered with a read frame */
 } opt = {.host = "127.0.0.1",
          .port = 8080,
          .conns = 100,
@@ -220,6 +222,22 @@ static uint64_t cid_time(const char *cid)
     return p ? strtoull(p + 1, NULL, 10) : 0;
 }
 
+static void c_interest(conn_t *c);
+
+/* --receipts: the reader tells the server it has read msg, as a client showing it would. */
+static void send_read(conn_t *c, json_t *msg)
+{
+    char text[160];
+    int n = snprintf(text, sizeof(text), "{\"type\":\"read\",\"conv\":\"%s\",\"seq\":%lld}",
+                     json_string_value(json_object_get(msg, "conv")),
+                     (long long)json_integer_value(json_object_get(msg, "seq")));
+    struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)text, (size_t)n};
+    if (n > 0 && (size_t)n < sizeof(text) && wslay_event_queue_msg(c->ws, &m) == 0) {
+        rep.reads++;
+        c_interest(c);
+    }
+}
+
 static void c_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_recv_arg *arg,
                   void *ud)
 {
@@ -238,6 +256,10 @@ static void c_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_re
     const char *cid = json_string_value(json_object_get(j, "client_id"));
     if (type == NULL) {
         /* nothing */
+    } else if (strcmp(type, "ack") == 0 && json_object_get(j, "cursor") != NULL) {
+        rep.read_acks++;
+    } else if (strcmp(type, "receipt") == 0) {
+        rep.receipts++;
     } else if (strcmp(type, "ready") == 0) {
         c->state = C_OPEN;
         rep.ready++;
@@ -255,6 +277,9 @@ static void c_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_re
             uint64_t due = cid_time(cid);
             rep.delivered++;
             h_add(&rep.deliver, t > due ? t - due : 0);
+            if (opt.receipts) {
+                send_read(c, j);
+            }
         }
     } else if (strcmp(type, "error") == 0) {
         const char *code = json_string_value(json_object_get(j, "code"));
@@ -620,6 +645,7 @@ static void usage(void)
         "         [--ports P1,P2,..] [--conns N] [--procs P] [--rate MSGS_PER_S] [--seconds S]\n"
         "         [--warmup S] [--drain S] [--size BYTES] [--conv g:ID] [--senders N]\n"
         "         [--prefix NAME] [--first-user I] [--key PEM] [--src 127.0.0.2,127.0.0.3]\n"
+        "         [--receipts]\n"
         "Users <prefix><7 digits> must exist; each sends to its pair (i xor 1), or in group\n"
         "mode to the group --conv, of which they must be members.\n");
 }
@@ -627,12 +653,25 @@ static void usage(void)
 int main(int argc, char **argv)
 {
     static const struct option longs[] = {
-        {"mode", 1, 0, 'm'},       {"host", 1, 0, 'h'},   {"port", 1, 0, 'p'},
-        {"conns", 1, 0, 'c'},      {"procs", 1, 0, 'P'},  {"rate", 1, 0, 'r'},
-        {"seconds", 1, 0, 's'},    {"drain", 1, 0, 'd'},  {"size", 1, 0, 'z'},
-        {"prefix", 1, 0, 'x'},     {"key", 1, 0, 'k'},    {"src", 1, 0, 'S'},
-        {"first-user", 1, 0, 'f'}, {"warmup", 1, 0, 'w'}, {"conv", 1, 0, 'g'},
-        {"senders", 1, 0, 'n'},    {"ports", 1, 0, 'o'},  {0, 0, 0, 0},
+        {"mode", 1, 0, 'm'},
+        {"host", 1, 0, 'h'},
+        {"port", 1, 0, 'p'},
+        {"conns", 1, 0, 'c'},
+        {"procs", 1, 0, 'P'},
+        {"rate", 1, 0, 'r'},
+        {"seconds", 1, 0, 's'},
+        {"drain", 1, 0, 'd'},
+        {"size", 1, 0, 'z'},
+        {"prefix", 1, 0, 'x'},
+        {"key", 1, 0, 'k'},
+        {"src", 1, 0, 'S'},
+        {"first-user", 1, 0, 'f'},
+        {"warmup", 1, 0, 'w'},
+        {"conv", 1, 0, 'g'},
+        {"senders", 1, 0, 'n'},
+        {"ports", 1, 0, 'o'},
+        {"receipts", 0, 0, 'R'},
+        {0, 0, 0, 0},
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "", longs, NULL)) != -1) {
@@ -698,6 +737,9 @@ int main(int argc, char **argv)
         }
         case 'S':
             opt.nsrc = split_list(optarg, opt.src, 16);
+            break;
+        case 'R':
+            opt.receipts = 1;
             break;
         default:
             usage();
@@ -790,6 +832,9 @@ int main(int argc, char **argv)
         s.errors += r->errors;
         s.rate_limited += r->rate_limited;
         s.closed += r->closed;
+        s.reads += r->reads;
+        s.read_acks += r->read_acks;
+        s.receipts += r->receipts;
         connect_s = r->connect_seconds > connect_s ? r->connect_seconds : connect_s;
         for (size_t i = 0; i < H_BUCKETS; i++) {
             s.ack.n[i] += r->ack.n[i];
@@ -804,17 +849,20 @@ int main(int argc, char **argv)
     printf("{\"mode\":\"%s\",\"conns\":%d,\"procs\":%d,\"rate\":%.0f,\"seconds\":%.1f,"
            "\"ready\":%llu,\"failed\":%llu,\"connect_seconds\":%.3f,\"handshakes_per_s\":%.0f,"
            "\"sent\":%llu,\"acked\":%llu,\"delivered\":%llu,\"lost\":%lld,\"errors\":%llu,"
-           "\"rate_limited\":%llu,\"closed\":%llu,"
+           "\"rate_limited\":%llu,\"closed\":%llu,\"reads\":%llu,\"read_acks\":%llu,"
+           "\"receipts\":%llu,"
            "\"ack_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f},"
            "\"deliver_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f}}\n",
            opt.mode, opt.conns, opt.procs, opt.rate, opt.seconds, (unsigned long long)s.ready,
            (unsigned long long)s.failed, connect_s, connect_s > 0 ? (double)s.ready / connect_s : 0,
            (unsigned long long)s.sent, (unsigned long long)s.acked, (unsigned long long)s.delivered,
            (long long)s.sent - (long long)s.delivered, (unsigned long long)s.errors,
-           (unsigned long long)s.rate_limited, (unsigned long long)s.closed, h_pct(&s.ack, .5),
-           h_pct(&s.ack, .9), h_pct(&s.ack, .99), h_pct(&s.ack, .999), (double)s.ack.max / 1000.0,
-           h_pct(&s.deliver, .5), h_pct(&s.deliver, .9), h_pct(&s.deliver, .99),
-           h_pct(&s.deliver, .999), (double)s.deliver.max / 1000.0);
+           (unsigned long long)s.rate_limited, (unsigned long long)s.closed,
+           (unsigned long long)s.reads, (unsigned long long)s.read_acks,
+           (unsigned long long)s.receipts, h_pct(&s.ack, .5), h_pct(&s.ack, .9), h_pct(&s.ack, .99),
+           h_pct(&s.ack, .999), (double)s.ack.max / 1000.0, h_pct(&s.deliver, .5),
+           h_pct(&s.deliver, .9), h_pct(&s.deliver, .99), h_pct(&s.deliver, .999),
+           (double)s.deliver.max / 1000.0);
     free(last);
     free(fds);
     free(pids);
