@@ -196,9 +196,15 @@ int main(void)
     }
 
     st_cursors_cfg_t kc = {
-        brokers,   pl_cfg_str("PARLEY_STORE_CURSOR_GROUP", "parley-store-cursors"),
-        ctx.mongo, ctx.metrics,
-        cursor_ms, share_max};
+        .brokers = brokers,
+        .group = pl_cfg_str("PARLEY_STORE_CURSOR_GROUP", "parley-store-cursors"),
+        .redis_host = pl_cfg_str("PARLEY_REDIS_HOST", "127.0.0.1"),
+        .redis_port = (int)redis_port,
+        .mongo = ctx.mongo,
+        .metrics = ctx.metrics,
+        .flush_ms = cursor_ms,
+        .share_max = share_max,
+    };
     if (st_cursors_start(&kc, &cursors) != PL_OK) {
         goto out;
     }

@@ -6,11 +6,8 @@
  * then are the held records' offsets stored. A flush that fails keeps everything and is tried
  * again with a growing backoff; consuming pauses while the hold is full.
  *
- * Who sees a receipt (DESIGN 7.5, guarantee 9): the reader's other devices always; the other
- * members when the reader's settings.read_receipts is not false, in a 1:1 conversation with no
- * block between the two, in a group of at most share_max members, never the users the
- * reader's contact_lists document lists as blocked either way ("except", filtered by the
- * gateways). Decided from documents read by _id once per chunk.
+ * Who sees a receipt: the reader's other devices always; the other members as st_share.h
+ * decides.
  */
 #include "st_cursor.h"
 #include "parley/consume.h"
@@ -21,6 +18,7 @@
 #include "parley/proto.h"
 #include "parley/wire.h"
 #include "st_group.h"
+#include "st_share.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -51,6 +49,8 @@ typedef struct conv_s {
 struct st_cursors_s {
     st_cursors_cfg_t cfg;
     pl_kafka_t *consumer, *producer;
+    pl_redis_t *redis; /* the thread's own connection, for policy tokens */
+    st_share_t *share;
     pthread_t thread;
     int started;
     atomic_int stop;
@@ -117,97 +117,13 @@ static int conv_last(st_cursors_t *c, const char *conv, long long seq, long long
     return PL_OK;
 }
 
-/* ---- who sees a receipt ---- */
-
-static int doc_bool(const bson_t *doc, const char *path, int def)
-{
-    bson_iter_t root, it;
-    if (doc != NULL && bson_iter_init(&root, doc) && bson_iter_find_descendant(&root, path, &it) &&
-        BSON_ITER_HOLDS_BOOL(&it)) {
-        return bson_iter_bool(&it);
-    }
-    return def;
-}
-
-/* The users of the array at key of doc, as a new JSON array. */
-static json_t *doc_users(const bson_t *doc, const char *key)
-{
-    json_t *out = json_array();
-    bson_iter_t it, arr;
-    if (doc != NULL && bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_ARRAY(&it) &&
-        bson_iter_recurse(&it, &arr)) {
-        while (bson_iter_next(&arr)) {
-            if (BSON_ITER_HOLDS_UTF8(&arr)) {
-                json_array_append_new(out, json_string(bson_iter_utf8(&arr, NULL)));
-            }
-        }
-    }
-    return out;
-}
-
-static int find_opt(st_cursors_t *c, const char *coll, const char *id, bson_t **doc)
-{
-    int rc = pl_mongo_find_id(c->cfg.mongo, coll, id, doc);
-    if (rc == PL_ERR_NOTFOUND) {
-        *doc = NULL;
-        return PL_OK;
-    }
-    return rc;
-}
-
-/* Whether cur's receipt goes to the other members, and whom to leave out (*except, new). */
-static int share_of(st_cursors_t *c, const pl_cursor_t *cur, int *share, json_t **except)
-{
-    bson_t *user = NULL, *other = NULL;
-    *share = 0;
-    *except = NULL;
-    int kind = pl_conv_kind(cur->conv);
-    if (kind == 'u') {
-        return PL_OK;
-    }
-    int rc = find_opt(c, "users", cur->user, &user);
-    if (rc != PL_OK || !doc_bool(user, "settings.read_receipts", 1)) {
-        bson_destroy(user);
-        return rc;
-    }
-    bson_destroy(user);
-    if (kind == 'd') {
-        /* The pair's contacts document has the 1:1 conversation's id. */
-        rc = find_opt(c, "contacts", cur->conv, &other);
-        bson_iter_t it, arr;
-        *share = rc == PL_OK && !(other && bson_iter_init_find(&it, other, "blocks") &&
-                                  BSON_ITER_HOLDS_ARRAY(&it) && bson_iter_recurse(&it, &arr) &&
-                                  bson_iter_next(&arr));
-        bson_destroy(other);
-        return rc;
-    }
-    rc = find_opt(c, ST_GROUPS, cur->conv, &other);
-    bson_iter_t it;
-    long long count =
-        other && bson_iter_init_find(&it, other, "member_count") && BSON_ITER_HOLDS_NUMBER(&it)
-            ? bson_iter_as_int64(&it)
-            : 0;
-    bson_destroy(other);
-    if (rc != PL_OK || count > c->cfg.share_max) {
-        return rc;
-    }
-    other = NULL;
-    rc = find_opt(c, CONTACT_LISTS, cur->user, &other);
-    if (rc == PL_OK) {
-        *share = 1;
-        *except = doc_users(other, "blocked");
-    }
-    bson_destroy(other);
-    return rc;
-}
-
 /* Produces cur's receipt to parley.committed for the router. Best effort: the cursor itself
  * is durable, and a device that missed the push reads read_seq in the conversation list. */
 static void announce(st_cursors_t *c, const pl_cursor_t *cur)
 {
     int share = 0;
     json_t *except = NULL;
-    if (share_of(c, cur, &share, &except) != PL_OK) {
+    if (st_share_decide(c->share, cur, &share, &except) != PL_OK) {
         json_decref(except);
         return;
     }
@@ -229,6 +145,18 @@ static void announce(st_cursors_t *c, const pl_cursor_t *cur)
 }
 
 /* ---- the pending table ---- */
+
+static void pending_clear(st_cursors_t *c)
+{
+    for (size_t b = 0; b < PENDING_BKTS; b++) {
+        while (c->pending[b] != NULL) {
+            pending_t *p = c->pending[b];
+            c->pending[b] = p->next;
+            free(p);
+        }
+    }
+    c->npending = 0;
+}
 
 static size_t pending_bucket(const char *conv, const char *user)
 {
@@ -259,13 +187,13 @@ static void pending_add(st_cursors_t *c, const pl_cursor_t *cur)
     }
 }
 
-/* One $max update of p's members document: upserted for a 1:1 or own stream, never created
- * for a group (its documents are the store's membership records; a cursor of someone whose
- * document is missing is dropped). */
-static int write_one(st_cursors_t *c, pending_t *p)
+/* p's $max update into filter and upd (both new; *filter NULL when there is nothing to write),
+ * bounded by the conversation's last seq. */
+static int build_update(st_cursors_t *c, const pending_t *p, bson_t **filter, bson_t **upd)
 {
     long long last = 0;
     long long top = p->read > p->delivered ? p->read : p->delivered;
+    *filter = *upd = NULL;
     int rc = conv_last(c, p->conv, top, &last);
     if (rc != PL_OK) {
         return rc;
@@ -278,44 +206,72 @@ static int write_one(st_cursors_t *c, pending_t *p)
     }
     char id[2 * PL_CONV_ID_LEN];
     snprintf(id, sizeof(id), "%s|%s", p->conv, p->user);
-    bson_t filter = BSON_INITIALIZER, upd = BSON_INITIALIZER, max, set;
-    BSON_APPEND_UTF8(&filter, "_id", id);
-    BSON_APPEND_DOCUMENT_BEGIN(&upd, "$max", &max);
+    bson_t max, set;
+    *filter = BCON_NEW("_id", BCON_UTF8(id));
+    *upd = bson_new();
+    BSON_APPEND_DOCUMENT_BEGIN(*upd, "$max", &max);
     if (read > 0) {
         BSON_APPEND_INT64(&max, "read_seq", read);
     }
     BSON_APPEND_INT64(&max, "delivered_seq", delivered);
-    bson_append_document_end(&upd, &max);
-    int group = pl_conv_kind(p->conv) == 'g';
-    if (!group) {
-        BSON_APPEND_DOCUMENT_BEGIN(&upd, "$set", &set);
+    bson_append_document_end(*upd, &max);
+    if (pl_conv_kind(p->conv) != 'g') {
+        BSON_APPEND_DOCUMENT_BEGIN(*upd, "$set", &set);
         BSON_APPEND_UTF8(&set, "conv", p->conv);
         BSON_APPEND_UTF8(&set, "user", p->user);
-        bson_append_document_end(&upd, &set);
+        bson_append_document_end(*upd, &set);
     }
-    rc = pl_mongo_update_one(c->cfg.mongo, ST_MEMBERS, &filter, &upd, !group, NULL);
-    bson_destroy(&filter);
-    bson_destroy(&upd);
-    if (rc == PL_OK) {
-        pl_metric_inc(c->m_writes);
-    }
-    return rc;
+    return PL_OK;
 }
 
-/* Writes every pending entry; each written one leaves the table. PL_OK when all are. */
+#define FLUSH_BULK 256
+
+/* Writes every pending entry, one $max update of its members document each: upserted in bulk
+ * for 1:1 conversations and own streams, one by one and never created for a group (its
+ * documents are the store's membership records: a cursor of someone without one is dropped).
+ * The table is emptied only when all are written (a retry writes them again: $max). */
 static int flush(st_cursors_t *c)
 {
+    bson_t *f[FLUSH_BULK], *u[FLUSH_BULK];
+    size_t n = 0;
     int rc = PL_OK;
     for (size_t b = 0; b < PENDING_BKTS && rc == PL_OK; b++) {
-        while (c->pending[b] != NULL && rc == PL_OK) {
-            pending_t *p = c->pending[b];
-            rc = write_one(c, p);
-            if (rc == PL_OK) {
-                c->pending[b] = p->next;
-                free(p);
-                c->npending--;
+        for (pending_t *p = c->pending[b]; p != NULL && rc == PL_OK; p = p->next) {
+            bson_t *filter, *upd;
+            rc = build_update(c, p, &filter, &upd);
+            if (rc != PL_OK || filter == NULL) {
+                continue;
             }
+            if (pl_conv_kind(p->conv) == 'g') {
+                rc = pl_mongo_update_one(c->cfg.mongo, ST_MEMBERS, filter, upd, 0, NULL);
+                bson_destroy(filter);
+                bson_destroy(upd);
+            } else {
+                f[n] = filter;
+                u[n++] = upd;
+            }
+            if (rc == PL_OK && n == FLUSH_BULK) {
+                rc = pl_mongo_upsert_each(c->cfg.mongo, ST_MEMBERS, f, u, n);
+                pl_metric_add(c->m_writes, rc == PL_OK ? n : 0);
+                for (size_t i = 0; i < n; i++) {
+                    bson_destroy(f[i]);
+                    bson_destroy(u[i]);
+                }
+                n = 0;
+            }
+            pl_metric_add(c->m_writes, rc == PL_OK && pl_conv_kind(p->conv) == 'g' ? 1 : 0);
         }
+    }
+    if (rc == PL_OK && n > 0) {
+        rc = pl_mongo_upsert_each(c->cfg.mongo, ST_MEMBERS, f, u, n);
+        pl_metric_add(c->m_writes, rc == PL_OK ? n : 0);
+    }
+    for (size_t i = 0; i < n; i++) {
+        bson_destroy(f[i]);
+        bson_destroy(u[i]);
+    }
+    if (rc == PL_OK) {
+        pending_clear(c);
     }
     return rc;
 }
@@ -350,6 +306,7 @@ static void take(st_cursors_t *c, const pl_kafka_rec_t *recs, size_t n)
         k++;
     }
     qsort(cur, k, sizeof(*cur), by_key_seq);
+    st_share_prepare(c->share, cur, k);
     for (size_t i = 0; i < k; i++) {
         int last_of_key = i + 1 == k || strcmp(cur[i].conv, cur[i + 1].conv) != 0 ||
                           strcmp(cur[i].user, cur[i + 1].user) != 0 ||
@@ -445,7 +402,12 @@ int st_cursors_start(const st_cursors_cfg_t *cfg, st_cursors_t **out)
                                       "Cursor records skipped as malformed", NULL);
     c->m_flush_failed = pl_metrics_counter(m, "parley_store_cursor_flush_failures_total",
                                            "Cursor flushes that failed (retried)", NULL);
-    int rc = pl_kafka_producer_new(cfg->brokers, NULL, NULL, NULL, &c->producer);
+    if (pl_redis_new(cfg->redis_host, cfg->redis_port, 1000, &c->redis) != PL_OK) {
+        c->redis = NULL; /* every reader is read from MongoDB until a restart */
+    }
+    c->share = st_share_new(cfg->mongo, c->redis, cfg->share_max);
+    int rc = c->share ? pl_kafka_producer_new(cfg->brokers, NULL, NULL, NULL, &c->producer)
+                      : PL_ERR_NOMEM;
     if (rc == PL_OK) {
         rc = pl_kafka_consumer_new(cfg->brokers, cfg->group, PL_TOPIC_CURSORS, NULL, &c->consumer);
     }
@@ -472,14 +434,10 @@ void st_cursors_stop(st_cursors_t **pc)
         pthread_join(c->thread, NULL);
     }
     pl_kafka_release(c->held, c->nheld);
-    for (size_t b = 0; b < PENDING_BKTS; b++) {
-        while (c->pending[b] != NULL) {
-            pending_t *p = c->pending[b];
-            c->pending[b] = p->next;
-            free(p);
-        }
-    }
+    pending_clear(c);
     convs_forget(c);
+    st_share_free(&c->share);
+    pl_redis_free(&c->redis);
     pl_kafka_free(&c->consumer);
     pl_kafka_free(&c->producer);
     free(c->held);

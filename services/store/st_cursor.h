@@ -14,12 +14,15 @@
 
 #include "parley/metrics.h"
 #include "parley/mongo.h"
+#include "parley/redis.h"
 
 typedef struct st_cursors_s st_cursors_t;
 
 typedef struct st_cursors_cfg_s {
-    const char *brokers;   /* copied by librdkafka */
-    const char *group;     /* consumer group */
+    const char *brokers;    /* copied by librdkafka */
+    const char *group;      /* consumer group */
+    const char *redis_host; /* for the readers' policy tokens (st_share.h) */
+    int redis_port;
     pl_mongo_t *mongo;     /* borrowed; thread-safe */
     pl_metrics_t *metrics; /* borrowed */
     long flush_ms;         /* the coalescing interval (1000 by default) */
