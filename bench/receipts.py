@@ -5,7 +5,9 @@ A cluster of its own (plain build, one gateway, ports 44xxx, var/bench/receipts-
 chat on the open-loop schedule of parley-bench at PARLEY_BENCH_RECEIPT_RATE messages/s (1000)
 between PARLEY_BENCH_CONNS users (1000, in pairs), steps of 10 s, alternating: without
 receipts, then with every recipient answering each message with a `read` frame (parley-bench
---receipts), PARLEY_BENCH_RECEIPT_ROUNDS times (2). Measured per step:
+--receipts), PARLEY_BENCH_RECEIPT_ROUNDS times (3), after an unrecorded warm-up step of each
+(the first reads create the members documents and the readers' policy tokens). Measured per
+step:
   - send -> deliver p50 / p99 (the same as make bench's chat steps);
   - cursor records the store consumed, and its cursor writes to MongoDB (the `members`
     documents), per second, against the member-conversations that read in the step (every user
@@ -29,7 +31,7 @@ VAR = os.path.join(ROOT, "var", "bench", "receipts-cluster")
 BIN = os.path.join(ROOT, "build", "bin")
 RATE = int(os.environ.get("PARLEY_BENCH_RECEIPT_RATE", "1000"))
 CONNS = int(os.environ.get("PARLEY_BENCH_CONNS", "1000"))
-ROUNDS = int(os.environ.get("PARLEY_BENCH_RECEIPT_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("PARLEY_BENCH_RECEIPT_ROUNDS", "3"))
 STEP_S = float(os.environ.get("PARLEY_BENCH_STEP_SECONDS", "10"))
 PORTS = dict(PARLEY_EDGE_PORT=44000, PARLEY_EDGE_TLS_PORT=44443, PARLEY_AUTH_PORT=44081,
              PARLEY_STORE_PORT=44082, PARLEY_ROUTER_PORT=44083, PARLEY_GATEWAY_PORT=44080,
@@ -113,6 +115,10 @@ def step(receipts):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
+    # a run cut short leaves its processes behind: stop them before their pid files go
+    for cmd in (("cluster.sh", "down"), ("infra.sh", "stop")):
+        subprocess.run([os.path.join(ROOT, "deploy", cmd[0]), cmd[1]], env=ENV,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shutil.rmtree(VAR, ignore_errors=True)
     subprocess.run(["make", "-C", ROOT, "build"], check=True, stdout=subprocess.DEVNULL)
     say("starting a cluster with one gateway")
@@ -120,8 +126,10 @@ def main():
     steps = []
     try:
         create_users(CONNS)
-        say(f"warm-up step at {RATE}/s")
+        say(f"warm-up steps at {RATE}/s, without and with receipts (the first reads create the "
+            "members documents and the readers' policy tokens; not counted)")
         step(False)
+        step(True)
         for i in range(ROUNDS):
             for receipts in (False, True):
                 s = step(receipts)
@@ -132,8 +140,9 @@ def main():
                     f"{s['cursor_writes_per_s']}/s, receipts {s['receipts_produced']}")
                 time.sleep(3)
     finally:
-        subprocess.run([os.path.join(ROOT, "deploy", "cluster.sh"), "down"], env=ENV,
-                       stdout=subprocess.DEVNULL)
+        for cmd in (("cluster.sh", "down"), ("infra.sh", "stop")):
+            subprocess.run([os.path.join(ROOT, "deploy", cmd[0]), cmd[1]], env=ENV,
+                           stdout=subprocess.DEVNULL)
     plain = [s["deliver_ms"]["p99"] for s in steps if not s["receipts"]]
     withr = [s["deliver_ms"]["p99"] for s in steps if s["receipts"]]
     res = {"rate": RATE, "conns": CONNS, "steps": steps,

@@ -129,31 +129,11 @@ static void on_may_post(void *arg, int rc, json_t *answer)
 
 /* A member by the gateway's own view may post (the store checks the post policy and any
  * change in flight); anyone else is asked about at parley-auth, so a non-member's send is
- * refused before it reaches Kafka rather than acked and refused after. */
-static void out_may_post(void *ud, const char *user, const char *conv, gw_answer_fn done, void *arg)
+ * refused before it reaches Kafka rather than acked and refused after. member_only: whatever
+ * the post policy (read, delivered, edit and recall frames). */
+static void ask_group(gw_main_t *g, const char *user, const char *conv, int member_only,
+                      gw_answer_fn done, void *arg)
 {
-    gw_main_t *g = ud;
-    if (gw_groups_is_member(g->groups, conv, user)) {
-        done(arg, PL_OK);
-        return;
-    }
-    struct post_question *q = malloc(sizeof(*q));
-    char path[160];
-    if (q == NULL) {
-        done(arg, PL_ERR_UNAVAIL);
-        return;
-    }
-    q->done = done;
-    q->arg = arg;
-    snprintf(path, sizeof(path), "/internal/groups/may_post?conv=%s&user=%s", conv, user);
-    gw_users_call(g->users, "GET", path, NULL, on_may_post, q);
-}
-
-/* Membership only, for read and delivered frames: the view, else parley-auth. */
-static void out_is_member(void *ud, const char *user, const char *conv, gw_answer_fn done,
-                          void *arg)
-{
-    gw_main_t *g = ud;
     if (gw_groups_is_member(g->groups, conv, user)) {
         done(arg, PL_OK);
         return;
@@ -166,9 +146,20 @@ static void out_is_member(void *ud, const char *user, const char *conv, gw_answe
     }
     q->done = done;
     q->arg = arg;
-    snprintf(path, sizeof(path), "/internal/groups/may_post?conv=%s&user=%s&need=member", conv,
-             user);
+    snprintf(path, sizeof(path), "/internal/groups/may_post?conv=%s&user=%s%s", conv, user,
+             member_only ? "&need=member" : "");
     gw_users_call(g->users, "GET", path, NULL, on_may_post, q);
+}
+
+static void out_may_post(void *ud, const char *user, const char *conv, gw_answer_fn done, void *arg)
+{
+    ask_group(ud, user, conv, 0, done, arg);
+}
+
+static void out_is_member(void *ud, const char *user, const char *conv, gw_answer_fn done,
+                          void *arg)
+{
+    ask_group(ud, user, conv, 1, done, arg);
 }
 
 static void out_typing(void *ud, const char *user, const char *conv, int start, gw_answer_fn done,

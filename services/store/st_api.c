@@ -252,6 +252,20 @@ static int on_count(void *ud, const bson_t *doc)
 
 #define UNREAD_CAP 999
 
+/* Adds to filter: text items only (system, edit and recall items are not messages to read;
+ * items stored before kinds existed have none and are text). */
+static void text_only(bson_t *filter)
+{
+    bson_t kind, nin;
+    BSON_APPEND_DOCUMENT_BEGIN(filter, "kind", &kind);
+    BSON_APPEND_ARRAY_BEGIN(&kind, "$nin", &nin);
+    BSON_APPEND_UTF8(&nin, "0", PL_KIND_SYSTEM);
+    BSON_APPEND_UTF8(&nin, "1", PL_KIND_EDIT);
+    BSON_APPEND_UTF8(&nin, "2", PL_KIND_RECALL);
+    bson_append_array_end(&kind, &nin);
+    bson_append_document_end(filter, &kind);
+}
+
 /* Others' text items of conv in (from, to], counted up to UNREAD_CAP. */
 static int count_unread(st_ctx_t *ctx, const char *conv, const char *me, long long from,
                         long long to, long *n)
@@ -261,7 +275,7 @@ static int count_unread(st_ctx_t *ctx, const char *conv, const char *me, long lo
         return PL_OK;
     }
     bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
-    bson_t range, notme, notsys, proj;
+    bson_t range, notme, proj;
     BSON_APPEND_UTF8(&filter, "conv", conv);
     BSON_APPEND_DOCUMENT_BEGIN(&filter, "seq", &range);
     BSON_APPEND_INT64(&range, "$gt", from);
@@ -270,15 +284,7 @@ static int count_unread(st_ctx_t *ctx, const char *conv, const char *me, long lo
     BSON_APPEND_DOCUMENT_BEGIN(&filter, "sender", &notme);
     BSON_APPEND_UTF8(&notme, "$ne", me);
     bson_append_document_end(&filter, &notme);
-    /* text items only: system, edit and recall items are not messages to read */
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "kind", &notsys);
-    bson_t nin;
-    BSON_APPEND_ARRAY_BEGIN(&notsys, "$nin", &nin);
-    BSON_APPEND_UTF8(&nin, "0", PL_KIND_SYSTEM);
-    BSON_APPEND_UTF8(&nin, "1", "edit");
-    BSON_APPEND_UTF8(&nin, "2", "recall");
-    bson_append_array_end(&notsys, &nin);
-    bson_append_document_end(&filter, &notsys);
+    text_only(&filter);
     BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
     BSON_APPEND_INT32(&proj, "_id", 1);
     bson_append_document_end(&opts, &proj);
@@ -575,7 +581,7 @@ static void h_recent(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     }
     bson_t filter = BSON_INITIALIZER;
     bson_t opts = BSON_INITIALIZER;
-    bson_t any, one, two, notsys, sort;
+    bson_t any, one, two, sort;
     BSON_APPEND_ARRAY_BEGIN(&filter, "$or", &any);
     BSON_APPEND_DOCUMENT_BEGIN(&any, "0", &one);
     BSON_APPEND_UTF8(&one, "sender", c.sub);
@@ -610,15 +616,7 @@ static void h_recent(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     free(ws.w);
     bson_append_array_end(&filter, &any);
     /* The seed's recent messages: a user's own stream (u:) holds no messages. */
-    /* text items only: system, edit and recall items are not messages to read */
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "kind", &notsys);
-    bson_t nin;
-    BSON_APPEND_ARRAY_BEGIN(&notsys, "$nin", &nin);
-    BSON_APPEND_UTF8(&nin, "0", PL_KIND_SYSTEM);
-    BSON_APPEND_UTF8(&nin, "1", "edit");
-    BSON_APPEND_UTF8(&nin, "2", "recall");
-    bson_append_array_end(&notsys, &nin);
-    bson_append_document_end(&filter, &notsys);
+    text_only(&filter);
     BSON_APPEND_DOCUMENT_BEGIN(&opts, "sort", &sort);
     /* Messages accepted in the same millisecond keep their conversation order. */
     BSON_APPEND_INT32(&sort, "timestamp", -1);

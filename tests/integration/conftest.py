@@ -204,6 +204,19 @@ def history(api, token, conv, after=0):
         after = out[-1]["seq"]
 
 
+def dm(a, b):
+    """The 1:1 conversation id of users a and b."""
+    return "d:" + ":".join(sorted((a, b)))
+
+
+def conversation(api, token, conv):
+    """conv's entry in the caller's conversation list, or None."""
+    r = api.call("GET", "/v1/conversations", token=token)
+    assert r.status == 200, r
+    found = [c for c in r.json["conversations"] if c["conv"] == conv]
+    return found[0] if found else None
+
+
 def kill9(name):
     """kill -9 a process the scripts started, and wait until it is gone."""
     pid = pid_of(name)

@@ -6,10 +6,9 @@ Real binaries, Kafka, Redis and FerretDB."""
 import asyncio
 import json
 import os
-import time
 import uuid
 
-from conftest import history, user_with_token, wait_until
+from conftest import dm, history, user_with_token
 from wsclient import Chat
 
 WINDOW_S = int(os.environ.get("PARLEY_EDIT_WINDOW_S", "172800"))
@@ -17,10 +16,6 @@ WINDOW_S = int(os.environ.get("PARLEY_EDIT_WINDOW_S", "172800"))
 
 def run(coro):
     return asyncio.run(coro)
-
-
-def dm(a, b):
-    return "d:" + ":".join(sorted((a, b)))
 
 
 async def change(dev, kind, conv, target, content=None, client_id=None):

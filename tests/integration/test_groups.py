@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from conftest import VAR, Api, cluster, history, pid_of, user_with_token, wait_until
+from conftest import VAR, Api, cluster, conversation, history, pid_of, user_with_token, wait_until
 from wsclient import Chat
 
 
@@ -31,13 +31,6 @@ def create(api, token, name, members, **extra):
 
 def own_stream_events(api, token, user):
     return [m["event"] for m in history(api, token, f"u:{user}")]
-
-
-def conversation(api, token, conv):
-    r = api.call("GET", "/v1/conversations", token=token)
-    assert r.status == 200, r
-    found = [c for c in r.json["conversations"] if c["conv"] == conv]
-    return found[0] if found else None
 
 
 def test_create_send_and_read_back(edge):

@@ -8,23 +8,12 @@ import json
 import os
 import time
 
-from conftest import Api, cluster, kill9, user_with_token, wait_until
+from conftest import Api, cluster, conversation, dm, kill9, user_with_token, wait_until
 from wsclient import Chat
 
 
 def run(coro):
     return asyncio.run(coro)
-
-
-def entry(api, token, conv):
-    r = api.call("GET", "/v1/conversations", token=token)
-    assert r.status == 200, r
-    found = [c for c in r.json["conversations"] if c["conv"] == conv]
-    return found[0] if found else None
-
-
-def dm(a, b):
-    return "d:" + ":".join(sorted((a, b)))
 
 
 async def send_n(dev, to, n):
@@ -42,25 +31,25 @@ def test_read_moves_forward_only_and_clears_unread(edge, mongo):
         b = await Chat.connect(tb)
         await send_n(a, bob, 3)
         await b.wait(lambda: len(b.msgs) == 3)
-        assert entry(edge, tb, conv)["unread"] == 3
+        assert conversation(edge, tb, conv)["unread"] == 3
         await b.cursor("read", conv, 2)
         await b.wait(lambda: len(b.cursor_acks) == 1)
         assert b.cursor_acks[0] == {"type": "ack", "cursor": "read", "conv": conv, "seq": 2,
                                     "_rx": b.cursor_acks[0]["_rx"]}
-        wait_until(lambda: entry(edge, tb, conv)["read_seq"] == 2, timeout=10)
-        assert entry(edge, tb, conv)["unread"] == 1
+        wait_until(lambda: conversation(edge, tb, conv)["read_seq"] == 2, timeout=10)
+        assert conversation(edge, tb, conv)["unread"] == 1
         await b.cursor("read", conv, 1)  # lower: ignored, not an error
         await b.cursor("read", conv, 1000)  # past the end: held at the last seq
         await b.wait(lambda: len(b.cursor_acks) == 3)
         assert not b.errors
-        wait_until(lambda: entry(edge, tb, conv)["read_seq"] == 3, timeout=10)
+        wait_until(lambda: conversation(edge, tb, conv)["read_seq"] == 3, timeout=10)
         time.sleep(1.5)  # a flush after the lower one could only have moved it back
-        e = entry(edge, tb, conv)
+        e = conversation(edge, tb, conv)
         assert (e["read_seq"], e["unread"]) == (3, 0)
         doc = mongo.members.find_one({"_id": f"{conv}|{bob}"})
         assert doc["read_seq"] == 3 and doc["delivered_seq"] == 3
         await send_n(a, bob, 2)
-        wait_until(lambda: entry(edge, tb, conv)["unread"] == 2, timeout=10)
+        wait_until(lambda: conversation(edge, tb, conv)["unread"] == 2, timeout=10)
         await a.close()
         await b.close()
 
@@ -87,7 +76,7 @@ def test_read_on_one_device_reaches_the_others(edge):
         assert any(r["kind"] == "delivered" and r["seq"] == 2 for r in a.receipts)
         await b1.wait(lambda: len(b1.cursor_acks) == 2)
         assert not b1.receipts
-        wait_until(lambda: entry(edge, tb, conv)["unread"] == 0, timeout=10)
+        wait_until(lambda: conversation(edge, tb, conv)["unread"] == 0, timeout=10)
         for d in (a, b1, b2):
             await d.close()
 
@@ -115,7 +104,7 @@ def test_no_receipt_when_the_reader_turned_them_off(edge):
         await b1.wait(lambda: any(r["user"] == alice for r in b1.receipts))
         await asyncio.sleep(1.5)
         assert not [r for r in a.receipts if r["user"] == bob]
-        wait_until(lambda: entry(edge, tb, conv)["read_seq"] == 1, timeout=10)
+        wait_until(lambda: conversation(edge, tb, conv)["read_seq"] == 1, timeout=10)
         for d in (a, b1, b2):
             await d.close()
 
