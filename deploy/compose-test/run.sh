@@ -3,7 +3,7 @@
 # Podman (Debian's) behind its Docker-compatible API socket and Docker Compose (v5, built from
 # the Go module proxy: Debian's docker-compose 1.29 refuses the file's top-level `name`).
 #
-#   1. installs what is missing: podman, runc, debootstrap (Debian), Compose (Go), the Kafka
+#   1. installs what is missing: podman, runc, debootstrap, iptables (Debian), Compose (Go), the Kafka
 #      jars and FerretDB (deploy/deps.sh);
 #   2. base images that cannot be pulled here are bootstrapped locally under the names the
 #      Dockerfile uses (debian:bookworm, debian:bookworm-slim: `debootstrap --variant=minbase`);
@@ -37,14 +37,17 @@ step() { say "compose-test [$(($(date +%s) - t0)) s] $*"; }
 
 # ---- 1. tools ----
 need=()
-for p in podman runc debootstrap netavark aardvark-dns; do
-  command -v "$p" >/dev/null 2>&1 || [ -x "/usr/lib/podman/$p" ] || need+=("$p")
+# netavark sets up the bridge network's firewall rules with iptables, which a minimal Debian
+# does not have ("netavark: No such file or directory" at the first RUN of a build).
+for p in podman runc debootstrap netavark aardvark-dns iptables; do
+  command -v "$p" >/dev/null 2>&1 || [ -x "/usr/lib/podman/$p" ] || [ -x "/usr/sbin/$p" ] ||
+    need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]} (Debian)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap netavark \
-    aardvark-dns >/dev/null
+    aardvark-dns iptables >/dev/null
 fi
 "$root/deploy/deps.sh"
 compose=$PARLEY_TOOLS/bin/docker-compose
