@@ -404,8 +404,10 @@ int st_cursors_start(const st_cursors_cfg_t *cfg, st_cursors_t **out)
                                       "Cursor records skipped as malformed", NULL);
     c->m_flush_failed = pl_metrics_counter(m, "parley_store_cursor_flush_failures_total",
                                            "Cursor flushes that failed (retried)", NULL);
+    /* connects on first use and again after an error; while Redis is away every reader is
+     * read from MongoDB (st_share.h) */
     if (pl_redis_new(cfg->redis_host, cfg->redis_port, 1000, &c->redis) != PL_OK) {
-        c->redis = NULL; /* every reader is read from MongoDB until a restart */
+        c->redis = NULL; /* out of memory: the same, for good */
     }
     c->share = st_share_new(cfg->mongo, c->redis, cfg->share_max);
     int rc = c->share ? pl_kafka_producer_new(cfg->brokers, NULL, NULL, NULL, &c->producer)
