@@ -208,14 +208,20 @@ void pl_frame_clear(pl_frame_t *f)
     memset(f, 0, sizeof(*f));
 }
 
+/* The kind of a frame's "conv" (pl_conv_kind), 0 when it is not a string without NULs. */
+static int conv_field_kind(json_t *conv)
+{
+    return json_is_string(conv) && json_string_length(conv) == strlen(json_string_value(conv))
+               ? pl_conv_kind(json_string_value(conv))
+               : 0;
+}
+
 /* The fields of a read or delivered frame: NULL when good, else why not. */
 static const char *parse_cursor(pl_frame_t *f)
 {
     json_t *conv = json_object_get(f->root, "conv");
     json_t *seq = json_object_get(f->root, "seq");
-    int kind = json_is_string(conv) && json_string_length(conv) == strlen(json_string_value(conv))
-                   ? pl_conv_kind(json_string_value(conv))
-                   : 0;
+    int kind = conv_field_kind(conv);
     if (kind == 0) {
         return "\"conv\" must be a conversation id";
     }
@@ -233,9 +239,7 @@ static const char *parse_typing(pl_frame_t *f)
 {
     json_t *conv = json_object_get(f->root, "conv");
     const char *state = json_string_value(json_object_get(f->root, "state"));
-    int kind = json_is_string(conv) && json_string_length(conv) == strlen(json_string_value(conv))
-                   ? pl_conv_kind(json_string_value(conv))
-                   : 0;
+    int kind = conv_field_kind(conv);
     if (kind != 'd' && kind != 'g') {
         return "\"conv\" must be a d: or g: conversation id";
     }
@@ -283,9 +287,7 @@ static int parse_change(pl_frame_t *f, int edit, const char **why)
     int rc = parse_client_id(f, why);
     json_t *conv = json_object_get(f->root, "conv");
     json_t *target = json_object_get(f->root, "target_seq");
-    int kind = json_is_string(conv) && json_string_length(conv) == strlen(json_string_value(conv))
-                   ? pl_conv_kind(json_string_value(conv))
-                   : 0;
+    int kind = conv_field_kind(conv);
     if (rc != PL_OK) {
         return rc;
     }
@@ -316,10 +318,7 @@ static int parse_send(pl_frame_t *f, const char **why)
         return PL_ERR_INVAL;
     }
     if (conv != NULL) {
-        int kind =
-            json_is_string(conv) && json_string_length(conv) == strlen(json_string_value(conv))
-                ? pl_conv_kind(json_string_value(conv))
-                : 0;
+        int kind = conv_field_kind(conv);
         if (kind != 'd' && kind != 'g') {
             *why = "\"conv\" must be a d: or g: conversation id";
             return PL_ERR_INVAL;
