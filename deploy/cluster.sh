@@ -69,6 +69,7 @@ edge_config() {
   "$here/keys.sh" "$PARLEY_KEYS_DIR"
   sed -e "s|@VAR@|$PARLEY_VAR|g" -e "s|@EDGE_PORT@|$EDGE_PORT|g" \
       -e "s|@EDGE_TLS_PORT@|$EDGE_TLS_PORT|g" -e "s|@KEYS@|$PARLEY_KEYS_DIR|g" \
+      -e "s|@DOCS@|$(cd "$here/../docs" && pwd)|g" \
       -e "s|@CONN_PER_ADDR@|${PARLEY_EDGE_CONN_PER_ADDR:-1000}|g" \
       -e "s|@REST_RATE@|${PARLEY_EDGE_REST_RATE:-50}|g" \
       -e "s|@REST_BURST@|${PARLEY_EDGE_REST_BURST:-100}|g" \

@@ -36,6 +36,7 @@ typedef struct pl_http_resp_s {
     void *upgrade_arg;
     void (*upgrade_arg_free)(void *arg); /* frees upgrade_arg if the upgrade never happens */
     const char *headers[8];              /* extra name/value pairs, NULL-terminated */
+    int held;                            /* set by pl_http_hold(): answered later */
 } pl_http_resp_t;
 
 typedef void (*pl_http_handler_fn)(pl_http_req_t *req, pl_http_resp_t *resp, void *ud);
@@ -54,6 +55,7 @@ typedef struct pl_http_cfg_s {
     unsigned max_conns;            /* connections beyond this are refused */
     int trust_forwarded;           /* take the client address from X-Real-IP (behind nginx) */
     int allow_upgrade;             /* handlers may answer with pl_http_upgrade() */
+    int allow_hold;                /* handlers may answer later with pl_http_hold() */
     size_t conn_memory;            /* per-connection buffer limit; 0 keeps the default */
     const pl_http_route_t *routes; /* borrowed; must outlive the server */
     size_t nroutes;
@@ -108,6 +110,26 @@ void pl_http_fail(pl_http_resp_t *resp, int err, const char *message);
  */
 void pl_http_upgrade(pl_http_resp_t *resp, const char *const *headers, pl_http_upgrade_fn fn,
                      void *arg, void (*free_arg)(void *arg));
+
+/*
+ * Holds the request open without a thread: the connection is suspended (libmicrohttpd
+ * neither reads it nor times it out) until pl_http_answer() is called for it, from any
+ * thread, exactly once; the handler returns with nothing more set in resp. Returns the handle
+ * to answer with. After the handler returns, the request's accessors may no longer be used.
+ * Needs cfg.allow_hold, and every held request must be answered before pl_http_stop().
+ */
+pl_http_req_t *pl_http_hold(pl_http_req_t *req, pl_http_resp_t *resp);
+
+/*
+ * Answers a held request with status and a JSON text of len bytes (stolen: freed with free()
+ * once sent; NULL for an empty body); retry_after_s > 0 adds Retry-After. Thread-safe. A
+ * client that went away meanwhile is noticed by the server, not by the caller.
+ */
+void pl_http_answer(pl_http_req_t *req, int status, char *text, size_t len, long retry_after_s);
+
+/* Answers a held request with the DESIGN's error body for err (message copied), adding
+ * "retry_after_ms" and a Retry-After header when retry_ms > 0. Thread-safe. */
+void pl_http_answer_error(pl_http_req_t *req, int err, const char *message, long retry_ms);
 
 /*
  * The answer when a dependency failed with rc: 503 with Retry-After: 1 for PL_ERR_UNAVAIL (the

@@ -40,6 +40,13 @@ struct pl_http_req_s {
     pl_http_upgrade_fn upgrade;
     void *upgrade_arg;
     void (*upgrade_arg_free)(void *arg);
+    /* A held request (pl_http_hold): the answer is written by whichever thread calls
+     * pl_http_answer() and read here after MHD_resume_connection(), whose lock orders the two. */
+    int held, answered;
+    int ans_status;
+    long ans_retry_s;
+    char *ans_text;
+    size_t ans_len;
 };
 
 int pl_http_status_of(int err)
@@ -137,6 +144,66 @@ static enum MHD_Result send_upgrade(pl_http_req_t *req, pl_http_resp_t *resp)
     enum MHD_Result ok = MHD_queue_response(req->conn, MHD_HTTP_SWITCHING_PROTOCOLS, r);
     MHD_destroy_response(r);
     return ok;
+}
+
+pl_http_req_t *pl_http_hold(pl_http_req_t *req, pl_http_resp_t *resp)
+{
+    assert(req->h->cfg.allow_hold);
+    /* Suspended here, inside the access handler, before anyone else can hold the handle: an
+     * answer from another thread can then never come before the suspension. */
+    MHD_suspend_connection(req->conn);
+    req->held = 1;
+    resp->held = 1;
+    return req;
+}
+
+void pl_http_answer(pl_http_req_t *req, int status, char *text, size_t len, long retry_after_s)
+{
+    assert(req->held && !req->answered);
+    req->ans_status = status;
+    req->ans_text = text;
+    req->ans_len = text != NULL ? len : 0;
+    req->ans_retry_s = retry_after_s;
+    req->answered = 1;
+    MHD_resume_connection(req->conn);
+}
+
+void pl_http_answer_error(pl_http_req_t *req, int err, const char *message, long retry_ms)
+{
+    json_t *e = json_pack("{s:s,s:s}", "code", pl_errcode(err), "message",
+                          message ? message : pl_strerror(err));
+    if (e != NULL && retry_ms > 0) {
+        json_object_set_new(e, "retry_after_ms", json_integer(retry_ms));
+    }
+    json_t *body = json_pack("{s:o*}", "error", e);
+    char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    pl_http_answer(req, text != NULL ? pl_http_status_of(err) : 500, text,
+                   text != NULL ? strlen(text) : 0, retry_ms > 0 ? (retry_ms + 999) / 1000 : 0);
+}
+
+static enum MHD_Result send_resp(pl_http_req_t *req, pl_http_resp_t *resp, const char *content_type,
+                                 char *text, size_t len);
+
+/* The call MHD makes for a held request once it is resumed: the stored answer goes out. A
+ * resume that was not ours (the server stopping) gets a 503. */
+static enum MHD_Result send_held(pl_http_req_t *req)
+{
+    pl_http_resp_t resp = {.status = 503, .retry_after_s = 1};
+    char *text = NULL;
+    size_t len = 0;
+    if (req->answered) {
+        resp.status = req->ans_status;
+        resp.retry_after_s = req->ans_retry_s;
+        text = req->ans_text;
+        len = req->ans_len;
+        req->ans_text = NULL;
+    }
+    if (text == NULL && (text = strdup("")) == NULL) {
+        return MHD_NO;
+    }
+    req->held = 0;
+    return send_resp(req, &resp, "application/json", text, len);
 }
 
 void pl_http_fail_dep(pl_http_resp_t *resp, int rc)
@@ -244,8 +311,12 @@ static enum MHD_Result send_resp(pl_http_req_t *req, pl_http_resp_t *resp, const
                                          "HTTP requests answered, by status", labels));
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
-        pl_metric_observe(req->h->latency, (double)(now.tv_sec - req->start.tv_sec) +
-                                               (double)(now.tv_nsec - req->start.tv_nsec) / 1e9);
+        /* A held request's time is mostly the wait it asked for: not a latency. */
+        if (!req->answered) {
+            pl_metric_observe(req->h->latency,
+                              (double)(now.tv_sec - req->start.tv_sec) +
+                                  (double)(now.tv_nsec - req->start.tv_nsec) / 1e9);
+        }
     }
     pl_log_fields(resp->status >= 500 ? PL_LOG_WARN : PL_LOG_DEBUG, "http_request",
                   json_pack("{s:s,s:s,s:i}", "method", req->method, "path", req->path, "status",
@@ -364,6 +435,10 @@ static enum MHD_Result dispatch(pl_http_req_t *req)
         pl_http_fail(&resp, PL_ERR_NOTFOUND, "no such endpoint");
     }
 send:;
+    if (resp.held) {
+        json_decref(resp.body);
+        return MHD_YES; /* suspended; send_held() answers */
+    }
     if (resp.upgrade != NULL) {
         if (h->cfg.allow_upgrade) {
             return send_upgrade(req, &resp);
@@ -406,6 +481,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *con_cls = req;
         return MHD_YES;
     }
+    if (req->held) {
+        return send_held(req);
+    }
     if (*upload_data_size > 0) {
         /* Past the cap the rest of the body is read and dropped, so the 413 can be sent. */
         if (!req->too_big &&
@@ -434,6 +512,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     json_decref(req->body);
     pl_buf_free(&req->body_raw);
+    free(req->ans_text);
     free(req);
     *con_cls = NULL;
 }
@@ -480,6 +559,9 @@ int pl_http_start(const pl_http_cfg_t *cfg, pl_http_t **out)
         /* TURBO: reads and writes before polling, and no shutdown(SHUT_WR) when a connection
          * is closed, which on_upgraded() needs: the socket lives on in its duplicate. */
         flags |= MHD_ALLOW_UPGRADE | MHD_USE_TURBO;
+    }
+    if (cfg->allow_hold) {
+        flags |= MHD_ALLOW_SUSPEND_RESUME;
     }
     /* A pool of one is no pool: MHD wants the option only for two threads or more. */
     unsigned int threads = cfg->threads > 1 ? cfg->threads : 0;

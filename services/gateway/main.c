@@ -1,10 +1,13 @@
 /*
- * parley-gateway: holds WebSocket connections. libmicrohttpd answers HTTP (the /ws handshake,
- * /healthz, /readyz, /metrics) on its own thread and hands each upgraded socket to the event
- * loop on the main thread, which runs everything else. SIGTERM drains: the listener stops,
- * acks still owed are delivered, every client gets close 1001 and moves to another gateway.
+ * parley-gateway: holds WebSocket connections and long-poll sessions. libmicrohttpd answers
+ * HTTP (the /ws handshake, the /v1/lp/ requests, /healthz, /readyz, /metrics) on its own
+ * thread and hands each upgraded socket and each long-poll request to the event loop on the
+ * main thread, which runs everything else. SIGTERM drains: the listener stops, acks still owed
+ * are delivered, every client gets close 1001 (a long-poll client in its poll's "closed") and
+ * moves to another gateway.
  */
 #include "gw_loop.h"
+#include "gw_lp.h"
 #include "gw_groups.h"
 #include "gw_typing.h"
 #include "gw_presence.h"
@@ -48,6 +51,7 @@ typedef struct gw_main_s {
     gw_sessions_t *sessions;
     pl_metric_t *m_envelope[3]; /* items received from the router, by conversation kind */
     gw_ws_t *ws;
+    gw_lp_t *lp;
     char *origins;
     int dr_pipe[2];
     gw_watch_t dr_w;
@@ -329,6 +333,11 @@ static void h_ws(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
     pl_http_upgrade(resp, headers, on_upgraded, u, free);
 }
 
+static void h_lp(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    gw_lp_http(((gw_main_t *)ud)->lp, req, resp);
+}
+
 static int ready(void *ud, json_t *detail)
 {
     gw_main_t *g = ud;
@@ -345,12 +354,15 @@ static int ready(void *ud, json_t *detail)
 
 static const pl_http_route_t routes[] = {
     {"GET", "/ws", h_ws},
+    {"POST", "/v1/lp/open", h_lp},
+    {"GET", "/v1/lp/poll", h_lp},
+    {"POST", "/v1/lp/send", h_lp},
 };
 
 /* The gateway's settings (README, configuration table). */
 struct settings {
     long port, redis_port, leeway, sendq, inflight, auth_port, auth_timeout, ping, dead, rate,
-        burst, grace, cursor_rate, typing_rate;
+        burst, grace, cursor_rate, typing_rate, lp_hold, lp_idle, lp_max, lp_user_max;
     int trust;
 };
 
@@ -371,6 +383,10 @@ static int read_settings(struct settings *c)
                    pl_cfg_int("PARLEY_GATEWAY_DEAD_MS", 30000, 100, 600000, &c->dead) ||
                    pl_cfg_int("PARLEY_AUTH_PORT", 8081, 1, 65535, &c->auth_port) ||
                    pl_cfg_int("PARLEY_PRESENCE_GRACE_MS", 5000, 0, 600000, &c->grace) ||
+                   pl_cfg_int("PARLEY_LP_HOLD_MS", 25000, 100, 120000, &c->lp_hold) ||
+                   pl_cfg_int("PARLEY_LP_IDLE_MS", 60000, 1000, 3600000, &c->lp_idle) ||
+                   pl_cfg_int("PARLEY_LP_MAX", 10000, 0, 1000000, &c->lp_max) ||
+                   pl_cfg_int("PARLEY_LP_USER_MAX", 8, 1, 10000, &c->lp_user_max) ||
                    pl_cfg_bool("PARLEY_TRUST_FORWARDED", 0, &c->trust)
                ? PL_ERR_CONFIG
                : PL_OK;
@@ -441,7 +457,19 @@ static int assemble(gw_main_t *g, const struct settings *c)
         return PL_ERR_NOMEM;
     }
     wc.cbs_ud = g->sessions;
-    if ((g->ws = gw_ws_new(&wc)) == NULL ||
+    gw_lp_cfg_t lc = {
+        .loop = g->loop,
+        .metrics = g->metrics,
+        .cbs = gw_sessions_link_cbs,
+        .cbs_ud = g->sessions,
+        .verifier = g->verifier,
+        .buf_max = (size_t)c->sendq, /* the socket send queue's cap, for the same reason */
+        .hold_ms = c->lp_hold,
+        .idle_ms = c->lp_idle,
+        .max_sessions = c->lp_max,
+        .user_max = c->lp_user_max,
+    };
+    if ((g->ws = gw_ws_new(&wc)) == NULL || (g->lp = gw_lp_new(&lc)) == NULL ||
         (g->users = gw_users_new(g->loop, pl_cfg_str("PARLEY_AUTH_HOST", "127.0.0.1"),
                                  (int)c->auth_port)) == NULL ||
         (g->redis = gw_redis_new(g->loop, pl_cfg_str("PARLEY_REDIS_HOST", "127.0.0.1"),
@@ -475,6 +503,7 @@ static void serve(gw_main_t *g, int sigfd)
         gw_loop_turn(g->loop, wait_ms);
         wait_ms = gw_ws_unthrottle(g->ws, 100);
         gw_ws_end_turn(g->ws);
+        gw_lp_end_turn(g->lp);
         long long now = pl_now_ms();
         struct signalfd_siginfo si;
         if (!atomic_load(&g->draining) && read(sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
@@ -482,6 +511,7 @@ static void serve(gw_main_t *g, int sigfd)
             pl_log_info("draining", "signal %u: draining %ld connections", si.ssi_signo,
                         gw_ws_count(g->ws));
             atomic_store(&g->draining, 1);
+            gw_lp_drain(g->lp);
             gw_sessions_drain(g->sessions);
             gw_redis_goodbye(g->redis);
             drain_deadline = now + 10000;
@@ -491,7 +521,8 @@ static void serve(gw_main_t *g, int sigfd)
                 gw_sessions_close_all(g->sessions, PL_WS_GOING_AWAY,
                                       "gateway shutting down; reconnect");
             }
-            if ((gw_ws_count(g->ws) == 0 && pl_kafka_outq_len(g->producer) == 0) ||
+            if ((gw_ws_count(g->ws) == 0 && gw_lp_count(g->lp) == 0 &&
+                 pl_kafka_outq_len(g->producer) == 0) ||
                 now > drain_deadline) {
                 break;
             }
@@ -503,6 +534,7 @@ static void serve(gw_main_t *g, int sigfd)
             next_tick = now + 1000;
             gw_sessions_tick(g->sessions);
             gw_ws_tick(g->ws);
+            gw_lp_tick(g->lp);
             if (!atomic_load(&g->draining)) {
                 gw_presence_tick(g->presence);
                 gw_groups_tick(g->groups, 0);
@@ -529,6 +561,7 @@ static void teardown(gw_main_t *g)
         gw_ws_end_turn(g->ws); /* writes the closes as far as the sockets take them */
     }
     gw_ws_free(&g->ws);
+    gw_lp_free(&g->lp);
     gw_users_free(&g->users);
     gw_redis_free(&g->redis);
     gw_presence_free(&g->presence);
@@ -573,10 +606,11 @@ int main(void)
         .bind_addr = pl_cfg_str("PARLEY_GATEWAY_ADDR", "0.0.0.0"),
         .port = (int)c.port,
         .threads = 1,
-        .body_max = 1024,
+        .body_max = 256 * 1024, /* a long-poll send: GW_LP_SEND_MAX frames */
         .max_conns = 65536,
         .trust_forwarded = c.trust,
         .allow_upgrade = 1,
+        .allow_hold = 1,
         .conn_memory = 16 * 1024,
         .routes = routes,
         .nroutes = sizeof(routes) / sizeof(routes[0]),
@@ -594,6 +628,12 @@ int main(void)
     pl_log_info("stopping", "drained; %ld connections left", gw_ws_count(g.ws));
     rc = 0;
 out:
+    if (g.lp != NULL && http != NULL) {
+        /* Every held poll is answered before the server stops (a suspended request must
+         * not outlive it); a moment lets the answers go out. */
+        gw_lp_shutdown(g.lp);
+        usleep(100 * 1000);
+    }
     pl_http_stop(&http);
     teardown(&g);
     if (sigfd >= 0) {

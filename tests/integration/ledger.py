@@ -15,6 +15,7 @@ import uuid
 import websockets
 
 from conftest import Api, request, unique_name
+from lpclient import LongPoll
 from wsclient import edge_ws
 
 ACK_TIMEOUT = 8.0
@@ -35,6 +36,7 @@ class Device:
         self.gaps_pulled = 0
         self.redelivered = 0  # pushes of a message already shown, dropped by seq
         self.gateway = None   # the gateway of the current (or last) connection
+        self.transport = "ws"  # or "lp": HTTP long-polling (DESIGN 7.6)
 
     # -- showing messages, as the client library does --
     def _show(self, m):
@@ -160,7 +162,9 @@ class Sender:
 
 
 class Ledger:
-    def __init__(self, edge_api, mongo, nusers, devices_per_user=1):
+    def __init__(self, edge_api, mongo, nusers, devices_per_user=1, transport="ws"):
+        """transport: "ws", "lp" (long-polling), or "mix" (every other device long-polls)."""
+        self.transport = transport
         self.api = edge_api
         self.mongo = mongo
         self.nusers = nusers
@@ -195,21 +199,31 @@ class Ledger:
                       for _ in range(self.devices_per_user)]
             self.users.append(name)
             self.devices[name] = [Device(Api(self.api.base), name, t) for t in tokens]
+            for i, d in enumerate(self.devices[name]):
+                n = len(self.users) + i
+                d.transport = {"ws": "ws", "lp": "lp"}.get(self.transport, "lp" if n % 2 else "ws")
             self.senders[name] = Sender(self, self.devices[name][0])
 
     async def run_device(self, dev):
         """Keeps one device connected: reconnect with backoff, resend, sync, read."""
         backoff = 0.2
         while not self.stop:
+            ws = None
             try:
-                ws = await websockets.connect(edge_ws(), additional_headers={"Authorization": "Bearer " + dev.token},
-                                              max_size=2 ** 22, open_timeout=5, ping_interval=None,
-                                              max_queue=4 if dev.slow else None)
+                if dev.transport == "lp":
+                    ws = await LongPoll.connect(dev.token)
+                else:
+                    ws = await websockets.connect(edge_ws(), additional_headers={"Authorization": "Bearer " + dev.token},
+                                                  max_size=2 ** 22, open_timeout=5, ping_interval=None,
+                                                  max_queue=4 if dev.slow else None)
                 ready = json.loads(await asyncio.wait_for(ws.recv(), 5))
                 assert ready["type"] == "ready"
                 dev.gateway = ready.get("gateway")
             except Exception as e:
-                if getattr(getattr(e, "response", None), "status_code", None) == 401:
+                if isinstance(ws, LongPoll):
+                    await ws.close()
+                if getattr(getattr(e, "response", None), "status_code", None) == 401 or \
+                        getattr(e, "status", None) == 401:
                     await dev.renew()  # the token expired: log in again
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -240,6 +254,8 @@ class Ledger:
                 if not self.stop:
                     dev.closed_codes.append(ws.close_code or 1006)
             dev.ws = None
+            if isinstance(ws, LongPoll):
+                await ws.close()
 
     async def traffic(self, total, rate, resend_frac=0.0, reconnect_frac=0.0, to_first=0.0,
                       size=0, pairs=False):

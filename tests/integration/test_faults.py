@@ -39,8 +39,8 @@ def assert_clean(r):
 
 
 def scenario(edge, mongo, name, total, rate, fault=None, fault_at=1.5, nusers=10, devices=1,
-             prepare=None, **kw):
-    ledger = Ledger(edge, mongo, users(nusers), devices)
+             prepare=None, transport="ws", **kw):
+    ledger = Ledger(edge, mongo, users(nusers), devices, transport=transport)
     ledger.setup()
     if prepare is not None:
         prepare(ledger)
