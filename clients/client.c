@@ -1,9 +1,12 @@
 /*
  * Client library. REST uses HTTP/1.0 with Connection: close (no chunked bodies to decode);
- * the WebSocket uses wslay's client context over a non-blocking socket. Delivery rule: per
- * conversation, a message is handed to the application only when its seq is the next one;
- * a lower seq is a duplicate (dropped, whatever its msg_id), a higher one opens a gap that is
- * filled from history first. So every message arrives once, in order.
+ * the WebSocket uses wslay's client context over a non-blocking socket. Long-polling (DESIGN
+ * 7.6) is the fallback when the upgrade is refused, or the transport chosen with
+ * PARLEY_TRANSPORT=longpoll: one poll is always in flight on its own socket (pc_fd() is that
+ * socket, so callers multiplex it as they would the WebSocket), sends go as separate POSTs.
+ * Delivery rule: per conversation, a message is handed to the application only when its seq is the
+ * next one; a lower seq is a duplicate (dropped, whatever its msg_id), a higher one opens a gap
+ * that is filled from history first. So every message arrives once, in order.
  */
 #include "client.h"
 #include "parley/buf.h"
@@ -51,6 +54,12 @@ struct pc_client_s {
     int closed;
     char gateway[64];
     json_t *inbox;
+    /* Long-polling: the session, the next frame number to take (the next poll's ack), and
+     * the answer of the poll in flight on fd, read until the server closes. */
+    int lp;
+    char sid[40];
+    long long lp_next;
+    pl_buf_t lp_resp;
     struct conv_state *convs[CONV_BUCKETS];
     size_t delivered, dropped;
 };
@@ -313,6 +322,8 @@ static const struct wslay_event_callbacks ws_callbacks = {ws_recv, ws_send, ws_m
 
 void pc_disconnect(pc_client_t *c)
 {
+    c->lp = 0; /* a long-poll session left behind idles out at its gateway */
+    pl_buf_free(&c->lp_resp);
     if (c->ws != NULL) {
         wslay_event_context_free(c->ws);
         c->ws = NULL;
@@ -366,7 +377,9 @@ static int flush(pc_client_t *c)
     return PL_OK;
 }
 
-int pc_connect(pc_client_t *c)
+/* The WebSocket handshake; *refused is set when an HTTP answer other than 101, 401 or 403
+ * came (a proxy that does not pass upgrades), the case for falling back to long-polling. */
+static int ws_connect(pc_client_t *c, int *refused)
 {
     unsigned char raw[16];
     char key[32], accept[29];
@@ -399,6 +412,7 @@ int pc_connect(pc_client_t *c)
     int status = head.len > 12 ? (int)strtol(head.data + 9, NULL, 10) : 0;
     if (status != 101) {
         rc = status == 401 ? PL_ERR_UNAUTH : status == 403 ? PL_ERR_FORBIDDEN : PL_ERR_UNAVAIL;
+        *refused = status != 401 && status != 403 && status != 503 && status != 429;
         goto fail;
     }
     pl_ws_accept(key, accept);
@@ -443,11 +457,152 @@ fail:
     return rc;
 }
 
+/* ---- long-polling ---- */
+
+/* Starts the next poll on a socket of its own (answered when frames come, or empty after the
+ * server's hold time). */
+static int lp_start(pc_client_t *c)
+{
+    pl_buf_t req;
+    c->fd = dial(c->host, c->port);
+    if (c->fd < 0) {
+        return PL_ERR_UNAVAIL;
+    }
+    pl_buf_init(&req, 16384);
+    pl_buf_printf(&req,
+                  "GET /v1/lp/poll?sid=%s&ack=%lld HTTP/1.0\r\nHost: %s:%d\r\n"
+                  "Connection: close\r\nAuthorization: Bearer %s\r\n\r\n",
+                  c->sid, c->lp_next, c->host, c->port, c->token ? c->token : "");
+    int rc = send_all(c->fd, req.data, req.len);
+    pl_buf_free(&req);
+    pl_buf_reset(&c->lp_resp);
+    return rc;
+}
+
+/* An answer read whole: its frames (those not taken before) go to the inbox. PL_OK, or
+ * PL_ERR_UNAVAIL when the session is over (close_code says why). */
+static int lp_take(pc_client_t *c)
+{
+    const char *d = c->lp_resp.data;
+    int status =
+        c->lp_resp.len > 12 && strncmp(d, "HTTP/1.", 7) == 0 ? (int)strtol(d + 9, NULL, 10) : 0;
+    const char *body = status ? strstr(d, "\r\n\r\n") : NULL;
+    json_t *a = body != NULL ? json_loads(body + 4, 0, NULL) : NULL;
+    json_t *frames = json_object_get(a, "frames");
+    if (status != 200 || !json_is_array(frames)) {
+        json_decref(a);
+        c->close_code = status == 401 ? 4001 : 1006; /* 404: the session is gone */
+        return PL_ERR_UNAVAIL;
+    }
+    long long next = json_integer_value(json_object_get(a, "next"));
+    long long first = next - (long long)json_array_size(frames);
+    size_t i;
+    json_t *f;
+    json_array_foreach(frames, i, f)
+    {
+        if (first + (long long)i >= c->lp_next) { /* below: taken already, answered twice */
+            json_array_append(c->inbox, f);
+        }
+    }
+    if (next > c->lp_next) {
+        c->lp_next = next;
+    }
+    json_t *closed = json_object_get(a, "closed");
+    if (closed != NULL) {
+        c->close_code = (int)json_integer_value(json_object_get(closed, "code"));
+    }
+    json_decref(a);
+    return closed != NULL ? PL_ERR_UNAVAIL : PL_OK;
+}
+
+/* Reads what the poll in flight has for up to timeout_ms; a complete answer is taken and the
+ * next poll started at once. */
+static int lp_pump(pc_client_t *c, int timeout_ms)
+{
+    if (c->fd < 0 && lp_start(c) != PL_OK) {
+        return PL_ERR_UNAVAIL;
+    }
+    char chunk[16384];
+    while (wait_fd(c->fd, POLLIN, timeout_ms)) {
+        ssize_t r = recv(c->fd, chunk, sizeof(chunk), 0);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+            continue;
+        }
+        if (r > 0 && pl_buf_append(&c->lp_resp, chunk, (size_t)r) == PL_OK) {
+            timeout_ms = 0; /* take what is there, do not wait for more */
+            continue;
+        }
+        close(c->fd);
+        c->fd = -1;
+        if (r < 0 || lp_take(c) != PL_OK) {
+            return PL_ERR_UNAVAIL;
+        }
+        return lp_start(c);
+    }
+    return PL_OK;
+}
+
+/* Opens a long-poll session with a random sid (the edge routes by it) and waits for
+ * "ready". */
+static int lp_connect(pc_client_t *c)
+{
+    char path[96];
+    int status;
+    json_t *a = NULL;
+    pc_disconnect(c);
+    c->close_code = 0;
+    c->closed = 0;
+    pl_random_hex(c->sid, 16);
+    snprintf(path, sizeof(path), "/v1/lp/open?sid=%s", c->sid);
+    if (pc_rest(c, "POST", path, NULL, &status, &a) != PL_OK || status != 200) {
+        json_decref(a);
+        return status == 401 ? PL_ERR_UNAUTH : PL_ERR_UNAVAIL;
+    }
+    json_decref(a);
+    c->lp = 1;
+    c->lp_next = 1;
+    pl_buf_init(&c->lp_resp, MAX_RESPONSE);
+    c->inbox = json_array();
+    for (int i = 0; i < 100; i++) {
+        if (lp_pump(c, 100) != PL_OK) {
+            break;
+        }
+        for (size_t k = 0; k < json_array_size(c->inbox); k++) {
+            json_t *f = json_array_get(c->inbox, k);
+            if (strcmp(json_string_value(json_object_get(f, "type")) ?: "", "ready") == 0) {
+                snprintf(c->gateway, sizeof(c->gateway), "%s",
+                         json_string_value(json_object_get(f, "gateway")) ?: "");
+                json_array_remove(c->inbox, k);
+                return PL_OK;
+            }
+        }
+    }
+    int code = c->close_code;
+    pc_disconnect(c);
+    return code == 1008 || code == 4001 ? PL_ERR_UNAUTH : PL_ERR_UNAVAIL;
+}
+
+int pc_connect(pc_client_t *c)
+{
+    const char *t = getenv("PARLEY_TRANSPORT");
+    if (t != NULL && strcmp(t, "longpoll") == 0) {
+        return lp_connect(c);
+    }
+    int refused = 0;
+    int rc = ws_connect(c, &refused);
+    return rc != PL_OK && refused ? lp_connect(c) : rc;
+}
+
+const char *pc_transport(const pc_client_t *c)
+{
+    return c->lp ? "longpoll" : "websocket";
+}
+
 int pc_send(pc_client_t *c, const char *to, const char *content, const char *client_id,
             char cid_out[65])
 {
     char cid[65];
-    if (c->ws == NULL) {
+    if (c->ws == NULL && !c->lp) {
         return PL_ERR_UNAVAIL;
     }
     if (client_id == NULL) {
@@ -467,6 +622,16 @@ int pc_send(pc_client_t *c, const char *to, const char *content, const char *cli
 
 int pc_send_frame(pc_client_t *c, json_t *frame)
 {
+    if (c->lp) {
+        char path[96];
+        int status;
+        json_t *batch = json_pack("[O]", frame);
+        snprintf(path, sizeof(path), "/v1/lp/send?sid=%s", c->sid);
+        int rc = batch != NULL ? pc_rest(c, "POST", path, batch, &status, NULL) : PL_ERR_NOMEM;
+        json_decref(batch);
+        /* 429 and 503: not taken; like a frame lost with a socket, it is resent after no ack */
+        return rc == PL_OK && status == 202 ? PL_OK : PL_ERR_UNAVAIL;
+    }
     char *text = c->ws != NULL ? json_dumps(frame, JSON_COMPACT) : NULL;
     if (text == NULL) {
         return c->ws == NULL ? PL_ERR_UNAVAIL : PL_ERR_INVAL;
@@ -564,13 +729,13 @@ static void deliver(pc_client_t *c, json_t *m, pc_msg_fn on_msg, void *ud)
 
 int pc_poll(pc_client_t *c, int timeout_ms, pc_msg_fn on_msg, pc_msg_fn on_frame, void *ud)
 {
-    if (c->ws == NULL) {
+    if (c->lp) {
+        if (lp_pump(c, timeout_ms) != PL_OK) {
+            c->closed = 1;
+        }
+    } else if (c->ws == NULL || flush(c) != PL_OK) {
         return PL_ERR_UNAVAIL;
-    }
-    if (flush(c) != PL_OK) {
-        return PL_ERR_UNAVAIL;
-    }
-    if (c->pre_off < c->pre_len || wait_fd(c->fd, POLLIN, timeout_ms)) {
+    } else if (c->pre_off < c->pre_len || wait_fd(c->fd, POLLIN, timeout_ms)) {
         if (wslay_event_recv(c->ws) != 0) {
             c->closed = 1;
         }

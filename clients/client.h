@@ -31,8 +31,12 @@ void pc_set_token(pc_client_t *c, const char *token);
 int pc_rest(pc_client_t *c, const char *method, const char *path, json_t *body, int *status,
             json_t **out);
 
-/* Opens the WebSocket (Authorization header) and waits for "ready". PL_OK or an error. */
+/* Opens the WebSocket (Authorization header) and waits for "ready". PL_OK or an error. When
+ * the upgrade is refused (a proxy that does not pass it), or with PARLEY_TRANSPORT=longpoll,
+ * opens an HTTP long-poll session instead (DESIGN 7.6); the rest of the API is the same. */
 int pc_connect(pc_client_t *c);
+/* "websocket" or "longpoll": the transport of the current connection. */
+const char *pc_transport(const pc_client_t *c);
 void pc_disconnect(pc_client_t *c);
 /* The gateway id from the last "ready" frame. */
 const char *pc_gateway(const pc_client_t *c);

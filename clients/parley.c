@@ -684,6 +684,9 @@ static int cmd_chat(int argc, char **argv)
             continue;
         }
         backoff = 1;
+        if (strcmp(pc_transport(c), "longpoll") == 0) {
+            fprintf(stderr, "-- connected over HTTP long-polling --\n");
+        }
         pc_sync(c, print_msg, &w); /* whatever arrived while away, in order, once */
         for (;;) {
             struct pollfd p[2] = {{.fd = STDIN_FILENO, .events = POLLIN},

@@ -238,3 +238,78 @@ def test_cli_groups(tmp_path):
     assert cli(hb, "group", "leave", conv).stdout.strip() == "you left the group"
     r = cli(ha, "group", "leave", conv)
     assert r.returncode == 1, r.stdout  # the owner stays
+
+
+def _upgrade_blocking_proxy():
+    """A proxy in front of the edge that answers every WebSocket upgrade with 404, as some
+    corporate proxies do, and passes everything else through. Returns its port."""
+    import socket
+    import threading
+
+    edge = ("127.0.0.1", int(os.environ["PARLEY_EDGE_PORT"]))
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(64)
+
+    def pipe(src, dst):
+        try:
+            while True:
+                b = src.recv(65536)
+                if not b:
+                    break
+                dst.sendall(b)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve(c):
+        head = c.recv(65536)
+        if head.startswith(b"GET /ws"):
+            c.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            c.close()
+            return
+        u = socket.create_connection(edge)
+        u.sendall(head)
+        threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+        pipe(c, u)
+
+    def accept():
+        while True:
+            c, _ = ls.accept()
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return ls.getsockname()[1]
+
+
+def test_cli_falls_back_to_long_polling(tmp_path):
+    """One side behind a proxy that refuses WebSocket upgrades (the library falls back), the
+    other asking for long-polling (PARLEY_TRANSPORT=longpoll): they chat as over sockets."""
+    a, b = unique_name("clp"), unique_name("clp")
+    ha, hb = two_logged_in(tmp_path, a, b)
+    binary = os.path.join(os.environ["PARLEY_BIN"], "parley")
+    env_a = dict(chat_env(ha), PARLEY_URL=f"http://127.0.0.1:{_upgrade_blocking_proxy()}")
+    env_b = dict(chat_env(hb), PARLEY_TRANSPORT="longpoll")
+    pa = subprocess.Popen([binary, "chat", b], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env_a)
+    pb = subprocess.Popen([binary, "chat", a], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env_b)
+    time.sleep(1.5)
+    pa.stdin.write("hi over long-polling\n")
+    pa.stdin.flush()
+    time.sleep(1.0)
+    pb.stdin.write("same here\n")
+    pb.stdin.flush()
+    time.sleep(1.5)
+    out_a, err_a = pa.communicate(timeout=10)
+    out_b, err_b = pb.communicate(timeout=10)
+    for out, err in ((out_a, err_a), (out_b, err_b)):
+        assert "-- connected over HTTP long-polling --" in err.splitlines(), err
+        lines = [l for l in out.splitlines() if l.startswith("[")]
+        assert [l.split("] ", 1)[1] for l in lines] == [f"{a}: hi over long-polling",
+                                                       f"{b}: same here"], (out, err)
