@@ -10,7 +10,7 @@ WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 C_SOURCES = $(shell find include libs services tests clients -name '*.[ch]' 2>/dev/null)
 
 .PHONY: all deps build asan run up down status test format format-check lint unit unit-asan \
-        integration faults faults-groups chaos deploy-check compose-test fuzz fuzz-smoke bench bench-presence bench-groups bench-receipts clean
+        integration faults faults-groups chaos deploy-check compose-test fuzz fuzz-smoke bench bench-presence bench-groups bench-receipts bench-longpoll clean
 
 all: build
 
@@ -106,6 +106,7 @@ bench: build
 	@python3 bench/presence.py
 	@python3 bench/groups.py
 	@python3 bench/receipts.py
+	@python3 bench/longpoll.py
 
 # A login storm of users with many contacts over 3 gateways: presence frames per second, ready
 # to the contacts' online frame (p50/p99), Redis commands per change (bench/presence.py).
@@ -122,6 +123,11 @@ bench-groups: build
 # steps without: send->deliver p99, cursor writes to MongoDB per second (bench/receipts.py).
 bench-receipts: build
 	@python3 bench/receipts.py
+
+# HTTP long-polling against WebSockets: send -> deliver p50/p99 at 100 msg/s for a pair of each
+# in the same run, and the gateway's memory per idle long-poll session (bench/longpoll.py).
+bench-longpoll: build
+	@python3 bench/longpoll.py
 
 test: deps format-check lint deploy-check unit unit-asan fuzz-smoke integration faults
 	@echo "make test: all checks passed"

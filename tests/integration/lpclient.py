@@ -15,7 +15,7 @@ import os
 
 import aiohttp
 
-EDGE = f"http://127.0.0.1:{os.environ.get('PARLEY_EDGE_PORT', '18000')}"
+EDGE = f"http://127.0.0.1:{os.environ.get('PARLEY_EDGE_PORT', '8000')}"
 
 
 class OpenFailed(Exception):

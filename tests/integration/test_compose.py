@@ -116,11 +116,19 @@ def test_chat_through_the_edge_on_8000_and_8443(edge):
     assert [m["seq"] for m in r.json["messages"]] == [1, 2]
 
 
+def test_the_edge_serves_the_openapi_document(edge):
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "openapi.json")) as f:
+        doc = json.load(f)
+    r = edge.call("GET", "/v1/openapi.json")
+    assert r.status == 200 and r.json == doc, r
+
+
 def test_scale_to_three_gateways_and_kill_one(edge, mongo):
     compose("up", "-d", "--no-build", "--no-recreate", "--scale", "gateway=3", "--wait",
             "--wait-timeout", "180")
     assert len(gateway_containers()) == 3
-    ledger = Ledger(edge, mongo, 8)
+    # Every other device long-polls: the edge's sid hash must keep each session on its gateway.
+    ledger = Ledger(edge, mongo, 8, transport="mix")
     ledger.setup()
     # The edge re-resolves the gateway name every 5 s: wait until it spreads new sockets.
     time.sleep(6)
