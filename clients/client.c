@@ -377,6 +377,21 @@ static int flush(pc_client_t *c)
     return PL_OK;
 }
 
+/* Takes the "ready" frame out of the inbox (noting the gateway): 1 when it had come. */
+static int take_ready(pc_client_t *c)
+{
+    for (size_t k = 0; k < json_array_size(c->inbox); k++) {
+        json_t *f = json_array_get(c->inbox, k);
+        if (strcmp(json_string_value(json_object_get(f, "type")) ?: "", "ready") == 0) {
+            snprintf(c->gateway, sizeof(c->gateway), "%s",
+                     json_string_value(json_object_get(f, "gateway")) ?: "");
+            json_array_remove(c->inbox, k);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* The WebSocket handshake; *refused is set when an HTTP answer other than 101, 401 or 403
  * came (a proxy that does not pass upgrades), the case for falling back to long-polling. */
 static int ws_connect(pc_client_t *c, int *refused)
@@ -439,14 +454,8 @@ static int ws_connect(pc_client_t *c, int *refused)
                 break;
             }
         }
-        for (size_t k = 0; k < json_array_size(c->inbox); k++) {
-            json_t *f = json_array_get(c->inbox, k);
-            if (strcmp(json_string_value(json_object_get(f, "type")) ?: "", "ready") == 0) {
-                snprintf(c->gateway, sizeof(c->gateway), "%s",
-                         json_string_value(json_object_get(f, "gateway")) ?: "");
-                json_array_remove(c->inbox, k);
-                return PL_OK;
-            }
+        if (take_ready(c)) {
+            return PL_OK;
         }
     }
     pc_disconnect(c);
@@ -479,8 +488,9 @@ static int lp_start(pc_client_t *c)
     return rc;
 }
 
-/* An answer read whole: its frames (those not taken before) go to the inbox. PL_OK, or
- * PL_ERR_UNAVAIL when the session is over (close_code says why). */
+/* An answer read whole: its frames (those not taken before) go to the inbox. PL_OK (also for
+ * 429 and 503, after a short wait), or PL_ERR_UNAVAIL when the session is over (close_code
+ * says why). */
 static int lp_take(pc_client_t *c)
 {
     const char *d = c->lp_resp.data;
@@ -489,6 +499,11 @@ static int lp_take(pc_client_t *c)
     const char *body = status ? strstr(d, "\r\n\r\n") : NULL;
     json_t *a = body != NULL ? json_loads(body + 4, 0, NULL) : NULL;
     json_t *frames = json_object_get(a, "frames");
+    if (status == 429 || status == 503) {
+        json_decref(a);
+        usleep(500 * 1000); /* over a limit, or busy: the session lives; poll again soon */
+        return PL_OK;
+    }
     if (status != 200 || !json_is_array(frames)) {
         json_decref(a);
         c->close_code = status == 401 ? 4001 : 1006; /* 404: the session is gone */
@@ -567,14 +582,8 @@ static int lp_connect(pc_client_t *c)
         if (lp_pump(c, 100) != PL_OK) {
             break;
         }
-        for (size_t k = 0; k < json_array_size(c->inbox); k++) {
-            json_t *f = json_array_get(c->inbox, k);
-            if (strcmp(json_string_value(json_object_get(f, "type")) ?: "", "ready") == 0) {
-                snprintf(c->gateway, sizeof(c->gateway), "%s",
-                         json_string_value(json_object_get(f, "gateway")) ?: "");
-                json_array_remove(c->inbox, k);
-                return PL_OK;
-            }
+        if (take_ready(c)) {
+            return PL_OK;
         }
     }
     int code = c->close_code;

@@ -29,10 +29,10 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
   -subj "/CN=check" -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
-# The template's one variable is filled in as the nginx image's entrypoint would.
+# The template's variables are filled in as the nginx image's entrypoint would.
 sed -E 's/ resolve;/;/; s/(auth|store|gateway):(80[0-9]+)/127.0.0.1:\2/; s/listen 8000;/listen 127.0.0.1:8000;/' \
   deploy/docker/nginx.conf.template |
-  sed "s|/etc/nginx/tls/|$tmp/|; s|listen 8443 ssl;|listen 127.0.0.1:8443 ssl;|; s|\${NGINX_LOCAL_RESOLVERS}|127.0.0.1|" \
+  sed "s|/etc/nginx/tls/|$tmp/|; s|listen 8443 ssl;|listen 127.0.0.1:8443 ssl;|; s|\${NGINX_LOCAL_RESOLVERS}|127.0.0.1|; s|\${PARLEY_EDGE_REST_RATE}|50|; s|\${PARLEY_EDGE_REST_BURST}|100|; s|\${PARLEY_EDGE_CONN_PER_ADDR}|1000|" \
   > "$tmp/nginx.conf"
 nginx -q -t -c "$tmp/nginx.conf" -g "pid $tmp/nginx.pid; error_log $tmp/error.log;" \
   && echo "nginx: deploy/docker/nginx.conf.template syntax ok"

@@ -31,6 +31,11 @@ mkdir -p "$work" "$PARLEY_TOOLS/bin"
 export CONTAINERS_CONF=$here/containers.conf
 export PARLEY_EDGE_PORT=${PARLEY_EDGE_PORT:-8000}
 export PARLEY_EDGE_TLS_PORT=${PARLEY_EDGE_TLS_PORT:-8443}
+# Every test client comes from one address: the edge's per-address limits are raised for the
+# test through their variables, as tests/integration/run.sh does for the local edge.
+export PARLEY_EDGE_REST_RATE=${PARLEY_EDGE_REST_RATE:-100000}
+export PARLEY_EDGE_REST_BURST=${PARLEY_EDGE_REST_BURST:-100000}
+export PARLEY_EDGE_CONN_PER_ADDR=${PARLEY_EDGE_CONN_PER_ADDR:-60000}
 project=parleytest
 t0=$(date +%s)
 step() { say "compose-test [$(($(date +%s) - t0)) s] $*"; }

@@ -240,6 +240,7 @@ static void answer_poll(lp_sess_t *s)
         s->close_sent = s->closing;
     }
     s->poll = NULL;
+    s->last_poll_ms = pl_now_ms(); /* idle counts from the answer: the client polls again now */
     s->lp->held_count--;
     pl_metric_gauge_add(s->lp->m_held, -1);
 }

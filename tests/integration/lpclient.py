@@ -18,6 +18,13 @@ import aiohttp
 EDGE = f"http://127.0.0.1:{os.environ.get('PARLEY_EDGE_PORT', '8000')}"
 
 
+def _retry_after(r):
+    try:
+        return min(5.0, float(r.headers.get("Retry-After", "1")))
+    except ValueError:
+        return 1.0
+
+
 class OpenFailed(Exception):
     def __init__(self, status, body):
         super().__init__(f"long-poll open: {status} {body}")
@@ -75,12 +82,16 @@ class LongPoll:
                                          headers=self._headers()) as r:
                     body = await r.text()
                     status = r.status
+                    wait = _retry_after(r)
             except asyncio.CancelledError:
                 raise
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 self._end(1006, "connection failed")
                 return
             self.polls += 1
+            if status in (429, 503):  # over a limit, or busy: the session lives; wait
+                await asyncio.sleep(wait)
+                continue
             if status != 200:
                 self._end(1006 if status != 401 else 4001, f"poll answered {status}")
                 return
@@ -97,13 +108,18 @@ class LongPoll:
     async def send(self, text):
         """Sends one frame (or a list of frames); returns the HTTP status (202 when taken)."""
         frames = text if isinstance(text, list) else [json.loads(text)]
-        try:
-            async with self.http.post(f"{self.base}/v1/lp/send", params={"sid": self.sid},
-                                      json=frames, headers=self._headers()) as r:
-                await r.read()
-                return r.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return 0
+        for _ in range(5):
+            try:
+                async with self.http.post(f"{self.base}/v1/lp/send", params={"sid": self.sid},
+                                          json=frames, headers=self._headers()) as r:
+                    await r.read()
+                    if r.status not in (429, 503):
+                        return r.status
+                    wait = _retry_after(r)  # nothing of it was taken: send it again
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                return 0
+            await asyncio.sleep(wait)
+        return 429
 
     async def recv(self):
         f = await self.frames.get()
