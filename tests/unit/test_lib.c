@@ -1,6 +1,7 @@
 /*
  * Unit tests of the shared library's standalone modules: the error table, bounded buffers,
- * configuration getters, encodings, the metrics registry and the HTTP status mapping.
+ * configuration getters, encodings, the metrics registry, the HTTP status mapping, and held
+ * HTTP requests answered from another thread (a real server on a loopback port).
  */
 #include "parley/buf.h"
 #include "parley/cfg.h"
@@ -11,9 +12,13 @@
 #include "parley/metrics.h"
 
 #include <CUnit/Basic.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static void test_err_table(void)
@@ -244,6 +249,114 @@ static void test_metrics(void)
     CU_ASSERT_PTR_NULL(m);
 }
 
+/* ---- held requests (pl_http_hold / pl_http_answer) ---- */
+
+struct held_box {
+    pthread_mutex_t lock;
+    pl_http_req_t *held[4];
+    int n;
+};
+
+static void h_hold(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
+{
+    struct held_box *b = ud;
+    pl_http_req_t *h = pl_http_hold(req, resp);
+    pthread_mutex_lock(&b->lock);
+    b->held[b->n++] = h;
+    pthread_mutex_unlock(&b->lock);
+}
+
+static int held_count(struct held_box *b)
+{
+    pthread_mutex_lock(&b->lock);
+    int n = b->n;
+    pthread_mutex_unlock(&b->lock);
+    return n;
+}
+
+/* Sends a GET for path to port; returns the connected socket. */
+static int http_get(int port, const char *path)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    char req[128];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: x\r\n\r\n", path);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Reads the whole answer (HTTP/1.0: until the server closes). */
+static void read_all(int fd, char *out, size_t cap)
+{
+    size_t len = 0;
+    ssize_t r;
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    while (len + 1 < cap && (r = read(fd, out + len, cap - 1 - len)) > 0) {
+        len += (size_t)r;
+    }
+    out[len] = '\0';
+    close(fd);
+}
+
+static void test_http_hold(void)
+{
+    struct held_box box = {.n = 0};
+    pthread_mutex_init(&box.lock, NULL);
+    static const pl_http_route_t routes[] = {{"GET", "/hold", h_hold}};
+    pl_http_cfg_t cfg = {.bind_addr = "127.0.0.1",
+                         .port = 0,
+                         .threads = 1,
+                         .body_max = 1024,
+                         .max_conns = 16,
+                         .allow_hold = 1,
+                         .routes = routes,
+                         .nroutes = 1,
+                         .ud = &box};
+    pl_http_t *h = NULL;
+    CU_ASSERT_EQUAL_FATAL(pl_http_start(&cfg, &h), PL_OK);
+    int port = pl_http_port(h);
+    int a = http_get(port, "/hold");
+    int b = http_get(port, "/hold");
+    CU_ASSERT_FATAL(a >= 0 && b >= 0);
+    for (int i = 0; i < 500 && held_count(&box) < 2; i++) {
+        usleep(10 * 1000);
+    }
+    CU_ASSERT_EQUAL_FATAL(held_count(&box), 2);
+    /* Held: nothing is answered until someone answers. */
+    char buf[2048];
+    struct timeval tv = {0, 200 * 1000};
+    setsockopt(a, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    CU_ASSERT(read(a, buf, sizeof(buf)) < 0);
+    /* Answered from this thread (not the server's), each its own way. */
+    char *text = strdup("{\"frames\":[],\"next\":1}");
+    pl_http_answer(box.held[0], 200, text, strlen(text), 0);
+    pl_http_answer_error(box.held[1], PL_ERR_RATELIMIT, "slow down", 1500);
+    read_all(a, buf, sizeof(buf));
+    CU_ASSERT(strncmp(buf, "HTTP/1.0 200", 12) == 0 || strncmp(buf, "HTTP/1.1 200", 12) == 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "{\"frames\":[],\"next\":1}"));
+    read_all(b, buf, sizeof(buf));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, " 429 "));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "Retry-After: 2"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "\"retry_after_ms\":1500"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "\"code\":\"rate_limited\""));
+    /* A held request whose client went away: the answer is dropped, nothing leaks. */
+    int c = http_get(port, "/hold");
+    for (int i = 0; i < 500 && held_count(&box) < 3; i++) {
+        usleep(10 * 1000);
+    }
+    CU_ASSERT_EQUAL_FATAL(held_count(&box), 3);
+    close(c);
+    pl_http_answer(box.held[2], 200, strdup("{}"), 2, 0);
+    usleep(100 * 1000);
+    pl_http_stop(&h);
+    pthread_mutex_destroy(&box.lock);
+}
+
 static void test_log_level(void)
 {
     CU_ASSERT_EQUAL(pl_log_level_parse("debug"), PL_LOG_DEBUG);
@@ -269,6 +382,7 @@ int main(void)
     CU_add_test(s, "hex, random, time", test_hex_time);
     CU_add_test(s, "metrics registry", test_metrics);
     CU_add_test(s, "log level", test_log_level);
+    CU_add_test(s, "held http requests", test_http_hold);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
