@@ -75,6 +75,10 @@ int pl_http_start(const pl_http_cfg_t *cfg, pl_http_t **out);
 /* The port actually bound. */
 int pl_http_port(const pl_http_t *h);
 
+/* Stops accepting: the listening socket is closed (a proxy in front moves new connections to
+ * another instance), connections already open are still served. Idempotent; accepts NULL. */
+void pl_http_quiesce(pl_http_t *h);
+
 /* Stops accepting, lets in-flight requests finish, frees the server, sets *h to NULL. */
 void pl_http_stop(pl_http_t **h);
 

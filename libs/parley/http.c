@@ -19,11 +19,13 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 struct pl_http_s {
     struct MHD_Daemon *d;
     pl_http_cfg_t cfg;
     int port;
+    int quiesced;
     pl_metric_t *latency;
 };
 
@@ -598,13 +600,25 @@ int pl_http_port(const pl_http_t *h)
     return h->port;
 }
 
+void pl_http_quiesce(pl_http_t *h)
+{
+    if (h != NULL && !h->quiesced) {
+        MHD_socket fd = MHD_quiesce_daemon(h->d);
+        if (fd != MHD_INVALID_SOCKET) {
+            close(
+                fd); /* MHD hands the listening socket back: closed, new connections are refused */
+        }
+        h->quiesced = 1;
+    }
+}
+
 void pl_http_stop(pl_http_t **ph)
 {
     if (ph == NULL || *ph == NULL) {
         return;
     }
     pl_http_t *h = *ph;
-    MHD_quiesce_daemon(h->d);
+    pl_http_quiesce(h);
     MHD_stop_daemon(h->d);
     free(h);
     *ph = NULL;

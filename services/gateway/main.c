@@ -52,6 +52,7 @@ typedef struct gw_main_s {
     pl_metric_t *m_envelope[3]; /* items received from the router, by conversation kind */
     gw_ws_t *ws;
     gw_lp_t *lp;
+    pl_http_t *http; /* quiesced when the drain starts */
     char *origins;
     int dr_pipe[2];
     gw_watch_t dr_w;
@@ -511,6 +512,9 @@ static void serve(gw_main_t *g, int sigfd)
             pl_log_info("draining", "signal %u: draining %ld connections", si.ssi_signo,
                         gw_ws_count(g->ws));
             atomic_store(&g->draining, 1);
+            /* No new connections from now on: the edge sends new sockets, opens and polls to
+             * the other gateways instead of to a 503 here. Open ones are still served. */
+            pl_http_quiesce(g->http);
             gw_lp_drain(g->lp);
             gw_sessions_drain(g->sessions);
             gw_redis_goodbye(g->redis);
@@ -624,6 +628,7 @@ int main(void)
     pl_log_fields(PL_LOG_INFO, "started",
                   json_pack("{s:i,s:s}", "port", pl_http_port(http), "gateway", g.gw_id),
                   "parley-gateway %s listening on port %d", g.gw_id, pl_http_port(http));
+    g.http = http;
     serve(&g, sigfd);
     pl_log_info("stopping", "drained; %ld connections left", gw_ws_count(g.ws));
     rc = 0;

@@ -109,6 +109,8 @@ class LongPoll:
         """Sends one frame (or a list of frames); returns the HTTP status (202 when taken)."""
         frames = text if isinstance(text, list) else [json.loads(text)]
         for _ in range(5):
+            if self.http.closed:
+                return 0  # this session is over; the caller resends on the next one
             try:
                 async with self.http.post(f"{self.base}/v1/lp/send", params={"sid": self.sid},
                                           json=frames, headers=self._headers()) as r:
