@@ -92,7 +92,7 @@ struct gw_lp_s {
     lp_sess_t *by_sid[SID_BUCKETS];
     lp_user_t *users[SID_BUCKETS];
     lp_sess_t *all, *dirty, *dead;
-    long count, open_count, held_count;
+    long count, open_count;
     atomic_int draining;
     int stopped; /* gw_lp_shutdown() ran: nothing more is queued (under q_lock) */
     pthread_mutex_t q_lock;
@@ -241,7 +241,6 @@ static void answer_poll(lp_sess_t *s)
     }
     s->poll = NULL;
     s->last_poll_ms = pl_now_ms(); /* idle counts from the answer: the client polls again now */
-    s->lp->held_count--;
     pl_metric_gauge_add(s->lp->m_held, -1);
 }
 
@@ -313,8 +312,8 @@ static void end_session(lp_sess_t *s)
     lp->count--;
     pl_metric_gauge_add(lp->m_sessions, -1);
     s->dead = 1;
-    /* Off the dirty list first if it is on it (end_turn skips dead ones, but the link must
-     * not be reused): dead sessions wait on their own list. */
+    /* Freed by the next gw_lp_end_turn(): s may still be on its dirty list (which skips dead
+     * sessions); the sid table's link is free now and strings the dead ones together. */
     s->hnext = lp->dead;
     lp->dead = s;
 }
@@ -510,13 +509,11 @@ static void do_poll(gw_lp_t *lp, lp_req_t *r)
         s->poll = NULL;
         uint64_t next = s->head != NULL ? s->head->num : s->next_num;
         answer_json(old, 200, json_pack("{s:[],s:I}", "frames", "next", (json_int_t)next));
-        lp->held_count--;
         pl_metric_gauge_add(lp->m_held, -1);
     }
     s->poll = r->http;
     s->poll_deadline = pl_now_ms() + lp->cfg.hold_ms;
     s->last_poll_ms = pl_now_ms();
-    lp->held_count++;
     pl_metric_gauge_add(lp->m_held, 1);
     if (s->head != NULL || s->closing) {
         mark_dirty(s); /* answered at the end of the turn */
