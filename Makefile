@@ -9,7 +9,7 @@ ASAN_BUILD ?= build-asan
 WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 C_SOURCES = $(shell find include libs services tests clients -name '*.[ch]' 2>/dev/null)
 
-.PHONY: all deps build asan run up down status test format format-check lint unit unit-asan \
+.PHONY: all deps web build asan run up down status test format format-check lint unit unit-asan \
         integration faults faults-groups chaos deploy-check compose-test fuzz fuzz-smoke bench bench-presence bench-groups bench-receipts bench-longpoll clean
 
 all: build
@@ -17,14 +17,18 @@ all: build
 deps:
 	@deploy/deps.sh
 
-build: deps
+build: deps web
 	@cmake -S . -B $(BUILD) -G Ninja -DPARLEY_WERROR=$(WERROR) >/dev/null
 	@cmake --build $(BUILD)
 
-asan: deps
+asan: deps web
 	@cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DPARLEY_SANITIZE=ON \
 	  -DPARLEY_WERROR=$(WERROR) >/dev/null
 	@cmake --build $(ASAN_BUILD)
+
+# The web client: web/src and Preact+htm from npm into web/dist, which the edge serves at /.
+web: deps
+	@web/build.sh
 
 run: build
 	@deploy/cluster.sh run

@@ -70,6 +70,7 @@ edge_config() {
   sed -e "s|@VAR@|$PARLEY_VAR|g" -e "s|@EDGE_PORT@|$EDGE_PORT|g" \
       -e "s|@EDGE_TLS_PORT@|$EDGE_TLS_PORT|g" -e "s|@KEYS@|$PARLEY_KEYS_DIR|g" \
       -e "s|@DOCS@|$(cd "$here/../docs" && pwd)|g" \
+      -e "s|@WEB@|${PARLEY_WEB_DIR:-$(cd "$here/.." && pwd)/web/dist}|g" \
       -e "s|@CONN_PER_ADDR@|${PARLEY_EDGE_CONN_PER_ADDR:-1000}|g" \
       -e "s|@REST_RATE@|${PARLEY_EDGE_REST_RATE:-50}|g" \
       -e "s|@REST_BURST@|${PARLEY_EDGE_REST_BURST:-100}|g" \
@@ -114,7 +115,7 @@ up() {
   "$here/infra.sh" start
   start_services
   start_edge
-  say "Parley is up. Edge: http://127.0.0.1:$EDGE_PORT and https://localhost:$EDGE_TLS_PORT  (logs: $PARLEY_VAR/log)"
+  say "Parley is up. Web client: http://127.0.0.1:$EDGE_PORT/  (also https://localhost:$EDGE_TLS_PORT/; API on the same addresses; logs: $PARLEY_VAR/log)"
 }
 
 down() {

