@@ -55,6 +55,7 @@ if [ ${#need[@]} -gt 0 ]; then
     aardvark-dns iptables >/dev/null
 fi
 "$root/deploy/deps.sh"
+"$root/web/build.sh"  # web/dist, which docker-compose.yml mounts into the edge
 compose=$PARLEY_TOOLS/bin/docker-compose
 if ! "$compose" version 2>/dev/null | grep -q "${COMPOSE_VERSION#v}"; then
   step "building Docker Compose $COMPOSE_VERSION from the Go module proxy (first time only)"

@@ -141,6 +141,17 @@ def test_the_edge_serves_the_openapi_document(edge):
     assert r.status == 200 and r.json == doc, r
 
 
+def test_the_edge_serves_the_web_client_under_a_strict_csp(edge):
+    r = edge.call("GET", "/")
+    assert r.status == 200 and b'<div id="app">' in r.raw, r
+    csp = r.headers.get("Content-Security-Policy", "")
+    assert "script-src 'self'" in csp and "unsafe" not in csp and "frame-ancestors 'none'" in csp, csp
+    r = edge.call("GET", "/vendor/preact-htm.js")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/javascript"), r
+    r = edge.call("GET", "/no-such-file.js")
+    assert r.status == 404 and r.json["error"]["code"] == "not_found", r
+
+
 def test_scale_to_three_gateways_and_kill_one(edge, mongo):
     compose("up", "-d", "--no-build", "--no-recreate", "--scale", "gateway=3", "--wait",
             "--wait-timeout", "180")

@@ -350,3 +350,39 @@ def test_errors_are_shown_in_the_users_language(browser):
     pg.locator("form button[type=submit]").click()
     expect(pg.locator(".auth .error")).to_have_text("That username is taken. Pick another one.")
     h.close()
+
+
+def test_the_edge_serves_the_web_client_under_a_strict_csp(edge):
+    r = edge.call("GET", "/")
+    assert r.status == 200 and b'<div id="app">' in r.raw, r
+    csp = r.headers.get("Content-Security-Policy", "")
+    for part in ("default-src 'none'", "script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"):
+        assert part in csp, csp
+    assert "unsafe" not in csp, csp
+    for path in ("/app.js", "/vendor/preact-htm.js"):
+        r = edge.call("GET", path)
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/javascript"), (path, r)
+    r = edge.call("GET", "/no-such-file.js")
+    assert r.status == 404 and r.json["error"]["code"] == "not_found", r
+
+
+def test_the_access_token_is_refreshed_without_the_user_noticing(browser):
+    """The page's clock jumps 14.5 minutes (the access token lives 15): the client rotates its
+    tokens by itself, stays connected, and a reload carries on with the new session."""
+    k = Person(browser, "en-US", "UTC")
+    refreshes = []
+    k.page.on("response", lambda r: refreshes.append(r.status) if r.url.endswith("/v1/auth/refresh") else None)
+    k.page.clock.install()
+    k.register("webclock")
+    assert refreshes == []
+    k.page.clock.fast_forward("14:30")
+    for _ in range(100):  # the refresh is a real request: let it come back
+        if refreshes:
+            break
+        k.page.wait_for_timeout(100)
+    assert refreshes == [200], refreshes
+    k.connected("online")
+    k.page.reload()
+    k.connected("online")
+    expect(k.page.locator(".me small")).to_have_text(f"Signed in as {k.name}")
+    k.close()
