@@ -7,6 +7,8 @@ comes back shows every message once and in order.
 
 Screenshots are written to var/artifacts/web/ (docs/web-en.png and docs/web-zh.png are
 copies of two of them)."""
+import asyncio
+import concurrent.futures
 import datetime
 import os
 import re
@@ -15,7 +17,9 @@ import uuid
 import zoneinfo
 
 import pytest
+from conftest import user_with_token
 from playwright.sync_api import expect, sync_playwright
+from wsclient import Chat
 
 EDGE = f"http://127.0.0.1:{os.environ['PARLEY_EDGE_PORT']}"
 CHROMIUM = os.environ.get("PARLEY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -115,6 +119,12 @@ class Person:
         assert not self.csp, self.csp
         assert not self.errors, self.errors
         self.ctx.close()
+
+
+def in_thread(coro_fn):
+    """Runs an asyncio client (wsclient) beside Playwright's own loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        return ex.submit(lambda: asyncio.run(coro_fn())).result()
 
 
 def rendered_hour(text):
@@ -342,6 +352,13 @@ def test_errors_are_shown_in_the_users_language(browser):
     pg.locator("input[name=password]").fill("not the password")
     pg.locator("form button[type=submit]").click()
     expect(pg.locator(".auth .error")).to_have_text("用户名或密码错误。")
+    # Over the per-user login limit (PARLEY_LOGIN_LIMIT_USER, 10 in this suite): the wait.
+    for _ in range(12):
+        pg.locator("form button[type=submit]").click()
+        expect(pg.locator("form button[type=submit]")).to_be_enabled()
+        if "秒后重试" in pg.locator(".auth .error").inner_text():
+            break
+    expect(pg.locator(".auth .error")).to_have_text(re.compile(r"^尝试次数过多，请在 \d+ 秒后重试。$"))
     # A taken username, in English after switching the language.
     pg.locator("select[name=language]").select_option("en")
     pg.locator("button.link").click()
@@ -386,3 +403,42 @@ def test_the_access_token_is_refreshed_without_the_user_noticing(browser):
     k.connected("online")
     expect(k.page.locator(".me small")).to_have_text(f"Signed in as {k.name}")
     k.close()
+
+
+def test_older_history_loads_on_scroll_and_privacy_settings_apply(browser, edge):
+    j = Person(browser, "en-US", "Australia/Sydney")
+    jn = j.register("webhist")
+    stranger, token = user_with_token(edge, "webst")
+    want = [f"old {i:02d}" for i in range(60)]
+
+    async def sixty():
+        c = await Chat.connect(token)
+        await c.send_many(jn, want, window=1)
+        await c.close()
+    in_thread(sixty)
+
+    j.open_conv(stranger)
+    msgs = j.page.locator(".messages .msg .content")
+    expect(msgs).to_have_count(50)  # the latest page
+    expect(msgs.first).to_have_text("old 10")
+    j.page.locator(".messages").evaluate("el => { el.scrollTop = 0; }")
+    expect(msgs).to_have_count(60)
+    expect(msgs).to_have_text(want)
+
+    # Privacy: messages from contacts only; the stranger's next send is refused.
+    j.tab(3)
+    j.page.locator("select[name=who_can_message]").select_option("contacts")
+    expect(j.page.locator(".notice")).to_have_text(re.compile("Saved"))
+
+    async def refused():
+        c = await Chat.connect(token)
+        await c.send(jn, "after the change")
+        await c.wait(lambda: c.errors)
+        await c.close()
+        return c.errors[0]["code"]
+    assert in_thread(refused) == "forbidden"
+    j.page.reload()
+    j.connected("online")
+    j.tab(3)
+    expect(j.page.locator("select[name=who_can_message]")).to_have_value("contacts")
+    j.close()

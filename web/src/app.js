@@ -211,6 +211,39 @@ function NewGroup({ i, chat, onOpen, say }) {
     </form>`;
 }
 
+function Settings({ i, chat, say }) {
+  const { t } = i;
+  const [s, setS] = useState(null);
+  useEffect(() => {
+    chat.api.req('GET', '/v1/users/me/settings').then(setS, (e) => say({ error: e }));
+  }, []);
+  if (!s) return html`<p class="empty">${t('loading')}</p>`;
+  const change = async (key, value) => {
+    try {
+      setS(await chat.api.req('PATCH', '/v1/users/me/settings', { [key]: value }));
+      say({ text: t('settings_saved') });
+    } catch (e) {
+      say({ error: e });
+    }
+  };
+  return html`
+    <form class="settings" aria-label=${t('settings')} onSubmit=${(e) => e.preventDefault()}>
+      <h3>${t('privacy')}</h3>
+      <label>${t('who_can_message')}
+        <select name="who_can_message" value=${s.who_can_message} onChange=${(e) => change('who_can_message', e.target.value)}>
+          <option value="everyone" selected=${s.who_can_message === 'everyone'}>${t('everyone')}</option>
+          <option value="contacts" selected=${s.who_can_message === 'contacts'}>${t('contacts_only')}</option>
+        </select></label>
+      <label>${t('who_sees_presence')}
+        <select name="presence" value=${s.presence} onChange=${(e) => change('presence', e.target.value)}>
+          <option value="contacts" selected=${s.presence === 'contacts'}>${t('contacts_only')}</option>
+          <option value="nobody" selected=${s.presence === 'nobody'}>${t('nobody')}</option>
+        </select></label>
+      <label class="check"><input type="checkbox" name="read_receipts" checked=${s.read_receipts}
+        onChange=${(e) => change('read_receipts', e.target.checked)} /> ${t('send_read_receipts')}</label>
+    </form>`;
+}
+
 function systemText(i, chat, sender, ev) {
   if (!ev) return '';
   const { t } = i;
@@ -453,10 +486,12 @@ function Main({ i, api, chat, setLocale, onSignOut }) {
           <button role="tab" aria-selected=${tab === 'contacts'} onClick=${() => setTab('contacts')}>${t('contacts')}
             ${chat.contacts.some((k) => k.state === 'incoming') && html` <span class="badge">${chat.contacts.filter((k) => k.state === 'incoming').length}</span>`}</button>
           <button role="tab" aria-selected=${tab === 'group'} onClick=${() => setTab('group')}>${t('new_group')}</button>
+          <button role="tab" aria-selected=${tab === 'settings'} onClick=${() => setTab('settings')}>${t('settings')}</button>
         </div>
         ${tab === 'chats' && html`<${ConvList} i=${i} chat=${chat} />`}
         ${tab === 'contacts' && html`<${Contacts} i=${i} chat=${chat} onOpen=${open} say=${say} />`}
         ${tab === 'group' && html`<${NewGroup} i=${i} chat=${chat} onOpen=${open} say=${say} />`}
+        ${tab === 'settings' && html`<${Settings} i=${i} chat=${chat} say=${say} />`}
       </nav>
       <main class="pane">
         ${n && html`<p class=${n.error ? 'notice error' : 'notice'} role=${n.error ? 'alert' : 'status'}>

@@ -111,6 +111,16 @@ const en = {
   err_session: 'Your session ended. Please sign in again.',
   err_generic: 'Something went wrong: {detail}',
   dismiss: 'Dismiss',
+  // settings
+  settings: 'Settings',
+  privacy: 'Privacy',
+  who_can_message: 'Who can message me',
+  who_sees_presence: 'Who sees when I am online',
+  everyone: 'Everyone',
+  contacts_only: 'My contacts',
+  nobody: 'Nobody',
+  send_read_receipts: 'Let others see when I have read their messages',
+  settings_saved: 'Saved.',
 };
 
 const zhCN = {
@@ -210,6 +220,15 @@ const zhCN = {
   err_session: '会话已结束，请重新登录。',
   err_generic: '出错了：{detail}',
   dismiss: '关闭',
+  settings: '设置',
+  privacy: '隐私',
+  who_can_message: '谁可以给我发消息',
+  who_sees_presence: '谁能看到我在线',
+  everyone: '所有人',
+  contacts_only: '我的联系人',
+  nobody: '没有人',
+  send_read_receipts: '让对方看到我已读了他们的消息',
+  settings_saved: '已保存。',
 };
 
 export const CATALOGS = { en, 'zh-CN': zhCN };
