@@ -10,7 +10,7 @@ WERROR := $(if $(filter true 1,$(CI)),ON,OFF)
 C_SOURCES = $(shell find include libs services tests clients -name '*.[ch]' 2>/dev/null)
 
 .PHONY: all deps web build asan run up down status test format format-check lint unit unit-asan \
-        integration faults faults-groups chaos deploy-check compose-test fuzz fuzz-smoke bench bench-presence bench-groups bench-receipts bench-longpoll clean
+        integration faults faults-groups chaos deploy-check compose-test fuzz fuzz-smoke bench bench-presence bench-groups bench-receipts bench-longpoll bench-history clean
 
 all: build
 
@@ -132,6 +132,11 @@ bench-receipts: build
 # in the same run, and the gateway's memory per idle long-poll session (bench/longpoll.py).
 bench-longpoll: build
 	@python3 bench/longpoll.py
+
+# History reads (range, latest, recent) at 1,000,000 stored messages in 10,000 conversations,
+# on FerretDB/PARLEY_DB_BACKEND (bench/history.py).
+bench-history: build
+	@python3 bench/history.py
 
 test: deps format-check lint deploy-check unit unit-asan fuzz-smoke integration faults
 	@echo "make test: all checks passed"

@@ -15,6 +15,8 @@ APT_PACKAGES=(build-essential cmake ninja-build pkg-config
   python3 python3-pip
   gnuplot-nox nodejs npm
   chromium fonts-noto-cjk)
+# FerretDB on PostgreSQL instead of SQLite (deploy/infra.sh) needs Debian's server.
+[ "${PARLEY_DB_BACKEND:-sqlite}" = postgresql ] && APT_PACKAGES+=(postgresql)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

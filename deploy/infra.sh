@@ -21,6 +21,14 @@ case "$FERRETDB_SYNC" in
   normal | full | extra) ;;
   *) echo "PARLEY_FERRETDB_SYNCHRONOUS must be normal, full or extra" >&2; exit 2 ;;
 esac
+# FerretDB's storage: SQLite files under $PARLEY_VAR (sqlite), or a PostgreSQL cluster of this
+# cluster's own under $PARLEY_VAR/postgres, run from Debian's postgresql package (postgresql).
+DB_BACKEND=${PARLEY_DB_BACKEND:-sqlite}
+case "$DB_BACKEND" in
+  sqlite | postgresql) ;;
+  *) echo "PARLEY_DB_BACKEND must be sqlite or postgresql" >&2; exit 2 ;;
+esac
+PG_PORT=${PARLEY_PG_PORT:-$((MONGO_PORT + 100))}
 PARTITIONS=${PARLEY_KAFKA_PARTITIONS:-6}
 KAFKA_HEAP=${PARLEY_KAFKA_HEAP:-512m}
 TOPICS=(parley.messages parley.committed parley.cursors)
@@ -40,12 +48,58 @@ start_redis() {
   wait_port 127.0.0.1 "$REDIS_PORT" 20 Redis
 }
 
+# PostgreSQL refuses to run as root: as root, it runs as the package's postgres user, which
+# then needs to reach its folder ($PARLEY_VAR is made 0700 by mktemp: traversable is enough).
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+pg_as() {
+  if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi
+}
+
+start_postgres() {
+  running postgres && return 0
+  port_free "$PG_PORT" PostgreSQL
+  local bin dir=$PARLEY_VAR/postgres
+  bin=$(pg_bin)
+  [ -n "$bin" ] || die "PARLEY_DB_BACKEND=postgresql needs Debian's postgresql package"
+  mkdir -p "$dir/run"
+  if [ "$(id -u)" = 0 ]; then
+    chmod o+x "$PARLEY_VAR"
+    chown postgres: "$dir" "$dir/run"
+  fi
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    pg_as "$bin/initdb" -D "$dir/data" -U parley --auth=trust -E UTF8 --no-locale \
+      >>"$PARLEY_VAR/log/postgres-init.log" 2>&1 || die "initdb failed: $PARLEY_VAR/log/postgres-init.log"
+  fi
+  # PostgreSQL's defaults: a commit is answered once its WAL is fsynced. (Its
+  # synchronous_commit=off would not match SQLite's "normal": a commit still in the WAL buffers
+  # is lost with the server process, not only with the power.)
+  local sync=${PARLEY_PG_SYNCHRONOUS_COMMIT:-on}
+  if [ "$(id -u)" = 0 ]; then
+    spawn postgres setpriv --reuid=postgres --regid=postgres --init-groups -- "$bin/postgres" \
+      -D "$dir/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$dir/run" \
+      -c synchronous_commit="$sync" -c shared_buffers=256MB -c max_connections=200
+  else
+    spawn postgres "$bin/postgres" \
+      -D "$dir/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$dir/run" \
+      -c synchronous_commit="$sync" -c shared_buffers=256MB -c max_connections=200
+  fi
+  wait_port 127.0.0.1 "$PG_PORT" 30 PostgreSQL
+  pg_as "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U parley -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname = 'ferretdb'" | grep -q 1 ||
+    pg_as "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U parley ferretdb
+}
+
 start_ferretdb() {
   running ferretdb && return 0
   port_free "$MONGO_PORT" FerretDB
   mkdir -p "$PARLEY_VAR/ferretdb/data" "$PARLEY_VAR/ferretdb/state"
-  spawn ferretdb "$PARLEY_TOOLS/bin/ferretdb" --handler=sqlite \
-    --sqlite-url="file:$PARLEY_VAR/ferretdb/data/?_pragma=synchronous($FERRETDB_SYNC)" --state-dir="$PARLEY_VAR/ferretdb/state" \
+  local storage=(--handler=sqlite
+    --sqlite-url="file:$PARLEY_VAR/ferretdb/data/?_pragma=synchronous($FERRETDB_SYNC)")
+  if [ "$DB_BACKEND" = postgresql ]; then
+    start_postgres
+    storage=(--handler=postgresql --postgresql-url="postgres://parley@127.0.0.1:$PG_PORT/ferretdb")
+  fi
+  spawn ferretdb "$PARLEY_TOOLS/bin/ferretdb" "${storage[@]}" --state-dir="$PARLEY_VAR/ferretdb/state" \
     --listen-addr="127.0.0.1:$MONGO_PORT" --debug-addr="127.0.0.1:0" \
     --telemetry=disable --log-level=warn
   wait_port 127.0.0.1 "$MONGO_PORT" 30 FerretDB
@@ -127,6 +181,8 @@ case "$cmd" in
     for n in kafka ferretdb redis; do
       case " ${names[*]} " in *" $n "*) stop "$n" 30 ;; esac
     done
+    # PostgreSQL goes with FerretDB, after it (a smart shutdown waits for its clients).
+    case " ${names[*]} " in *" ferretdb "*) stop postgres 30 ;; esac
     ;;
   status)
     for n in "${names[@]}"; do

@@ -299,8 +299,17 @@ class Ledger:
     async def settle(self, timeout=90):
         """Waits until every attempt is acked (or refused), then lets pushes arrive."""
         deadline = time.monotonic() + timeout
+        tick = 0
         while any(s.unacked for s in self.senders.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
+            tick += 1
+            if tick % 5 == 0:
+                # as during the traffic: a send unacked for ACK_TIMEOUT is sent again (same
+                # client_id), as every client library does, so one whose request was lost
+                # on the way (a long-poll send to a gateway that just went away) is not
+                # left waiting for a reconnect that may never come
+                for s in self.senders.values():
+                    await s.retry_stale()
         await asyncio.sleep(2)
 
     async def wait_stored(self, timeout=120):

@@ -217,14 +217,22 @@ export class Chat {
     }
   }
 
-  // Pulls everything after the highest contiguous seq held.
+  // Pulls everything after the highest contiguous seq held, up to the last seq known. A push
+  // that shows a gap while a pull is on its way may be newer than what that pull asked for,
+  // so the loop goes on until it reaches last_seq (or stops making progress: items outside
+  // the user's window of a group are never returned).
   async pullAfter(c) {
     if (c.pulling) return c.pulling;
     c.pulling = (async () => {
+      let stalled = 0;
       for (;;) {
+        const before = c.high;
         const r = await this.api.req('GET', `/v1/conversations/${c.conv}/messages?after_seq=${c.high}&limit=200`);
         this.take(c, r.messages);
-        if (r.messages.length < 200) break;
+        if (r.messages.length === 200) continue;
+        if (c.last_seq <= c.high) break;
+        stalled = c.high === before ? stalled + 1 : 0;
+        if (stalled >= 2) break;
       }
     })().finally(() => {
       c.pulling = null;

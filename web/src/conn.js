@@ -262,13 +262,19 @@ export class Conn {
     if (this.state === 'longpoll' && this.lp) {
       const lp = this.lp;
       const gen = this.generation;
-      this.lpFetch('POST', '/v1/lp/send?sid=' + lp.sid, frames, lp.abort.signal)
-        .then((r) => {
-          // The session ended: a new one resends what is unacked. Any other refusal (429,
-          // 503): nothing was taken, and the owner's outbox resends unacked sends later.
-          if (r.status === 404 && gen === this.generation) this.reconnectSoon(0);
-        })
-        .catch(() => {});
+      // At most 100 frames a request (the gateway's limit), one request after the other and
+      // behind any earlier ones, so the frames keep their order.
+      for (let i = 0; i < frames.length; i += 100) {
+        const chunk = frames.slice(i, i + 100);
+        lp.sending = (lp.sending || Promise.resolve())
+          .then(() => this.lpFetch('POST', '/v1/lp/send?sid=' + lp.sid, chunk, lp.abort.signal))
+          .then((r) => {
+            // The session ended: a new one resends what is unacked. Any other refusal (429,
+            // 503): nothing was taken, and the owner's outbox resends unacked sends later.
+            if (r.status === 404 && gen === this.generation) this.reconnectSoon(0);
+          })
+          .catch(() => {});
+      }
       return true;
     }
     return false;
