@@ -6,7 +6,6 @@ with kill -9 while read frames flow. Real binaries, Kafka, Redis and FerretDB.""
 import asyncio
 import json
 import os
-import time
 
 from conftest import Api, cluster, conversation, dm, kill9, user_with_token, wait_until
 from wsclient import Chat
@@ -36,20 +35,21 @@ def test_read_moves_forward_only_and_clears_unread(edge, mongo):
         await b.wait(lambda: len(b.cursor_acks) == 1)
         assert b.cursor_acks[0] == {"type": "ack", "cursor": "read", "conv": conv, "seq": 2,
                                     "_rx": b.cursor_acks[0]["_rx"]}
-        wait_until(lambda: conversation(edge, tb, conv)["read_seq"] == 2, timeout=10)
+        # blocking waits run in a thread: the sockets must go on answering the gateway's pings
+        await asyncio.to_thread(wait_until, lambda: conversation(edge, tb, conv)["read_seq"] == 2, timeout=10)
         assert conversation(edge, tb, conv)["unread"] == 1
         await b.cursor("read", conv, 1)  # lower: ignored, not an error
         await b.cursor("read", conv, 1000)  # past the end: held at the last seq
         await b.wait(lambda: len(b.cursor_acks) == 3)
         assert not b.errors
-        wait_until(lambda: conversation(edge, tb, conv)["read_seq"] == 3, timeout=10)
-        time.sleep(1.5)  # a flush after the lower one could only have moved it back
+        await asyncio.to_thread(wait_until, lambda: conversation(edge, tb, conv)["read_seq"] == 3, timeout=10)
+        await asyncio.sleep(1.5)  # a flush after the lower one could only have moved it back
         e = conversation(edge, tb, conv)
         assert (e["read_seq"], e["unread"]) == (3, 0)
         doc = mongo.members.find_one({"_id": f"{conv}|{bob}"})
         assert doc["read_seq"] == 3 and doc["delivered_seq"] == 3
         await send_n(a, bob, 2)
-        wait_until(lambda: conversation(edge, tb, conv)["unread"] == 2, timeout=10)
+        await asyncio.to_thread(wait_until, lambda: conversation(edge, tb, conv)["unread"] == 2, timeout=10)
         await a.close()
         await b.close()
 
@@ -76,7 +76,7 @@ def test_read_on_one_device_reaches_the_others(edge):
         assert any(r["kind"] == "delivered" and r["seq"] == 2 for r in a.receipts)
         await b1.wait(lambda: len(b1.cursor_acks) == 2)
         assert not b1.receipts
-        wait_until(lambda: conversation(edge, tb, conv)["unread"] == 0, timeout=10)
+        await asyncio.to_thread(wait_until, lambda: conversation(edge, tb, conv)["unread"] == 0, timeout=10)
         for d in (a, b1, b2):
             await d.close()
 
@@ -104,7 +104,7 @@ def test_no_receipt_when_the_reader_turned_them_off(edge):
         await b1.wait(lambda: any(r["user"] == alice for r in b1.receipts))
         await asyncio.sleep(1.5)
         assert not [r for r in a.receipts if r["user"] == bob]
-        wait_until(lambda: conversation(edge, tb, conv)["read_seq"] == 1, timeout=10)
+        await asyncio.to_thread(wait_until, lambda: conversation(edge, tb, conv)["read_seq"] == 1, timeout=10)
         for d in (a, b1, b2):
             await d.close()
 

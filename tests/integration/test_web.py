@@ -17,7 +17,7 @@ import uuid
 import zoneinfo
 
 import pytest
-from conftest import user_with_token
+from conftest import user_with_token, wait_until
 from playwright.sync_api import expect, sync_playwright
 from wsclient import Chat
 
@@ -416,6 +416,11 @@ def test_older_history_loads_on_scroll_and_privacy_settings_apply(browser, edge)
         await c.send_many(jn, want, window=1)
         await c.close()
     in_thread(sixty)
+    # acked is durable in Kafka; opening the conversation before the store has written all 60
+    # would show them by sync instead of by scrolling
+    conv = f"d:{min(jn, stranger)}:{max(jn, stranger)}"
+    wait_until(lambda: edge.call("GET", f"/v1/conversations/{conv}/messages?after_seq=59",
+                                 token=token).json["messages"], timeout=30)
 
     j.open_conv(stranger)
     msgs = j.page.locator(".messages .msg .content")
