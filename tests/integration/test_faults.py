@@ -304,6 +304,15 @@ def test_12_scale_out_then_drain_a_gateway(edge, mongo):
         info["before"] = sorted(sum(1 for d in devices if (d.gateway or "").startswith(f"gw{i}-"))
                                 for i in range(2))
         await asyncio.to_thread(cluster, "scale", "3")
+        # nginx reloads gracefully: until its new worker has taken over, connections still
+        # go by the old upstream list. Wait for the first one to reach the third gateway.
+        for _ in range(100):
+            probe = await Chat.connect(devices[0].token)
+            landed = probe.gateway.startswith("gw2-")
+            await probe.close()
+            if landed:
+                break
+            await asyncio.sleep(0.1)
         extra = [await Chat.connect(devices[0].token) for _ in range(30)]
         info["new_on_third"] = sum(1 for c in extra if c.gateway.startswith("gw2-"))
         for c in extra:
