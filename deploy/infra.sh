@@ -51,9 +51,8 @@ start_redis() {
 # PostgreSQL refuses to run as root: as root, it runs as the package's postgres user, which
 # then needs to reach its folder ($PARLEY_VAR is made 0700 by mktemp: traversable is enough).
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
-pg_as() {
-  if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi
-}
+PG_AS=()
+[ "$(id -u)" = 0 ] && PG_AS=(setpriv --reuid=postgres --regid=postgres --init-groups --)
 
 start_postgres() {
   running postgres && return 0
@@ -67,26 +66,20 @@ start_postgres() {
     chown postgres: "$dir" "$dir/run"
   fi
   if [ ! -f "$dir/data/PG_VERSION" ]; then
-    pg_as "$bin/initdb" -D "$dir/data" -U parley --auth=trust -E UTF8 --no-locale \
+    "${PG_AS[@]}" "$bin/initdb" -D "$dir/data" -U parley --auth=trust -E UTF8 --no-locale \
       >>"$PARLEY_VAR/log/postgres-init.log" 2>&1 || die "initdb failed: $PARLEY_VAR/log/postgres-init.log"
   fi
   # PostgreSQL's defaults: a commit is answered once its WAL is fsynced. (Its
   # synchronous_commit=off would not match SQLite's "normal": a commit still in the WAL buffers
   # is lost with the server process, not only with the power.)
   local sync=${PARLEY_PG_SYNCHRONOUS_COMMIT:-on}
-  if [ "$(id -u)" = 0 ]; then
-    spawn postgres setpriv --reuid=postgres --regid=postgres --init-groups -- "$bin/postgres" \
-      -D "$dir/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$dir/run" \
-      -c synchronous_commit="$sync" -c shared_buffers=256MB -c max_connections=200
-  else
-    spawn postgres "$bin/postgres" \
-      -D "$dir/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$dir/run" \
-      -c synchronous_commit="$sync" -c shared_buffers=256MB -c max_connections=200
-  fi
+  spawn postgres "${PG_AS[@]}" "$bin/postgres" \
+    -D "$dir/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 -c unix_socket_directories="$dir/run" \
+    -c synchronous_commit="$sync" -c shared_buffers=256MB -c max_connections=200
   wait_port 127.0.0.1 "$PG_PORT" 30 PostgreSQL
-  pg_as "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U parley -d postgres -tAc \
+  "${PG_AS[@]}" "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U parley -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname = 'ferretdb'" | grep -q 1 ||
-    pg_as "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U parley ferretdb
+    "${PG_AS[@]}" "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U parley ferretdb
 }
 
 start_ferretdb() {

@@ -161,8 +161,7 @@ export function describeError(t, e, context) {
   if (!e || !(e instanceof ApiError)) return t('err_generic', { detail: String(e && e.message) });
   if (e.status === 0) return t('err_network');
   if (e.status === 429 || e.code === 'rate_limited') {
-    const s = e.retryAfter ?? (e.retryAfterMs ? Math.ceil(e.retryAfterMs / 1000) : undefined);
-    return s ? t('err_rate_limited', { s: Math.ceil(s) }) : t('err_rate_limited_now');
+    return e.retryAfter ? t('err_rate_limited', { s: Math.ceil(e.retryAfter) }) : t('err_rate_limited_now');
   }
   if (context === 'login' && e.status === 401) return t('err_bad_login');
   if (context === 'register' && e.status === 409) return t('err_taken');

@@ -2,7 +2,7 @@
 // api.js, the connection in conn.js, strings and dates in i18n.js. Preact with htm (tagged
 // templates, no build step).
 import { html, render, useState, useEffect, useRef, useLayoutEffect, useReducer } from './vendor/preact-htm.js';
-import { Api, describeError } from './api.js';
+import { Api, ApiError, describeError } from './api.js';
 import { Chat, directConv } from './chat.js';
 import { makeI18n, pickLocale, pickZone, LANGUAGES } from './i18n.js';
 
@@ -307,7 +307,7 @@ function Pending({ i, chat, e }) {
                                 : e.state === 'pending' ? html`<span class="ticks clock" aria-label=${t('sending')}>🕓</span>` : ''}
         </span>
       </div>
-      ${e.state === 'failed' && html`<p class="error" role="alert">${t('send_failed', { reason: describeError(t, Object.assign(new Error(e.error.message), { status: 400, code: e.error.code, message: e.error.message })) })}
+      ${e.state === 'failed' && html`<p class="error" role="alert">${t('send_failed', { reason: describeError(t, new ApiError(400, e.error.code, e.error.message)) })}
         <button class="small" onClick=${() => chat.retry(e.cid)}>${t('retry')}</button>
         <button class="small secondary" onClick=${() => chat.discard(e.cid)}>${t('dismiss')}</button></p>`}
     </li>`;
