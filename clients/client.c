@@ -674,7 +674,40 @@ static struct conv_state *conv_get(pc_client_t *c, const char *conv)
     return s;
 }
 
-/* Pulls conv after s->seq (up to before_seq when > 0) and delivers it in order. */
+/*
+ * The lowest seq of conv among the pushes that have arrived and wait in the inbox, taking in
+ * without waiting whatever the connection has ready; 0 when none. A pull stops there: from
+ * that seq on the pushes bring the conversation, and pulling it too would show the pushes as
+ * duplicates (a sync that pulled to the end while pushes queued behind it wasted thousands of
+ * them after a gateway drain).
+ */
+static long long first_pushed(pc_client_t *c, const char *conv)
+{
+    if (c->lp) {
+        if (c->fd >= 0 && lp_pump(c, 0) != PL_OK) {
+            c->closed = 1;
+        }
+    } else if (c->ws != NULL && (c->pre_off < c->pre_len || wait_fd(c->fd, POLLIN, 0))) {
+        if (wslay_event_recv(c->ws) != 0) {
+            c->closed = 1;
+        }
+    }
+    long long low = 0;
+    for (size_t k = 0; c->inbox != NULL && k < json_array_size(c->inbox); k++) {
+        json_t *f = json_array_get(c->inbox, k);
+        long long seq = json_integer_value(json_object_get(f, "seq"));
+        const char *fc = json_string_value(json_object_get(f, "conv"));
+        if (fc != NULL && strcmp(fc, conv) == 0 && seq > 0 &&
+            strcmp(json_string_value(json_object_get(f, "type")) ?: "", "msg") == 0 &&
+            (low == 0 || seq < low)) {
+            low = seq;
+        }
+    }
+    return low;
+}
+
+/* Pulls conv after s->seq (up to before_seq when > 0, and up to the first push of it that has
+ * arrived) and delivers it in order. */
 static int fill(pc_client_t *c, struct conv_state *s, long long before_seq, pc_msg_fn on_msg,
                 void *ud)
 {
@@ -691,6 +724,10 @@ static int fill(pc_client_t *c, struct conv_state *s, long long before_seq, pc_m
         json_t *msgs = json_object_get(resp, "messages");
         size_t n = json_array_size(msgs);
         int stop = n == 0;
+        long long pushed = first_pushed(c, s->conv);
+        if (pushed > 0 && (before_seq <= 0 || pushed < before_seq)) {
+            before_seq = pushed;
+        }
         for (size_t i = 0; i < n; i++) {
             json_t *m = json_array_get(msgs, i);
             long long seq = json_integer_value(json_object_get(m, "seq"));

@@ -200,7 +200,9 @@ char *pl_cursor_record(const pl_cursor_t *c);
 int pl_cursor_parse(const char *data, size_t len, pl_cursor_t *c);
 
 /* Server frames, as new strings the caller frees. retry_after_ms <= 0 omits it. */
-char *pl_frame_ack(const char *client_id, const char *msg_id);
+/* {"type":"ack","client_id","msg_id"}, with "conv" and "seq" when conv is not NULL (the answer
+ * to a resend of a message already stored: DESIGN 4, docs/protocol.md). */
+char *pl_frame_ack(const char *client_id, const char *msg_id, const char *conv, long long seq);
 /* The ack of a read or delivered frame: {"type":"ack","cursor":kind,"conv","seq"}. */
 char *pl_frame_cursor_ack(const char *kind, const char *conv, long long seq);
 /* {"type":"typing","conv","user","state":"start"|"stop"} (DESIGN 7.5). */

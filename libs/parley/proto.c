@@ -554,9 +554,13 @@ json_t *pl_msg_json(const pl_msg_t *m, int frame)
     return o;
 }
 
-char *pl_frame_ack(const char *client_id, const char *msg_id)
+char *pl_frame_ack(const char *client_id, const char *msg_id, const char *conv, long long seq)
 {
     json_t *o = json_pack("{s:s,s:s,s:s}", "type", "ack", "client_id", client_id, "msg_id", msg_id);
+    if (o != NULL && conv != NULL && seq > 0) {
+        json_object_set_new(o, "conv", json_string(conv));
+        json_object_set_new(o, "seq", json_integer((json_int_t)seq));
+    }
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     return s;

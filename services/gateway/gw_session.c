@@ -101,7 +101,7 @@ struct gw_sessions_s {
     gw_sess_t *all;
     gw_sess_t *by_id[ID_BUCKETS];
     user_t *users[USER_BUCKETS];
-    pl_metric_t *m_opened, *m_frames_in, *m_acks, *m_pushes, *m_produce_seconds;
+    pl_metric_t *m_opened, *m_frames_in, *m_acks, *m_pushes, *m_replay_acks, *m_produce_seconds;
 };
 
 #define CHECK(s) assert((s) != NULL && (s)->magic == SESS_MAGIC)
@@ -123,6 +123,9 @@ gw_sessions_t *gw_sessions_new(const gw_sessions_cfg_t *cfg)
     S->m_acks = pl_metrics_counter(m, "parley_gateway_acks_total", "Sends acknowledged", NULL);
     S->m_pushes =
         pl_metrics_counter(m, "parley_gateway_pushes_total", "Messages pushed to sockets", NULL);
+    S->m_replay_acks =
+        pl_metrics_counter(m, "parley_gateway_replay_acks_total",
+                           "Resends of stored messages answered with conv and seq", NULL);
     S->m_produce_seconds = pl_metrics_histogram(
         m, "parley_gateway_produce_seconds", "Send frame to Kafka acknowledgement", NULL,
         pl_metrics_latency_bounds, pl_metrics_latency_nbounds);
@@ -811,7 +814,7 @@ void gw_sessions_delivered(gw_sessions_t *S, void *opaque, int err)
     }
     gw_sess_t *s = find(S, d->sess_id);
     if (s != NULL) {
-        char *f = pl_frame_ack(d->client_id, d->msg_id);
+        char *f = pl_frame_ack(d->client_id, d->msg_id, NULL, 0);
         send_text(s, f);
         free(f);
         pl_metric_inc(S->m_acks);
@@ -873,21 +876,24 @@ void gw_sessions_push(gw_sessions_t *S, json_t *msg)
         pl_log_warn("bad_push", "malformed message from the router");
         return;
     }
+    if (m.replay) {
+        /* A resend of a stored message: every device had its first copy pushed, the sending
+         * one too. That device alone is answered, with an ack that names the conv and seq the
+         * message was given, so it can tell whether it holds it (and pull if not) without the
+         * whole message coming again. */
+        gw_sess_t *s = origin_session(S, &m);
+        char *ack = s != NULL ? pl_frame_ack(m.client_id, m.msg_id, m.conv, m.seq) : NULL;
+        if (ack != NULL && s->ops->send_text(s->link, ack, strlen(ack)) == PL_OK) {
+            pl_metric_inc(S->m_replay_acks);
+        }
+        free(ack);
+        return;
+    }
     char *text = pl_msg_frame_text(&m);
     if (text == NULL) {
         return;
     }
     size_t len = strlen(text);
-    if (m.replay) {
-        /* A resend of a stored message: every device had its first copy; the sending
-         * device gets it again, with its seq, in case it missed that. */
-        gw_sess_t *s = origin_session(S, &m);
-        if (s != NULL && s->ops->send_text(s->link, text, len) == PL_OK) {
-            pl_metric_inc(S->m_pushes);
-        }
-        free(text);
-        return;
-    }
     push_to(S, m.receiver, text, len);
     if (strcmp(m.sender, m.receiver) != 0) {
         push_to(S, m.sender, text, len);

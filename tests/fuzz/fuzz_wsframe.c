@@ -54,7 +54,7 @@ static int on_frame(void *ud, int opcode, const unsigned char *data, size_t len)
     pl_frame_t fr;
     const char *why = NULL;
     char *reply = pl_frame_parse((const char *)data, len, &fr, &why) == PL_OK
-                      ? pl_frame_ack(fr.type == PL_FRAME_SEND ? fr.client_id : "auth", "0")
+                      ? pl_frame_ack(fr.type == PL_FRAME_SEND ? fr.client_id : "auth", "0", NULL, 0)
                       : pl_frame_error("invalid", why, NULL, 0);
     if (reply != NULL) {
         size_t n = strlen(reply);

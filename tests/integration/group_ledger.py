@@ -44,6 +44,9 @@ class GroupDevice(Device):
         if conv != self.conv:
             return
         self.pushed.append(seq)
+        if conv in self.pulling:
+            await super().on_push(m)  # held until that pull is done
+            return
         if conv not in self.last:
             await self.pull(conv, before=seq)
             if conv not in self.last:
@@ -241,6 +244,7 @@ class GroupLedger(Ledger):
         deliveries = sum(len(d.shown_seqs.get(self.conv, [])) for devs in self.devices.values()
                          for d in devs)
         redelivered = sum(d.redelivered for devs in self.devices.values() for d in devs)
+        extra = f" redelivered_per_delivery={redelivered / max(deliveries, 1):.4f}" + extra
         line = (f"scenario={scenario} members={len(windows)} attempted={len(self.attempted)} "
                 f"acked={len(self.acked)} stored={len(stored_ids & set(self.acked.values()))} "
                 f"items={last} lost={lost} missing_items={missing_items} "

@@ -35,6 +35,8 @@ class Device:
         self.slow = False
         self.gaps_pulled = 0
         self.redelivered = 0  # pushes of a message already shown, dropped by seq
+        self.pulling = {}     # conv -> {seq: push} held while a pull of conv is on its way
+        self.sync_task = None
         self.gateway = None   # the gateway of the current (or last) connection
         self.transport = "ws"  # or "lp": HTTP long-polling (DESIGN 7.6)
 
@@ -53,6 +55,21 @@ class Device:
             self.token = r.json["access_token"]
 
     async def pull(self, conv, before=None):
+        """Pulls conv's history after the last seq shown, up to `before` and up to the first
+        push that arrives meanwhile: pushes for conv are held until the pull is done, so the
+        range pulled and the pushes do not overlap (a push of a message a pull already showed
+        is a push wasted). One pull per conversation at a time."""
+        if conv in self.pulling:
+            return
+        held = self.pulling[conv] = {}
+        try:
+            await self._pull_pages(conv, before, held)
+        finally:
+            del self.pulling[conv]
+        for seq in sorted(held):
+            await self.on_push(held[seq])
+
+    async def _pull_pages(self, conv, before, held):
         while True:
             after = self.last.get(conv, 0)
             try:
@@ -69,8 +86,9 @@ class Device:
                 continue
             page = r.json["messages"]
             for m in page:
-                if before is not None and m["seq"] >= before:
-                    return
+                limits = ([before] if before is not None else []) + list(held)
+                if limits and m["seq"] >= min(limits):
+                    return  # from here on, pushes bring it
                 if self._is_next(conv, m["seq"]):
                     self._show(m)
             if len(page) < 200:
@@ -81,6 +99,9 @@ class Device:
 
     async def on_push(self, m):
         conv, seq = m["conv"], m["seq"]
+        if conv in self.pulling:
+            self.pulling[conv][seq] = m  # taken when the pull is done
+            return
         last = self.last.get(conv, 0)
         if seq <= last:
             self.redelivered += 1
@@ -139,7 +160,14 @@ class Sender:
 
     async def on_frame(self, f):
         cid = f.get("client_id")
-        if f["type"] == "ack" and cid in self.unacked:
+        if f["type"] == "ack" and "seq" in f:
+            # A resend of a stored message: not pushed again. Pulled only if this device
+            # does not hold it (its push came while it was away).
+            self.unacked.pop(cid, None)
+            self.ledger.acked[(self.dev.user, cid)] = f["msg_id"]
+            if self.dev.last.get(f["conv"], 0) < f["seq"]:
+                await self.dev.pull(f["conv"], before=f["seq"] + 1)
+        elif f["type"] == "ack" and cid in self.unacked:
             del self.unacked[cid]
             self.ledger.acked[(self.dev.user, cid)] = f["msg_id"]
             self.ledger.last_ack_at = time.monotonic()
@@ -234,7 +262,9 @@ class Ledger:
             sender = self.senders[dev.user] if self.senders[dev.user].dev is dev else None
             if sender is not None:
                 await sender.resend_all()
-            await dev.sync()
+            # The sync runs while pushes are read: a conversation being pulled holds its
+            # pushes (Device.pull), so the pull ends where they begin.
+            dev.sync_task = asyncio.create_task(dev.sync())
             try:
                 async for raw in ws:
                     f = json.loads(raw)
@@ -254,6 +284,8 @@ class Ledger:
                 if not self.stop:
                     dev.closed_codes.append(ws.close_code or 1006)
             dev.ws = None
+            dev.sync_task.cancel()  # the next connection syncs again
+            await asyncio.gather(dev.sync_task, return_exceptions=True)
             if isinstance(ws, LongPoll):
                 await ws.close()
 
@@ -383,17 +415,24 @@ class Ledger:
                       f"by-cid={self.mongo.messages.count_documents({'client_id': cid})}")
             print("DEBUG stored total", self.mongo.messages.count_documents({"sender": {"$in": self.users}}),
                   "per-user", sum(self.mongo.messages.count_documents({"sender": u}) for u in self.users))
+        # Deliveries needed: every acked message to every device of its sender and receiver.
+        ndev = {u: len(devs) for u, devs in self.devices.items()}
+        needed = sum(ndev[s] + (ndev[self.attempted[(s, cid)][0]] if self.attempted[(s, cid)][0] != s else 0)
+                     for (s, cid) in self.acked)
+        redelivered = sum(d.redelivered for devs in self.devices.values() for d in devs)
         line = (f"scenario={scenario} attempted={len(self.attempted)} acked={len(self.acked)} "
                 f"stored={len(stored_ids & acked_ids)} delivered_after_sync={delivered} lost={lost} "
                 f"stored_dups={stored_dups} shown_dups={shown_dups} seq_gaps_final={seq_gaps} "
                 f"order_violations={order_violations} "
-                f"redelivered={sum(d.redelivered for devs in self.devices.values() for d in devs)}{extra}")
+                f"redelivered={redelivered} needed={needed} "
+                f"redelivered_per_needed={redelivered / max(needed, 1):.4f}{extra}")
         print("\n" + line)
         with open(os.path.join(os.environ["PARLEY_VAR"], "..", "ledger.log"), "a") as f:
             f.write(line + "\n")
         return dict(lost=lost, stored_dups=stored_dups, shown_dups=shown_dups, seq_gaps=seq_gaps,
                     order_violations=order_violations, acked=len(self.acked),
-                    attempted=len(self.attempted), refused=self.refused)
+                    attempted=len(self.attempted), refused=self.refused,
+                    redelivered=redelivered, needed=needed)
 
 
 async def run_scenario(ledger, total, rate, fault=None, fault_at=None, **traffic_kw):

@@ -357,6 +357,9 @@ def test_12_scale_out_then_drain_a_gateway(edge, mongo):
           f"new_connections_on_third={info['new_on_third']}/30 drained_clients={len(moved)} "
           f"drain_ms={drain_ms:.0f} process_exit_s={info.get('exit_s', -1):.2f}")
     assert len(devices) == users(30) * 10
+    # Pushes wasted on messages a device already showed: with the sync ending where pushes
+    # begin and resends answered by an ack, few (8,083 in 20,000 needed before either).
+    assert r["redelivered"] <= 0.05 * r["needed"], r
     # New sockets reach the new gateway. (Not all of them: nginx's reload starts workers whose
     # least_conn counts begin at zero, so the three share new sockets about evenly.)
     assert info["new_on_third"] >= 3, info

@@ -209,8 +209,12 @@ static void test_records(void)
     const char *bad = "{\"msg_id\":\"x\",\"conv\":\"c\",\"sender\":\"a\"}";
     CU_ASSERT_EQUAL(pl_msg_parse(bad, strlen(bad), &back), PL_ERR_INVAL);
 
-    char *ack = pl_frame_ack("c1", "m1");
+    char *ack = pl_frame_ack("c1", "m1", NULL, 0);
     CU_ASSERT_STRING_EQUAL(ack, "{\"type\":\"ack\",\"client_id\":\"c1\",\"msg_id\":\"m1\"}");
+    free(ack);
+    ack = pl_frame_ack("c1", "m1", "d:a:b", 12); /* a replay's answer */
+    CU_ASSERT_STRING_EQUAL(ack, "{\"type\":\"ack\",\"client_id\":\"c1\",\"msg_id\":\"m1\","
+                                "\"conv\":\"d:a:b\",\"seq\":12}");
     free(ack);
     char *err = pl_frame_error("unavailable", "retry", "c1", 1000);
     json_t *e = json_loads(err, 0, NULL);

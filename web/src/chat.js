@@ -287,7 +287,9 @@ export class Chat {
         this.onMsg(f);
         break;
       case 'ack':
-        if (f.client_id && this.outbox.has(f.client_id)) {
+        if (f.client_id && f.seq) {
+          this.onStoredAck(f);
+        } else if (f.client_id && this.outbox.has(f.client_id)) {
           const e = this.outbox.get(f.client_id);
           e.state = 'acked';
           e.msg_id = f.msg_id;
@@ -316,6 +318,19 @@ export class Chat {
       default:
         break;
     }
+  }
+
+  // The answer to a resend of a message already stored: its first copy was pushed, so it is
+  // not pushed again. Done with the outbox entry; pulled if this tab does not hold it.
+  onStoredAck(f) {
+    if (this.outbox.has(f.client_id)) {
+      this.outbox.delete(f.client_id);
+      this.saveOutbox();
+    }
+    const c = this.conv(f.conv);
+    if (f.seq > c.last_seq) c.last_seq = f.seq;
+    if (c.loaded && f.seq > c.high) this.pullAfter(c).catch((e) => this.fail(e));
+    this.emit();
   }
 
   onMsg(m) {
