@@ -46,6 +46,28 @@ def commandstats(r):
     return {k[len("cmdstat_"):]: v["calls"] for k, v in r.info("commandstats").items()}
 
 
+def ferretdb_requests(port):
+    """Requests per command so far, from FerretDB's own counters (its debug listener,
+    PARLEY_FERRETDB_DEBUG_PORT); {} when it cannot be read."""
+    import re
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/debug/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for m in re.finditer(r'^ferretdb_client_requests_total\{([^}]*)\} (\S+)$', text, re.M):
+        cmd = re.search(r'command="([^"]*)"', m.group(1))
+        if cmd:
+            out[cmd.group(1)] = out.get(cmd.group(1), 0) + int(float(m.group(2)))
+    return out
+
+
+def delta(after, before):
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
 def pid_of(var, name):
     """The pid deploy/cluster.sh or infra.sh wrote for service name under var, or None."""
     try:

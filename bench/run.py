@@ -37,7 +37,7 @@ PROCS = int(os.environ.get("PARLEY_BENCH_PROCS", "2"))
 PORTS = dict(PARLEY_EDGE_PORT=28000, PARLEY_EDGE_TLS_PORT=28443, PARLEY_AUTH_PORT=28081,
              PARLEY_STORE_PORT=28082, PARLEY_ROUTER_PORT=28083, PARLEY_GATEWAY_PORT=28080,
              PARLEY_REDIS_PORT=26379, PARLEY_MONGO_PORT=47017, PARLEY_KAFKA_PORT=29092,
-             PARLEY_KAFKA_CONTROLLER_PORT=29093)
+             PARLEY_KAFKA_CONTROLLER_PORT=29093, PARLEY_FERRETDB_DEBUG_PORT=47088)
 PEER_PORT = 28500
 ENV = dict(os.environ, PARLEY_VAR=VAR, PARLEY_BIN=BIN, PARLEY_GATEWAYS="1",
            PARLEY_MONGO_DB="parley_bench", PARLEY_KAFKA_PARTITIONS="6", PARLEY_LOG_LEVEL="warn",
@@ -233,20 +233,32 @@ def main():
                 if done[name]:
                     continue
                 p = Procs(pids())
+                db0 = benchlib.ferretdb_requests(PORTS["PARLEY_FERRETDB_DEBUG_PORT"])
                 out = runner("chat", CONNS, rate=rate)
                 use = p.delta()
+                db = benchlib.delta(benchlib.ferretdb_requests(PORTS["PARLEY_FERRETDB_DEBUG_PORT"]), db0)
                 own = [k for k in use if k not in ("kafka", "redis", "ferretdb")]
                 own_cpu = sum(use[k]["cpu_s"] for k in own)
                 step = {"system": name, "rate": rate, **out, "cpu": use,
                         "own_cpu_s": round(own_cpu, 3),
-                        "own_cpu_s_per_1000": round(own_cpu * 1000 / out["delivered"], 4) if out["delivered"] else None}
+                        "own_cpu_s_per_1000": round(own_cpu * 1000 / out["delivered"], 4) if out["delivered"] else None,
+                        # FerretDB's own request counters over the step, per message sent
+                        "db_requests": db,
+                        "db_requests_per_msg": round(sum(db.values()) / out["sent"], 3) if out["sent"] else None}
+                if "duplicates" in out:
+                    # pushes of a seq the device already had, per delivery needed (the
+                    # receiver's and the sender's device each need one)
+                    needed = out["delivered"] + out.get("echoed", 0)
+                    step["dup_per_needed"] = round(out["duplicates"] / needed, 4) if needed else None
                 if name == "parley":
                     gw = use.get("gateway0", {}).get("cpu_s", 0)
                     step["deliveries_per_gateway_cpu_s"] = round((out["delivered"] + out.get("echoed", 0)) / gw) if gw else None
                 results["steps"].append(step)
                 say(f"{name} @ {rate}/s: sent {out['sent']} delivered {out['delivered']} "
                     f"p50 {out['deliver_ms']['p50']:.2f} p99 {out['deliver_ms']['p99']:.2f} ms, "
-                    f"own CPU {own_cpu:.2f} s")
+                    f"own CPU {own_cpu:.2f} s, database requests per message "
+                    f"{step['db_requests_per_msg']} {db}, duplicate pushes per needed "
+                    f"{step.get('dup_per_needed', 'n/a')}")
                 if out["deliver_ms"]["p99"] > 50 or out["delivered"] < 0.99 * out["sent"]:
                     done[name] = True
                 time.sleep(3)
@@ -272,11 +284,12 @@ def sustainable(results, name):
 
 def summarize(r):
     lines = [f"Parley vs the seed design (Socket.IO 4 + mongoose), {r['date']}, {r['cpus']} CPUs", ""]
-    lines.append("rate/s  system  sent    delivered  ack p50/p99 ms     deliver p50/p99 ms   own CPU s/1000 msgs")
+    lines.append("rate/s  system  sent    delivered  ack p50/p99 ms     deliver p50/p99 ms   own CPU s/1000 msgs  db requests/msg  dup pushes/needed")
     for s in r["steps"]:
         lines.append(f"{s['rate']:>6}  {s['system']:<6}  {s['sent']:>6}  {s['delivered']:>9}  "
                      f"{s['ack_ms']['p50']:>7.2f}/{s['ack_ms']['p99']:<8.2f}  "
-                     f"{s['deliver_ms']['p50']:>7.2f}/{s['deliver_ms']['p99']:<8.2f}     {s['own_cpu_s_per_1000']}")
+                     f"{s['deliver_ms']['p50']:>7.2f}/{s['deliver_ms']['p99']:<8.2f}     {s['own_cpu_s_per_1000']:<19}  "
+                     f"{s.get('db_requests_per_msg')!s:<15}  {s.get('dup_per_needed', 'n/a')}")
     ps, qs = sustainable(r, "parley"), sustainable(r, "peer")
     lines += ["", f"sustainable 1:1 rate at p99 <= 50 ms: parley {ps}/s, peer {qs}/s, ratio "
               f"{(ps / qs) if qs else 'n/a'}"]

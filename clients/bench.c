@@ -104,8 +104,9 @@ typedef struct {
     int final;
     uint64_t opened, ready, failed, sent, acked, delivered, echoed, errors, rate_limited, closed;
     uint64_t reads, read_acks, receipts; /* --receipts */
-    double connect_seconds;              /* connect mode: first connect to last ready */
-    hist_t ack, deliver;                 /* only in the final report */
+    uint64_t duplicates;    /* pushes of a seq the connection had already been pushed */
+    double connect_seconds; /* connect mode: first connect to last ready */
+    hist_t ack, deliver;    /* only in the final report */
 } report_t;
 
 /* ---- options ---- */
@@ -158,6 +159,11 @@ typedef struct conn_s {
     char hs[1024];
     size_t hs_len;
     wslay_event_context_ptr ws;
+    /* The highest seq pushed per conversation (a connection here writes in one or two), to
+     * count duplicate pushes: by conversation-id hash, the oldest slot reused. */
+    size_t seen_conv[4];
+    long long seen_seq[4];
+    int seen_next;
 } conn_t;
 
 static report_t rep;
@@ -238,6 +244,28 @@ static void send_read(conn_t *c, json_t *msg)
     }
 }
 
+/* 1 when msg's seq is not above the highest seq this connection was pushed in its conv. */
+static int seen_before(conn_t *c, json_t *msg)
+{
+    const char *conv = json_string_value(json_object_get(msg, "conv"));
+    long long seq = json_integer_value(json_object_get(msg, "seq"));
+    size_t h = conv != NULL ? pl_hash_str(conv) | 1 : 0;
+    if (h == 0 || seq <= 0) {
+        return 0;
+    }
+    for (int i = 0; i < 4; i++) {
+        if (c->seen_conv[i] == h) {
+            int dup = seq <= c->seen_seq[i];
+            c->seen_seq[i] = dup ? c->seen_seq[i] : seq;
+            return dup;
+        }
+    }
+    c->seen_conv[c->seen_next] = h;
+    c->seen_seq[c->seen_next] = seq;
+    c->seen_next = (c->seen_next + 1) % 4;
+    return 0;
+}
+
 static void c_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_recv_arg *arg,
                   void *ud)
 {
@@ -269,6 +297,8 @@ static void c_msg(wslay_event_context_ptr ws, const struct wslay_event_on_msg_re
         uint64_t due = cid_time(cid);
         rep.acked++;
         h_add(&rep.ack, t > due ? t - due : 0);
+    } else if (strcmp(type, "msg") == 0 && seen_before(c, j)) {
+        rep.duplicates++; /* dropped by seq, as a client does */
     } else if (strcmp(type, "msg") == 0) {
         const char *sender = json_string_value(json_object_get(j, "sender"));
         if (sender != NULL && strcmp(sender, c->user) == 0) {
@@ -835,6 +865,7 @@ int main(int argc, char **argv)
         s.reads += r->reads;
         s.read_acks += r->read_acks;
         s.receipts += r->receipts;
+        s.duplicates += r->duplicates;
         connect_s = r->connect_seconds > connect_s ? r->connect_seconds : connect_s;
         for (size_t i = 0; i < H_BUCKETS; i++) {
             s.ack.n[i] += r->ack.n[i];
@@ -850,7 +881,7 @@ int main(int argc, char **argv)
            "\"ready\":%llu,\"failed\":%llu,\"connect_seconds\":%.3f,\"handshakes_per_s\":%.0f,"
            "\"sent\":%llu,\"acked\":%llu,\"delivered\":%llu,\"lost\":%lld,\"errors\":%llu,"
            "\"rate_limited\":%llu,\"closed\":%llu,\"reads\":%llu,\"read_acks\":%llu,"
-           "\"receipts\":%llu,"
+           "\"receipts\":%llu,\"echoed\":%llu,\"duplicates\":%llu,"
            "\"ack_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f},"
            "\"deliver_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"p999\":%.3f,\"max\":%.3f}}\n",
            opt.mode, opt.conns, opt.procs, opt.rate, opt.seconds, (unsigned long long)s.ready,
@@ -859,10 +890,11 @@ int main(int argc, char **argv)
            (long long)s.sent - (long long)s.delivered, (unsigned long long)s.errors,
            (unsigned long long)s.rate_limited, (unsigned long long)s.closed,
            (unsigned long long)s.reads, (unsigned long long)s.read_acks,
-           (unsigned long long)s.receipts, h_pct(&s.ack, .5), h_pct(&s.ack, .9), h_pct(&s.ack, .99),
-           h_pct(&s.ack, .999), (double)s.ack.max / 1000.0, h_pct(&s.deliver, .5),
-           h_pct(&s.deliver, .9), h_pct(&s.deliver, .99), h_pct(&s.deliver, .999),
-           (double)s.deliver.max / 1000.0);
+           (unsigned long long)s.receipts, (unsigned long long)s.echoed,
+           (unsigned long long)s.duplicates, h_pct(&s.ack, .5), h_pct(&s.ack, .9),
+           h_pct(&s.ack, .99), h_pct(&s.ack, .999), (double)s.ack.max / 1000.0,
+           h_pct(&s.deliver, .5), h_pct(&s.deliver, .9), h_pct(&s.deliver, .99),
+           h_pct(&s.deliver, .999), (double)s.deliver.max / 1000.0);
     free(last);
     free(fds);
     free(pids);

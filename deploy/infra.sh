@@ -29,6 +29,9 @@ case "$DB_BACKEND" in
   *) echo "PARLEY_DB_BACKEND must be sqlite or postgresql" >&2; exit 2 ;;
 esac
 PG_PORT=${PARLEY_PG_PORT:-$((MONGO_PORT + 100))}
+# FerretDB's debug listener (/debug/metrics: its own request counters, read by the benches).
+# 0: a free port the system picks.
+FERRETDB_DEBUG_PORT=${PARLEY_FERRETDB_DEBUG_PORT:-0}
 PARTITIONS=${PARLEY_KAFKA_PARTITIONS:-6}
 KAFKA_HEAP=${PARLEY_KAFKA_HEAP:-512m}
 TOPICS=(parley.messages parley.committed parley.cursors)
@@ -93,7 +96,7 @@ start_ferretdb() {
     storage=(--handler=postgresql --postgresql-url="postgres://parley@127.0.0.1:$PG_PORT/ferretdb")
   fi
   spawn ferretdb "$PARLEY_TOOLS/bin/ferretdb" "${storage[@]}" --state-dir="$PARLEY_VAR/ferretdb/state" \
-    --listen-addr="127.0.0.1:$MONGO_PORT" --debug-addr="127.0.0.1:0" \
+    --listen-addr="127.0.0.1:$MONGO_PORT" --debug-addr="127.0.0.1:$FERRETDB_DEBUG_PORT" \
     --telemetry=disable --log-level=warn
   wait_port 127.0.0.1 "$MONGO_PORT" 30 FerretDB
 }

@@ -18,6 +18,7 @@ typedef struct pl_consume_cfg_s {
     pl_kafka_t *consumer; /* borrowed */
     size_t batch_max;     /* records per batch, at most */
     int poll_ms;          /* how long a poll waits for the first record */
+    int gather_ms;        /* then how long a batch goes on gathering (0: what is fetched) */
     const sigset_t *stop; /* blocked signals that end the loop (SIGTERM, SIGINT) */
     void *ud;
     /*

@@ -77,6 +77,10 @@ typedef struct pl_kafka_rec_s {
  * timeout), or PL_ERR_UNAVAIL. Errors the consumer recovers from by itself are logged.
  */
 long pl_kafka_consume(pl_kafka_t *k, pl_kafka_rec_t *recs, size_t max, int timeout_ms);
+/* As pl_kafka_consume(), then goes on gathering for up to gather_ms after the first record
+ * (or until max): a batch's fixed costs are shared by more records, for that much latency. */
+long pl_kafka_consume_gather(pl_kafka_t *k, pl_kafka_rec_t *recs, size_t max, int timeout_ms,
+                             int gather_ms);
 
 /* Releases records from pl_kafka_consume(). */
 void pl_kafka_release(pl_kafka_rec_t *recs, size_t n);

@@ -55,7 +55,8 @@ int pl_consume_run(const pl_consume_cfg_t *cfg)
     }
     time_t lag_at = 0;
     while (!stop_signal(cfg->stop, 0)) {
-        long n = pl_kafka_consume(cfg->consumer, recs, cfg->batch_max, cfg->poll_ms);
+        long n = pl_kafka_consume_gather(cfg->consumer, recs, cfg->batch_max, cfg->poll_ms,
+                                         cfg->gather_ms);
         int done = 1;
         if (n > 0) {
             done = work_batch(cfg, recs, (size_t)n);

@@ -9,6 +9,7 @@
 #include <librdkafka/rdkafka.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 struct pl_kafka_s {
     rd_kafka_t *rk;
@@ -299,16 +300,43 @@ int pl_kafka_consumer_new(const char *brokers, const char *group, const char *to
     return PL_OK;
 }
 
+static long long now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
 long pl_kafka_consume(pl_kafka_t *k, pl_kafka_rec_t *recs, size_t max, int timeout_ms)
+{
+    return pl_kafka_consume_gather(k, recs, max, timeout_ms, 0);
+}
+
+long pl_kafka_consume_gather(pl_kafka_t *k, pl_kafka_rec_t *recs, size_t max, int timeout_ms,
+                             int gather_ms)
 {
     size_t n = 0;
     int wait = timeout_ms;
+    long long until = 0;
     while (n < max) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(k->rk, wait);
-        if (m == NULL) {
+        if (m == NULL && (until == 0 || (wait = (int)(until - now_ms())) <= 0)) {
             break;
         }
-        wait = 0; /* Take what is already fetched, without waiting for more. */
+        if (m == NULL) {
+            continue; /* gathering: wait out the rest of the window */
+        }
+        if (m->err && n == 0) {
+            wait = 0; /* not a record: what is fetched is taken, the window not started */
+        } else {
+            if (until == 0 && gather_ms > 0) {
+                until = now_ms() + gather_ms;
+            }
+            /* Take what is already fetched; while gathering, wait for more until the window
+             * ends. */
+            wait = until != 0 ? (int)(until - now_ms()) : 0;
+            wait = wait > 0 ? wait : 0;
+        }
         if (m->err) {
             if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
                 pl_log_warn("kafka_consume_error", "%s", rd_kafka_message_errstr(m));

@@ -36,13 +36,14 @@ int main(void)
     int rc = 1;
     rt_ctx_t ctx;
     pl_http_t *http = NULL;
-    long port, redis_port;
+    long port, redis_port, gather_ms;
     memset(&ctx, 0, sizeof(ctx));
     pl_log_init("router", pl_log_level_parse(pl_cfg_str("PARLEY_LOG_LEVEL", "info")));
     sigset_t sigs;
     pl_block_signals(&sigs);
     if (pl_cfg_int("PARLEY_ROUTER_PORT", 8083, 0, 65535, &port) ||
-        pl_cfg_int("PARLEY_REDIS_PORT", 6379, 1, 65535, &redis_port)) {
+        pl_cfg_int("PARLEY_REDIS_PORT", 6379, 1, 65535, &redis_port) ||
+        pl_cfg_int("PARLEY_ROUTER_GATHER_MS", 0, 0, 1000, &gather_ms)) {
         goto out;
     }
     if ((ctx.metrics = pl_metrics_new()) == NULL ||
@@ -91,6 +92,7 @@ int main(void)
         .consumer = ctx.consumer,
         .batch_max = BATCH_MAX,
         .poll_ms = 100,
+        .gather_ms = (int)gather_ms,
         .stop = &sigs,
         .ud = &ctx,
         .work = work,

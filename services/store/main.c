@@ -114,6 +114,7 @@ int main(void)
     char *pub = NULL;
     size_t pub_len = 0;
     long port, threads, redis_port, leeway, cold, member_limit, group_rate, cursor_ms, share_max;
+    long gather_ms;
     long edit_s, recall_s;
     st_cursors_t *cursors = NULL;
     int trust;
@@ -133,6 +134,7 @@ int main(void)
         pl_cfg_int("PARLEY_EDIT_WINDOW_S", 48 * 3600, 0, 10L * 365 * 86400, &edit_s) ||
         pl_cfg_int("PARLEY_RECALL_WINDOW_S", 24 * 3600, 0, 10L * 365 * 86400, &recall_s) ||
         pl_cfg_int("PARLEY_RECEIPTS_GROUP_MAX", 100, 0, 1000000, &share_max) ||
+        pl_cfg_int("PARLEY_STORE_GATHER_MS", 0, 0, 1000, &gather_ms) ||
         pl_cfg_bool("PARLEY_TRUST_FORWARDED", 0, &trust)) {
         goto out;
     }
@@ -212,6 +214,7 @@ int main(void)
         .consumer = ctx.consumer,
         .batch_max = BATCH_MAX,
         .poll_ms = 100,
+        .gather_ms = (int)gather_ms,
         .stop = &sigs,
         .ud = &ctx,
         .work = work,

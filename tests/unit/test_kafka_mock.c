@@ -11,6 +11,7 @@
 #include "parley/wire.h"
 
 #include <CUnit/Basic.h>
+#include <pthread.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <string.h>
@@ -115,6 +116,78 @@ static void test_unknown_outcome_is_never_an_ack(void)
     pl_kafka_free(&k);
 }
 
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Consumes until the first record arrives (the group join takes a while on the mock). */
+static long first_batch(pl_kafka_t *c, pl_kafka_rec_t *recs, size_t max, int gather_ms,
+                        double *took)
+{
+    long n = 0;
+    for (int i = 0; i < 100 && n == 0; i++) {
+        double t0 = now_s();
+        n = pl_kafka_consume_gather(c, recs, max, 200, gather_ms);
+        *took = now_s() - t0;
+    }
+    return n;
+}
+
+struct later {
+    pl_kafka_t *p;
+    struct reports *r;
+};
+
+/* Produces one record 0.3 s from now, as a sender would while a batch gathers. */
+static void *produce_later(void *arg)
+{
+    struct later *l = arg;
+    struct timespec d = {0, 300 * 1000000L};
+    nanosleep(&d, NULL);
+    pl_kafka_produce(l->p, PL_TOPIC_MESSAGES, "c", 1, "late", 4, NULL);
+    wait_reports(l->p, l->r, 3, 10);
+    return NULL;
+}
+
+/* A batch's gather window (PARLEY_STORE_GATHER_MS, PARLEY_ROUTER_GATHER_MS): a record that
+ * arrives within it after the first joins the batch, which is handed over when the window
+ * ends; without one, the batch is what was fetched, handed over at once. */
+static void test_gather_window(void)
+{
+    struct reports r = {0, 0};
+    rd_kafka_mock_cluster_t *mc;
+    pl_kafka_t *p = producer(&r, "5000", &mc);
+    pl_kafka_t *c = NULL;
+    const char *props[] = {"fetch.wait.max.ms", "10", NULL};
+    CU_ASSERT_EQUAL_FATAL(pl_kafka_consumer_new(rd_kafka_mock_cluster_bootstraps(mc), "g",
+                                                PL_TOPIC_MESSAGES, props, &c),
+                          PL_OK);
+    pl_kafka_rec_t recs[16];
+    double took = 0;
+    CU_ASSERT_EQUAL(pl_kafka_produce(p, PL_TOPIC_MESSAGES, "c", 1, "a", 1, NULL), PL_OK);
+    wait_reports(p, &r, 1, 10);
+    long n = first_batch(c, recs, 16, 0, &took);
+    CU_ASSERT_EQUAL(n, 1);
+    CU_ASSERT(took < 1.0);
+    pl_kafka_release(recs, (size_t)(n > 0 ? n : 0));
+
+    CU_ASSERT_EQUAL(pl_kafka_produce(p, PL_TOPIC_MESSAGES, "c", 1, "b", 1, NULL), PL_OK);
+    wait_reports(p, &r, 2, 10);
+    struct later l = {p, &r};
+    pthread_t t;
+    CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, produce_later, &l), 0);
+    n = first_batch(c, recs, 16, 1500, &took);
+    pthread_join(t, NULL);
+    CU_ASSERT_EQUAL(n, 2); /* "late" came 0.3 s into the window */
+    CU_ASSERT(took >= 1.4);
+    pl_kafka_release(recs, (size_t)(n > 0 ? n : 0));
+    pl_kafka_free(&c);
+    pl_kafka_free(&p);
+}
+
 int main(void)
 {
     if (CU_initialize_registry() != CUE_SUCCESS) {
@@ -125,6 +198,7 @@ int main(void)
     CU_add_test(s, "NOT_ENOUGH_REPLICAS window: no ack", test_not_enough_replicas_is_never_an_ack);
     CU_add_test(s, "request timeout: no ack from an unknown outcome",
                 test_unknown_outcome_is_never_an_ack);
+    CU_add_test(s, "a batch's gather window", test_gather_window);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
