@@ -797,7 +797,19 @@ int pc_poll(pc_client_t *c, int timeout_ms, pc_msg_fn on_msg, pc_msg_fn on_frame
             if (on_msg != NULL) {
                 deliver(c, f, on_msg, ud);
             }
-        } else if (on_frame != NULL) {
+            continue;
+        }
+        long long seq = json_integer_value(json_object_get(f, "seq"));
+        const char *conv = json_string_value(json_object_get(f, "conv"));
+        struct conv_state *s = type != NULL && strcmp(type, "ack") == 0 &&
+                                       json_object_get(f, "client_id") != NULL && conv != NULL
+                                   ? conv_get(c, conv)
+                                   : NULL;
+        if (s != NULL && on_msg != NULL && s->started && seq > s->seq) {
+            /* A resend of a stored message is not pushed again: pulled if it is missing. */
+            fill(c, s, seq + 1, on_msg, ud);
+        }
+        if (on_frame != NULL) {
             on_frame(ud, f);
         }
     }

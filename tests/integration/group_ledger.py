@@ -44,8 +44,8 @@ class GroupDevice(Device):
         if conv != self.conv:
             return
         self.pushed.append(seq)
-        if conv in self.pulling:
-            await super().on_push(m)  # held until that pull is done
+        if conv in self.pulling or self.sync_held is not None:
+            await super().on_push(m)  # held until that pull (or sync) is done
             return
         if conv not in self.last:
             await self.pull(conv, before=seq)

@@ -37,6 +37,7 @@ class Device:
         self.redelivered = 0  # pushes of a message already shown, dropped by seq
         self.pulling = {}     # conv -> {seq: push} held while a pull of conv is on its way
         self.sync_task = None
+        self.sync_held = None  # conv -> {seq: push} held while a sync is on its way
         self.gateway = None   # the gateway of the current (or last) connection
         self.transport = "ws"  # or "lp": HTTP long-polling (DESIGN 7.6)
 
@@ -61,7 +62,7 @@ class Device:
         is a push wasted). One pull per conversation at a time."""
         if conv in self.pulling:
             return
-        held = self.pulling[conv] = {}
+        held = self.pulling[conv] = self.sync_held.pop(conv, {}) if self.sync_held is not None else {}
         try:
             await self._pull_pages(conv, before, held)
         finally:
@@ -102,6 +103,9 @@ class Device:
         if conv in self.pulling:
             self.pulling[conv][seq] = m  # taken when the pull is done
             return
+        if self.sync_held is not None:
+            self.sync_held.setdefault(conv, {})[seq] = m  # taken when the sync is done
+            return
         last = self.last.get(conv, 0)
         if seq <= last:
             self.redelivered += 1
@@ -113,9 +117,28 @@ class Device:
             self._show(m)
 
     async def sync(self):
+        """Lists the conversations and pulls those ahead, as after every reconnect. Pushes
+        are held meanwhile (a conversation's pull stops at the first of them) and taken in
+        order when it is done, so a sync adds no pulls of its own for them: gap pulls racing
+        the sync's would double the history reads of a reconnect, which on FerretDB/SQLite
+        each scan the collection."""
+        self.sync_held = {}
+        try:
+            await self._sync()
+        finally:
+            held, self.sync_held = self.sync_held, None
+        for conv, pushes in held.items():
+            for seq in sorted(pushes):
+                await self.on_push(pushes[seq])
+
+    async def _sync(self):
         while True:
-            r = await asyncio.to_thread(self.api.call, "GET", "/v1/conversations?limit=1000",
-                                        token=self.token)
+            try:
+                r = await asyncio.to_thread(self.api.call, "GET", "/v1/conversations?limit=1000",
+                                            token=self.token)
+            except OSError:  # a timeout while the database is busy: ask again, as pull() does
+                await asyncio.sleep(0.3)
+                continue
             if r.status == 200:
                 break
             if r.status == 401:
@@ -162,10 +185,13 @@ class Sender:
         cid = f.get("client_id")
         if f["type"] == "ack" and "seq" in f:
             # A resend of a stored message: not pushed again. Pulled only if this device
-            # does not hold it (its push came while it was away).
+            # does not hold it (its push came while it was away) and no sync, which brings
+            # it, is on its way: after a reconnect every resend is answered so, and a pull
+            # each would queue on the database behind the sync's.
             self.unacked.pop(cid, None)
             self.ledger.acked[(self.dev.user, cid)] = f["msg_id"]
-            if self.dev.last.get(f["conv"], 0) < f["seq"]:
+            syncing = self.dev.sync_task is not None and not self.dev.sync_task.done()
+            if self.dev.last.get(f["conv"], 0) < f["seq"] and not syncing:
                 await self.dev.pull(f["conv"], before=f["seq"] + 1)
         elif f["type"] == "ack" and cid in self.unacked:
             del self.unacked[cid]
