@@ -45,9 +45,12 @@ def test_edit_then_recall_in_a_chat(edge, mongo):
         await b.wait(lambda: len(b.msgs) == 2)
         e = b.msgs[1]
         assert (e["kind"], e["target_seq"], e["seq"], e["content"]) == ("edit", 1, 2, "hello world")
-        # The same client_id again is the same item: stored once.
+        # The same client_id again is the same item: stored once, answered with an ack that
+        # names its seq, not pushed again.
+        del a.acks[cid]
         await change(a, "edit", conv, 1, "hello world", client_id=cid)
-        await a.wait(lambda: len([m for m in a.msgs if m["client_id"] == cid]) >= 2)
+        await a.wait(lambda: "seq" in a.acks.get(cid, {}))
+        assert (a.acks[cid]["conv"], a.acks[cid]["seq"]) == (conv, 2)
         items = by_seq(edge, tb, conv)
         assert sorted(items) == [1, 2]
         assert items[1]["content"] == "hello world" and "edited_at" in items[1]
@@ -59,8 +62,10 @@ def test_edit_then_recall_in_a_chat(edge, mongo):
         # alice recalls it: its words are gone from the database and from every history page.
         rid = await change(a, "recall", conv, 1)
         await b.wait(lambda: any(m["kind"] == "recall" for m in b.msgs))
+        await a.wait(lambda: any(m["client_id"] == rid for m in a.msgs))
+        rseq = next(m["seq"] for m in a.msgs if m["client_id"] == rid)
         await change(a, "recall", conv, 1, client_id=rid)  # a replay: one item
-        await a.wait(lambda: len([m for m in a.msgs if m["client_id"] == rid]) >= 2)
+        await a.wait(lambda: a.acks.get(rid, {}).get("seq") == rseq)
         again = await change(a, "edit", conv, 1, "back again")
         await a.wait(lambda: any(x.get("client_id") == again for x in a.errors))
         await a.close()
