@@ -320,22 +320,18 @@ long pl_kafka_consume_gather(pl_kafka_t *k, pl_kafka_rec_t *recs, size_t max, in
     long long until = 0;
     while (n < max) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(k->rk, wait);
-        if (m == NULL && (until == 0 || (wait = (int)(until - now_ms())) <= 0)) {
+        /* Take what is already fetched; once a record has opened the gathering window, wait
+         * for more until it ends. */
+        if (m != NULL && !m->err && until == 0 && gather_ms > 0) {
+            until = now_ms() + gather_ms;
+        }
+        long long left = until != 0 ? until - now_ms() : 0;
+        wait = left > 0 ? (int)left : 0;
+        if (m == NULL && wait == 0) {
             break;
         }
         if (m == NULL) {
-            continue; /* gathering: wait out the rest of the window */
-        }
-        if (m->err && n == 0) {
-            wait = 0; /* not a record: what is fetched is taken, the window not started */
-        } else {
-            if (until == 0 && gather_ms > 0) {
-                until = now_ms() + gather_ms;
-            }
-            /* Take what is already fetched; while gathering, wait for more until the window
-             * ends. */
-            wait = until != 0 ? (int)(until - now_ms()) : 0;
-            wait = wait > 0 ? wait : 0;
+            continue;
         }
         if (m->err) {
             if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {

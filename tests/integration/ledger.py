@@ -190,8 +190,7 @@ class Sender:
             # each would queue on the database behind the sync's.
             self.unacked.pop(cid, None)
             self.ledger.acked[(self.dev.user, cid)] = f["msg_id"]
-            syncing = self.dev.sync_task is not None and not self.dev.sync_task.done()
-            if self.dev.last.get(f["conv"], 0) < f["seq"] and not syncing:
+            if self.dev.last.get(f["conv"], 0) < f["seq"] and self.dev.sync_held is None:
                 await self.dev.pull(f["conv"], before=f["seq"] + 1)
         elif f["type"] == "ack" and cid in self.unacked:
             del self.unacked[cid]
