@@ -39,6 +39,8 @@ struct recent {
     char id[PL_MSG_ID_LEN];
     long long seq;
     long long ts_ms;
+    /* Its batch was announced to everyone: a later copy needs only its sender answered. */
+    unsigned char announced;
 };
 
 /* What the allocator knows of one partition of parley.messages. */
@@ -130,18 +132,36 @@ static void recent_put(st_seq_t *s, const pl_msg_t *m)
     snprintf(r->id, sizeof(r->id), "%s", m->msg_id);
     r->seq = m->seq;
     r->ts_ms = m->ts_ms;
+    r->announced = 0;
+}
+
+/* The entry of msg_id, or NULL when it was not written lately. */
+static struct recent *recent_find(st_seq_t *s, const char *msg_id)
+{
+    struct recent *r = recent_slot(s, msg_id);
+    return r->seq > 0 && strcmp(r->id, msg_id) == 0 ? r : NULL;
 }
 
 /* 1 with the stored seq and time when msg_id was written lately, else 0. */
 static int recent_get(st_seq_t *s, pl_msg_t *m)
 {
-    struct recent *r = recent_slot(s, m->msg_id);
-    if (r->seq <= 0 || strcmp(r->id, m->msg_id) != 0) {
+    struct recent *r = recent_find(s, m->msg_id);
+    if (r == NULL) {
         return 0;
     }
     m->seq = r->seq;
     m->ts_ms = r->ts_ms;
     return 1;
+}
+
+void st_seq_announced(st_seq_t *s, const st_rec_t *recs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct recent *r = recs[i].first ? recent_find(s, recs[i].m.msg_id) : NULL;
+        if (r != NULL) {
+            r->announced = 1;
+        }
+    }
 }
 
 static size_t bucket(const char *conv)
@@ -436,7 +456,15 @@ static int check_fast(st_seq_t *s, st_rec_t *recs, size_t n)
         st_rec_t *r = &recs[i];
         r->replayed = r->looked_up = 0;
         r->fast = r->first && !r->careful;
-        if (r->fast && recent_get(s, &r->m)) {
+        struct recent *seen = r->first && r->careful ? recent_find(s, r->m.msg_id) : NULL;
+        if (seen != NULL && seen->announced) {
+            /* Careful only because the partition's intent covers it (a restart claims a
+             * range ahead), but this process stored and announced its first copy: a
+             * client's resend, answered on its device like any other. */
+            recent_get(s, &r->m);
+            r->replayed = 1;
+            r->careful = 0;
+        } else if (r->fast && recent_get(s, &r->m)) {
             r->replayed = 1;
             r->fast = 0;
         } else if (r->fast && is_cold(s, r->partition, now)) {

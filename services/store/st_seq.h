@@ -62,6 +62,13 @@ void st_seq_free(st_seq_t **s);
  */
 int st_seq_write(st_seq_t *s, st_rec_t *recs, size_t n, int attempt);
 
+/*
+ * Notes that the first records of recs were announced to every member (their batch
+ * completed): a later copy of one met on the careful path is then a client's resend, not a
+ * first copy a crash left unannounced. Call after the batch's announcements were acknowledged.
+ */
+void st_seq_announced(st_seq_t *s, const st_rec_t *recs, size_t n);
+
 /* The last number handed out in conv, or 0 when this allocator does not know it. */
 long long st_seq_last(const st_seq_t *s, const char *conv);
 

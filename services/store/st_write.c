@@ -230,6 +230,7 @@ int st_write_batch(st_ctx_t *ctx, const pl_kafka_rec_t *recs, size_t n, int atte
     }
     json_decref(uitems);
     if (rc == PL_OK) {
+        st_seq_announced(ctx->seq, r, n);
         for (size_t i = 0; i < n; i++) {
             if (r[i].first) {
                 pl_metric_inc(r[i].replayed ? ctx->m_replayed : ctx->m_stored);

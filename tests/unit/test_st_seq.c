@@ -335,6 +335,39 @@ static void test_restart_replay(void)
     st_seq_free(&s);
 }
 
+/* After a restart the partition's intent covers records ahead of the last one written, so
+ * new records there go the careful way. A resend of one of them that this process stored
+ * and announced is a client's resend (answered on its device: careful 0); one whose batch
+ * was not announced yet stays careful (it may be a first copy nobody was told of). */
+static void test_careful_resend_after_announce(void)
+{
+    db_reset();
+    memset(next_offset, 0, sizeof(next_offset));
+    st_seq_t *s = fresh(0);
+    st_rec_t a[1];
+    rec(&a[0], 2, "alice", "bob", "a0");
+    write(s, a, 1);
+    st_seq_free(&s);
+    s = fresh(0);
+    db.intent[2] = 100; /* the crashed process had claimed offsets up to 100 */
+    st_rec_t b[2], c[2];
+    rec(&b[0], 2, "alice", "bob", "a1");
+    rec(&b[1], 2, "alice", "bob", "a2");
+    write(s, b, 2);
+    CU_ASSERT(b[0].careful && !b[0].replayed);
+    st_seq_announced(s, b, 1); /* a1's batch was announced; a2's (say) not yet */
+    rec(&c[0], 2, "alice", "bob", "a1");
+    rec(&c[1], 2, "alice", "bob", "a2");
+    write(s, c, 2);
+    CU_ASSERT(c[0].replayed && !c[0].careful);
+    CU_ASSERT_EQUAL(c[0].m.seq, 2);
+    CU_ASSERT(c[1].replayed && c[1].careful);
+    CU_ASSERT_EQUAL(c[1].m.seq, 3);
+    CU_ASSERT_EQUAL(db.nmsg, 3);
+    assert_gapless();
+    st_seq_free(&s);
+}
+
 static void test_bulk_cut_short(void)
 {
     db_reset();
@@ -454,6 +487,8 @@ int main(void)
     CU_add_test(s, "numbering from memory, gapless per conversation", test_numbering);
     CU_add_test(s, "a resend in a later batch keeps its seq", test_resend_later_batch);
     CU_add_test(s, "a restart replays what may be stored", test_restart_replay);
+    CU_add_test(s, "a resend on the careful path after its batch was announced",
+                test_careful_resend_after_announce);
     CU_add_test(s, "a bulk cut short, then retried", test_bulk_cut_short);
     CU_add_test(s, "a resend refused in mid-bulk leaves no gap", test_refused_in_mid_bulk);
     CU_add_test(s, "the cold window looks resends up", test_cold_window);
