@@ -63,8 +63,14 @@ fi
 #   field saw 435 successful swaps and a final version of 70. Parley's contacts, groups and
 #   settings rely on MongoDB's single-document atomicity, so ferretdb-atomic-update.patch lets
 #   one such command at a time run per collection (test_infra.py checks it).
+# - Nothing but a filter on _id alone is pushed down to SQLite: a conversation's history, its
+#   unread count or a range pull read and decoded every message in Go (2.3 s per range pull
+#   at 30,000 messages, so `make chaos`'s reconnecting devices timed out).
+#   ferretdb-sqlite-pushdown.patch pushes an equality on a field named in
+#   FERRETDB_SQLITE_PUSHDOWN_FIELDS down to the index on it (deploy/infra.sh names
+#   messages.conv, members.conv and members.user, strings in every document): 17 ms.
 FERRETDB_VERSION=v1.24.2
-FERRETDB_BUILD=$FERRETDB_VERSION-parley2
+FERRETDB_BUILD=$FERRETDB_VERSION-parley3
 if [ ! -x "$PARLEY_TOOLS/bin/ferretdb" ] || \
    ! "$PARLEY_TOOLS/bin/ferretdb" --version 2>/dev/null | grep -q -- "$FERRETDB_BUILD"; then
   say "building FerretDB $FERRETDB_BUILD from the Go module proxy (first time only)"
@@ -79,6 +85,8 @@ if [ ! -x "$PARLEY_TOOLS/bin/ferretdb" ] || \
   sed -i "s|IDColumn = DefaultColumn + \"->'\$._id'\"|IDColumn = DefaultColumn + \"->'_id'\"|" "$meta"
   (cd "$work/ferretdb" && git apply "$PARLEY_ROOT/deploy/local/ferretdb-atomic-update.patch") ||
     die "FerretDB's handlers changed: review deploy/local/ferretdb-atomic-update.patch"
+  (cd "$work/ferretdb" && git apply "$PARLEY_ROOT/deploy/local/ferretdb-sqlite-pushdown.patch") ||
+    die "FerretDB's SQLite backend changed: review deploy/local/ferretdb-sqlite-pushdown.patch"
   echo "$FERRETDB_BUILD" > "$work/ferretdb/build/version/version.txt"
   mkdir -p "$PARLEY_TOOLS/bin"
   (cd "$work/ferretdb" && go build -o "$PARLEY_TOOLS/bin/ferretdb" ./cmd/ferretdb)

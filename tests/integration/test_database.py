@@ -6,8 +6,16 @@ update it with the version read in the filter, so that of two concurrent changes
 match and reads again. That needs MongoDB's single-document atomicity; FerretDB 1.24 did not
 have it (a concurrent update could overwrite another and both report a match), which
 deploy/local/ferretdb-atomic-update.patch fixes.
+
+A conversation's reads (history, range pulls, unread counts) filter on `conv`. FerretDB 1.24
+on SQLite read the whole collection for them; deploy/local/ferretdb-sqlite-pushdown.patch
+searches the index on the fields deploy/infra.sh names instead.
 """
+import os
 import threading
+import uuid
+
+import pytest
 
 import pymongo
 
@@ -49,3 +57,24 @@ def test_compare_and_swap_updates_are_atomic(mongo):
     assert sorted(wins) == list(range(len(wins))), "two swaps matched the same version"
     assert doc["version"] == len(wins), (doc, len(wins))
     assert doc["marks"] == 8 * 60, doc
+
+
+@pytest.mark.skipif(os.environ.get("PARLEY_DB_BACKEND", "sqlite") != "sqlite",
+                    reason="the pushdown patch is for FerretDB's SQLite storage")
+def test_a_conversation_is_searched_in_its_index(mongo):
+    """The pushdown is on: a find on `conv` reads only the documents whose `conv` is that
+    string. Shown with a document that breaks the promise the pushdown relies on (a string in
+    every document): an array holding the value, which MongoDB's equality (and a full scan)
+    would match, and the index search cannot."""
+    probe = "probe:" + uuid.uuid4().hex
+    ids = [probe + "-string", probe + "-array"]
+    mongo.messages.insert_many([{"_id": ids[0], "conv": probe, "seq": 1},
+                                {"_id": ids[1], "conv": [probe], "seq": 2}])
+    try:
+        got = sorted(d["_id"] for d in mongo.messages.find({"conv": probe, "seq": {"$gt": 0}}))
+        # {$eq: x} is the same equality, in a shape the patch leaves to the scan.
+        scanned = sorted(d["_id"] for d in mongo.messages.find({"conv": {"$eq": probe}}))
+    finally:
+        mongo.messages.delete_many({"_id": {"$in": ids}})
+    assert got == [ids[0]], got
+    assert scanned == sorted(ids), scanned
