@@ -295,88 +295,6 @@ static int count_unread(st_ctx_t *ctx, const char *conv, const char *me, long lo
     return rc;
 }
 
-/* One conversation of a list whose unread items are counted: conv is borrowed from the list. */
-struct unread {
-    const char *conv;
-    long long from, to;
-    long n;
-};
-
-/* How many conversations one counting query asks about: on FerretDB/SQLite every query reads
- * the whole collection, so a list of N conversations costs N / UNREAD_CHUNK scans instead of
- * N; on MongoDB each clause of the $or is a range of conv_1_seq_1. */
-#define UNREAD_CHUNK 100
-
-struct unread_chunk {
-    struct unread *u;
-    size_t n;
-    long total;
-};
-
-static int by_conv(const void *a, const void *b)
-{
-    return strcmp(((const struct unread *)a)->conv, ((const struct unread *)b)->conv);
-}
-
-static int on_unread(void *ud, const bson_t *doc)
-{
-    struct unread_chunk *c = ud;
-    bson_iter_t it;
-    c->total++;
-    if (bson_iter_init_find(&it, doc, "conv") && BSON_ITER_HOLDS_UTF8(&it)) {
-        struct unread key = {.conv = bson_iter_utf8(&it, NULL)};
-        struct unread *u = bsearch(&key, c->u, c->n, sizeof(*c->u), by_conv);
-        if (u != NULL) {
-            u->n++;
-        }
-    }
-    return 1;
-}
-
-/* Counts others' text items of each u[i].conv in (from, to] with one query: u (sorted by conv)
- * gets each count. A query that reaches its limit (n * UNREAD_CAP items in all, where one
- * conversation may hold more than its share) is counted again per conversation, each capped. */
-static int count_unread_chunk(st_ctx_t *ctx, const char *me, struct unread *u, size_t n)
-{
-    bson_t filter = BSON_INITIALIZER, opts = BSON_INITIALIZER;
-    bson_t any, clause, range, notme, proj;
-    char key[16];
-    BSON_APPEND_ARRAY_BEGIN(&filter, "$or", &any);
-    for (size_t i = 0; i < n; i++) {
-        snprintf(key, sizeof(key), "%zu", i);
-        BSON_APPEND_DOCUMENT_BEGIN(&any, key, &clause);
-        BSON_APPEND_UTF8(&clause, "conv", u[i].conv);
-        BSON_APPEND_DOCUMENT_BEGIN(&clause, "seq", &range);
-        BSON_APPEND_INT64(&range, "$gt", u[i].from);
-        BSON_APPEND_INT64(&range, "$lte", u[i].to);
-        bson_append_document_end(&clause, &range);
-        bson_append_document_end(&any, &clause);
-    }
-    bson_append_array_end(&filter, &any);
-    BSON_APPEND_DOCUMENT_BEGIN(&filter, "sender", &notme);
-    BSON_APPEND_UTF8(&notme, "$ne", me);
-    bson_append_document_end(&filter, &notme);
-    text_only(&filter);
-    BSON_APPEND_DOCUMENT_BEGIN(&opts, "projection", &proj);
-    BSON_APPEND_INT32(&proj, "conv", 1);
-    bson_append_document_end(&opts, &proj);
-    long limit = (long)n * UNREAD_CAP;
-    BSON_APPEND_INT64(&opts, "limit", limit);
-    qsort(u, n, sizeof(*u), by_conv);
-    struct unread_chunk c = {u, n, 0};
-    int rc = pl_mongo_find(ctx->mongo, "messages", &filter, &opts, on_unread, &c);
-    bson_destroy(&filter);
-    bson_destroy(&opts);
-    for (size_t i = 0; i < n && rc == PL_OK; i++) {
-        if (c.total >= limit) {
-            rc = count_unread(ctx, u[i].conv, me, u[i].from, u[i].to, &u[i].n);
-        } else if (u[i].n > UNREAD_CAP) {
-            u[i].n = UNREAD_CAP;
-        }
-    }
-    return rc;
-}
-
 /* A removed member sees a group as it was at left_seq: last_seq and last_item move back. */
 static int cut_at(st_ctx_t *ctx, json_t *o, long long left)
 {
@@ -472,51 +390,35 @@ static int finish_list(st_ctx_t *ctx, const char *me, json_t *list, long long li
 {
     size_t n = json_array_size(list);
     json_t **v = calloc(n ? n : 1, sizeof(*v));
-    struct unread *u = calloc(n ? n : 1, sizeof(*u));
-    if (v == NULL || u == NULL) {
-        free(v);
-        free(u);
+    if (v == NULL) {
         return PL_ERR_NOMEM;
     }
     for (size_t i = 0; i < n; i++) {
         v[i] = json_array_get(list, i);
     }
     qsort(v, n, sizeof(*v), by_time_desc);
-    if ((long long)n > limit) {
-        n = (size_t)limit;
-    }
+    *out = json_array();
     int rc = PL_OK;
-    size_t nu = 0;
-    for (size_t i = 0; i < n && rc == PL_OK; i++) {
+    for (size_t i = 0; i < n && (long long)i < limit && rc == PL_OK; i++) {
         json_t *o = v[i];
         const char *conv = json_string_value(json_object_get(o, "conv"));
         long long from = json_integer_value(json_object_get(o, "_from"));
-        long long to = json_integer_value(json_object_get(o, "last_seq"));
+        long unread = 0;
         if (json_object_get(o, "read_seq") == NULL) {
             long long read = 0;
             rc = own_cursor(ctx, conv, me, &read);
             json_object_set_new(o, "read_seq", json_integer(read));
             from = read > from ? read : from;
         }
-        if (pl_conv_kind(conv) != 'u' && to > from) {
-            u[nu++] = (struct unread){conv, from, to, 0};
+        if (pl_conv_kind(conv) != 'u') {
+            rc = count_unread(ctx, conv, me, from,
+                              json_integer_value(json_object_get(o, "last_seq")), &unread);
         }
-    }
-    for (size_t i = 0; i < nu && rc == PL_OK; i += UNREAD_CHUNK) {
-        rc = count_unread_chunk(ctx, me, u + i, nu - i < UNREAD_CHUNK ? nu - i : UNREAD_CHUNK);
-    }
-    qsort(u, nu, sizeof(*u), by_conv);
-    *out = json_array();
-    for (size_t i = 0; i < n && rc == PL_OK; i++) {
-        json_t *o = v[i];
-        struct unread key = {.conv = json_string_value(json_object_get(o, "conv"))};
-        struct unread *hit = bsearch(&key, u, nu, sizeof(*u), by_conv);
-        json_object_set_new(o, "unread", json_integer(hit != NULL ? hit->n : 0));
+        json_object_set_new(o, "unread", json_integer(unread));
         json_object_del(o, "_ts");
         json_object_del(o, "_from");
         json_array_append(*out, o);
     }
-    free(u);
     free(v);
     return rc;
 }
