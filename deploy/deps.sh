@@ -67,10 +67,11 @@ fi
 #   unread count or a range pull read and decoded every message in Go (2.3 s per range pull
 #   at 30,000 messages, so `make chaos`'s reconnecting devices timed out).
 #   ferretdb-sqlite-pushdown.patch pushes an equality on a field named in
-#   FERRETDB_SQLITE_PUSHDOWN_FIELDS down to the index on it (deploy/infra.sh names
-#   messages.conv, members.conv and members.user, strings in every document): 17 ms.
+#   FERRETDB_SQLITE_PUSHDOWN_FIELDS (deploy/infra.sh names fields that hold a string in every
+#   document), an _id beside other conditions, and a $or of such equalities down to SQLite's
+#   indexes: 17 ms.
 FERRETDB_VERSION=v1.24.2
-FERRETDB_BUILD=$FERRETDB_VERSION-parley3
+FERRETDB_BUILD=$FERRETDB_VERSION-parley4
 if [ ! -x "$PARLEY_TOOLS/bin/ferretdb" ] || \
    ! "$PARLEY_TOOLS/bin/ferretdb" --version 2>/dev/null | grep -q -- "$FERRETDB_BUILD"; then
   say "building FerretDB $FERRETDB_BUILD from the Go module proxy (first time only)"

@@ -97,7 +97,7 @@ start_ferretdb() {
   fi
   # Our build's SQLite pushdown (deploy/deps.sh): fields that are a string in every document
   # of their collection, so an equality on one can be searched in its index.
-  export FERRETDB_SQLITE_PUSHDOWN_FIELDS=${PARLEY_FERRETDB_PUSHDOWN_FIELDS-messages.conv,members.conv,members.user}
+  export FERRETDB_SQLITE_PUSHDOWN_FIELDS=${PARLEY_FERRETDB_PUSHDOWN_FIELDS-messages.conv,messages.sender,messages.receiver,members.conv,members.user}
   spawn ferretdb "$PARLEY_TOOLS/bin/ferretdb" "${storage[@]}" --state-dir="$PARLEY_VAR/ferretdb/state" \
     --listen-addr="127.0.0.1:$MONGO_PORT" --debug-addr="127.0.0.1:$FERRETDB_DEBUG_PORT" \
     --telemetry=disable --log-level=warn

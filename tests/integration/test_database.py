@@ -72,9 +72,16 @@ def test_a_conversation_is_searched_in_its_index(mongo):
                                 {"_id": ids[1], "conv": [probe], "seq": 2}])
     try:
         got = sorted(d["_id"] for d in mongo.messages.find({"conv": probe, "seq": {"$gt": 0}}))
+        # A $or of such equalities is searched term by term (`recent`'s shape).
+        either = sorted(d["_id"] for d in mongo.messages.find(
+            {"$or": [{"conv": probe}, {"sender": "nobody:" + probe}], "seq": {"$gt": 0}}))
+        # An _id beside other conditions is searched by _id (an edit's shape).
+        by_id = [d["_id"] for d in mongo.messages.find({"_id": ids[1], "conv": {"$eq": probe}})]
         # {$eq: x} is the same equality, in a shape the patch leaves to the scan.
         scanned = sorted(d["_id"] for d in mongo.messages.find({"conv": {"$eq": probe}}))
     finally:
         mongo.messages.delete_many({"_id": {"$in": ids}})
     assert got == [ids[0]], got
+    assert either == [ids[0]], either
+    assert by_id == [ids[1]], by_id
     assert scanned == sorted(ids), scanned
