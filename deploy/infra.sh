@@ -29,6 +29,13 @@ case "$DB_BACKEND" in
   *) echo "PARLEY_DB_BACKEND must be sqlite or postgresql" >&2; exit 2 ;;
 esac
 PG_PORT=${PARLEY_PG_PORT:-$((MONGO_PORT + 100))}
+# SQLite reads its file through a memory map of up to this many MiB (0: read() calls): a
+# conversation's messages lie on as many pages as it has messages, and mapping them spares
+# a system call and a copy per page (history at 1,000,000 messages, docs/performance.md).
+FERRETDB_MMAP_MB=${PARLEY_FERRETDB_MMAP_MB:-1024}
+case "$FERRETDB_MMAP_MB" in
+  '' | *[!0-9]*) echo "PARLEY_FERRETDB_MMAP_MB must be a number of MiB" >&2; exit 2 ;;
+esac
 # FerretDB's debug listener (/debug/metrics: its own request counters, read by the benches).
 # 0: a free port the system picks.
 FERRETDB_DEBUG_PORT=${PARLEY_FERRETDB_DEBUG_PORT:-0}
@@ -90,7 +97,7 @@ start_ferretdb() {
   port_free "$MONGO_PORT" FerretDB
   mkdir -p "$PARLEY_VAR/ferretdb/data" "$PARLEY_VAR/ferretdb/state"
   local storage=(--handler=sqlite
-    --sqlite-url="file:$PARLEY_VAR/ferretdb/data/?_pragma=synchronous($FERRETDB_SYNC)")
+    --sqlite-url="file:$PARLEY_VAR/ferretdb/data/?_pragma=synchronous($FERRETDB_SYNC)&_pragma=mmap_size($((FERRETDB_MMAP_MB * 1048576)))")
   if [ "$DB_BACKEND" = postgresql ]; then
     start_postgres
     storage=(--handler=postgresql --postgresql-url="postgres://parley@127.0.0.1:$PG_PORT/ferretdb")
