@@ -461,7 +461,8 @@ static int check_fast(st_seq_t *s, st_rec_t *recs, size_t n)
             /* Careful only because the partition's intent covers it (a restart claims a
              * range ahead), but this process stored and announced its first copy: a
              * client's resend, answered on its device like any other. */
-            recent_get(s, &r->m);
+            r->m.seq = seen->seq;
+            r->m.ts_ms = seen->ts_ms;
             r->replayed = 1;
             r->careful = 0;
         } else if (r->fast && recent_get(s, &r->m)) {
