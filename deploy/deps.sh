@@ -69,9 +69,13 @@ fi
 #   ferretdb-sqlite-pushdown.patch pushes an equality on a field named in
 #   FERRETDB_SQLITE_PUSHDOWN_FIELDS (deploy/infra.sh names fields that hold a string in every
 #   document), an _id beside other conditions, and a $or of such equalities down to SQLite's
-#   indexes: 17 ms.
+#   indexes: 17 ms. A find with a limit whose whole filter and sort it can translate exactly
+#   (fields promised to hold a number or a date too, ranges on them) is also sorted and limited
+#   by SQLite, on indexes whose number and date keys it writes as SQL numbers, branch by
+#   branch for a $or: FerretDB decodes the page, not every match (`recent` at 1,000,000
+#   messages: 102-114 ms p99 before, 16 ms after).
 FERRETDB_VERSION=v1.24.2
-FERRETDB_BUILD=$FERRETDB_VERSION-parley4
+FERRETDB_BUILD=$FERRETDB_VERSION-parley6
 if [ ! -x "$PARLEY_TOOLS/bin/ferretdb" ] || \
    ! "$PARLEY_TOOLS/bin/ferretdb" --version 2>/dev/null | grep -q -- "$FERRETDB_BUILD"; then
   say "building FerretDB $FERRETDB_BUILD from the Go module proxy (first time only)"

@@ -102,9 +102,11 @@ start_ferretdb() {
     start_postgres
     storage=(--handler=postgresql --postgresql-url="postgres://parley@127.0.0.1:$PG_PORT/ferretdb")
   fi
-  # Our build's SQLite pushdown (deploy/deps.sh): fields that are a string in every document
-  # of their collection, so an equality on one can be searched in its index.
-  export FERRETDB_SQLITE_PUSHDOWN_FIELDS=${PARLEY_FERRETDB_PUSHDOWN_FIELDS-messages.conv,messages.sender,messages.receiver,members.conv,members.user}
+  # Our build's SQLite pushdown (deploy/deps.sh): fields that hold a string (or, with :number
+  # and :date, a number or a date) wherever present in their collection, never an array, so
+  # that SQLite can search an index for an equality on one and, for a find with a limit,
+  # filter, sort and limit exactly.
+  export FERRETDB_SQLITE_PUSHDOWN_FIELDS=${PARLEY_FERRETDB_PUSHDOWN_FIELDS-messages.conv,messages.sender,messages.receiver,messages.kind,messages.seq:number,messages.timestamp:date,members.conv,members.user}
   spawn ferretdb "$PARLEY_TOOLS/bin/ferretdb" "${storage[@]}" --state-dir="$PARLEY_VAR/ferretdb/state" \
     --listen-addr="127.0.0.1:$MONGO_PORT" --debug-addr="127.0.0.1:$FERRETDB_DEBUG_PORT" \
     --telemetry=disable --log-level=warn
