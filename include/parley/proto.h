@@ -113,10 +113,11 @@ void pl_frame_clear(pl_frame_t *f);
  * and the receiver's settings. The store decides with it before numbering, parley-auth when a
  * gateway asks before producing. */
 typedef struct pl_policy_facts_s {
-    int accepted;         /* the two are contacts */
-    int blocked;          /* either blocked the other */
-    int contacts_only;    /* the receiver's who_can_message is "contacts" */
-    int receiver_missing; /* no such account (existence is checked elsewhere) */
+    int accepted;          /* the two are contacts */
+    int blocked;           /* either blocked the other */
+    int contacts_only;     /* the receiver's who_can_message is "contacts" */
+    int receiver_missing;  /* no such account (existence is checked elsewhere) */
+    int receiver_disabled; /* the receiver's account is disabled (read with the settings) */
 } pl_policy_facts_t;
 
 /* 1 when a text message may go from the sender to the receiver given f. Pure. */

@@ -48,7 +48,9 @@ int pl_policy_read(pl_mongo_t *m, const char *sender, const char *receiver, pl_p
         return PL_OK;
     }
     if (rc == PL_OK) {
+        bson_iter_t it;
         f->contacts_only = holds(user, "settings.who_can_message", "contacts");
+        f->receiver_disabled = bson_iter_init_find(&it, user, "disabled") && bson_iter_as_bool(&it);
         bson_destroy(user);
     }
     return rc;

@@ -725,11 +725,20 @@ static void h_internal_user(pl_http_req_t *req, pl_http_resp_t *resp, void *ud)
      * before numbering; this answer spares a refused sender its ack. */
     const char *from = pl_http_query(req, "from");
     char sender[AUTH_USERNAME_MAX + 1];
-    int rc = auth_user_active(ctx, name);
-    if (rc == PL_OK && from != NULL && auth_username_normalize(from, sender) == PL_OK) {
+    int rc;
+    if (from != NULL && auth_username_normalize(from, sender) == PL_OK) {
+        /* The facts hold the receiver's account as read for its settings: two lookups (the
+         * pair's contacts document and the account) rather than three, for every new pair a
+         * gateway asks about. */
         pl_policy_facts_t f;
         rc = pl_policy_read(ctx->mongo, sender, name, &f);
-        rc = rc == PL_OK && !pl_policy_allows(&f) ? PL_ERR_FORBIDDEN : rc;
+        if (rc == PL_OK && (f.receiver_missing || f.receiver_disabled)) {
+            rc = PL_ERR_NOTFOUND; /* a disabled account receives nothing */
+        } else if (rc == PL_OK && !pl_policy_allows(&f)) {
+            rc = PL_ERR_FORBIDDEN;
+        }
+    } else {
+        rc = auth_user_active(ctx, name);
     }
     if (rc == PL_OK) {
         pl_http_reply(resp, 200, json_pack("{s:s}", "username", name));

@@ -643,3 +643,16 @@ def test_operator_disables_an_account_on_the_internal_port(edge, auth):
         assert c.closed == 1008
     run(go())
     assert edge.login(name).status == 403
+
+
+def test_the_gateways_recipient_check_refuses_a_disabled_account(edge, auth):
+    """GET /internal/users/<name>?from=<sender>, the gateways' question before producing a
+    send: answered from one read of the receiver's account (its settings and its disabled
+    flag), so a disabled receiver is "no such user" with a sender given as without."""
+    a, _ = user_with_token(edge, "rca")
+    b, _ = user_with_token(edge, "rcb")
+    assert auth.call("GET", f"/internal/users/{b}?from={a}").status == 200
+    assert auth.call("GET", f"/internal/users/nosuchuser99?from={a}").status == 404
+    assert auth.call("POST", f"/internal/users/{b}/disable").status == 204
+    assert auth.call("GET", f"/internal/users/{b}?from={a}").status == 404
+    assert auth.call("GET", f"/internal/users/{b}").status == 404
